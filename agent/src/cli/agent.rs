@@ -1,0 +1,218 @@
+//! `weir agent`: flags → configuration → the controller and the admin server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use tracing::info;
+use weir_analysis::{BasicAuth, PrometheusApi, PrometheusConfig, Reporter};
+
+use crate::controller::{self, AgentConfig};
+use crate::server;
+use crate::spec::{self, Defaults};
+
+/// Flags of `weir agent`. Every annotation default has a flag; the Helm chart sets them.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The namespace to manage (the only one the agent reads or writes).
+    #[arg(long, env = "WEIR_NAMESPACE")]
+    pub namespace: String,
+
+    /// Base URL of the Prometheus HTTP API, or of Mimir's (`http://mimir/prometheus`).
+    #[arg(long, env = "WEIR_PROMETHEUS_URL")]
+    pub prometheus_url: String,
+    /// Mimir tenant, sent as `X-Scope-OrgID`.
+    #[arg(long, env = "WEIR_PROMETHEUS_TENANT")]
+    pub prometheus_tenant: Option<String>,
+    /// File holding a bearer token for Prometheus/Mimir (re-read when it changes).
+    #[arg(long, env = "WEIR_PROMETHEUS_BEARER_TOKEN_FILE")]
+    pub prometheus_bearer_token_file: Option<PathBuf>,
+    /// Basic auth user for Prometheus/Mimir (the password comes from
+    /// WEIR_PROMETHEUS_PASSWORD).
+    #[arg(long, env = "WEIR_PROMETHEUS_USERNAME")]
+    pub prometheus_username: Option<String>,
+    #[arg(long, env = "WEIR_PROMETHEUS_PASSWORD", hide = true)]
+    pub prometheus_password: Option<String>,
+    /// PEM file of CA certificates to trust for Prometheus/Mimir.
+    #[arg(long, env = "WEIR_PROMETHEUS_CA_FILE")]
+    pub prometheus_ca_file: Option<PathBuf>,
+    /// Timeout of one query attempt.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub query_timeout: Duration,
+    /// Prometheus's scrape interval: a check's window is never shorter than four of them.
+    #[arg(long, default_value = "15s", value_parser = duration)]
+    pub scrape_interval: Duration,
+
+    /// Istio data plane mode: `sidecar` reads reporter="destination", `ambient`
+    /// reads reporter="waypoint".
+    #[arg(long, value_enum, default_value_t = Mode::Sidecar)]
+    pub mode: Mode,
+
+    #[command(flatten)]
+    pub defaults: DefaultArgs,
+
+    /// Plan and log every action, but write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "WEIR_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// This agent's name in Events (defaults to the pod name).
+    #[arg(long, env = "POD_NAME", default_value = "weir")]
+    pub instance: String,
+}
+
+/// The default of every optional annotation (see docs/annotations.md).
+#[derive(Debug, Args)]
+pub struct DefaultArgs {
+    #[arg(long, default_value = "stable")]
+    pub default_stable_subset: String,
+    #[arg(long, default_value = "canary")]
+    pub default_canary_subset: String,
+    #[arg(long, default_value = "version")]
+    pub default_version_label: String,
+    #[arg(long, default_value = "10,25,50")]
+    pub default_steps: String,
+    #[arg(long, default_value = "1m")]
+    pub default_step_interval: String,
+    #[arg(long, default_value = "15s")]
+    pub default_check_interval: String,
+    #[arg(long, default_value = "1%")]
+    pub default_max_error_rate: String,
+    #[arg(long, default_value = "500ms")]
+    pub default_max_latency: String,
+    #[arg(long, default_value = "0.99")]
+    pub default_latency_quantile: String,
+    #[arg(long, default_value = "50")]
+    pub default_min_requests: String,
+    #[arg(long, default_value = "2")]
+    pub default_failure_limit: String,
+    #[arg(long, default_value = "10m")]
+    pub default_no_data_timeout: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    Sidecar,
+    Ambient,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl DefaultArgs {
+    /// The defaults, parsed by the same functions that parse the annotations, so a
+    /// flag accepts exactly what the annotation accepts.
+    pub fn parse(&self) -> anyhow::Result<Defaults> {
+        let flag = |name: &str, e: spec::InvalidValue| anyhow::anyhow!("--default-{name}: {e}");
+        let gates = weir_analysis::Gates {
+            max_error_rate: spec::parse_percent(&self.default_max_error_rate)
+                .map_err(|e| flag("max-error-rate", e))?,
+            max_latency: spec::parse_latency(&self.default_max_latency).map_err(|e| flag("max-latency", e))?,
+            latency_quantile: spec::parse_quantile(&self.default_latency_quantile)
+                .map_err(|e| flag("latency-quantile", e))?,
+            min_requests: spec::parse_min_requests(&self.default_min_requests)
+                .map_err(|e| flag("min-requests", e))?,
+        };
+        Ok(Defaults {
+            stable_subset: spec::parse_subset_name(&self.default_stable_subset)
+                .map_err(|e| flag("stable-subset", e))?,
+            canary_subset: spec::parse_subset_name(&self.default_canary_subset)
+                .map_err(|e| flag("canary-subset", e))?,
+            version_label: spec::parse_label_key(&self.default_version_label)
+                .map_err(|e| flag("version-label", e))?,
+            steps: spec::parse_steps(&self.default_steps).map_err(|e| flag("steps", e))?,
+            step_interval: spec::parse_interval(&self.default_step_interval)
+                .map_err(|e| flag("step-interval", e))?,
+            check_interval: spec::parse_interval(&self.default_check_interval)
+                .map_err(|e| flag("check-interval", e))?,
+            gates,
+            failure_limit: spec::parse_failure_limit(&self.default_failure_limit)
+                .map_err(|e| flag("failure-limit", e))?,
+            no_data_timeout: spec::parse_duration(&self.default_no_data_timeout)
+                .map_err(|e| flag("no-data-timeout", e))?,
+        })
+    }
+}
+
+impl AgentArgs {
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        init_logging(self.log_format);
+        let defaults = self.defaults.parse()?;
+        let basic_auth = match (&self.prometheus_username, &self.prometheus_password) {
+            (Some(username), Some(password)) => Some(BasicAuth {
+                username: username.clone(),
+                password: password.clone(),
+            }),
+            (None, None) => None,
+            _ => anyhow::bail!(
+                "basic auth needs both WEIR_PROMETHEUS_USERNAME and WEIR_PROMETHEUS_PASSWORD"
+            ),
+        };
+        let check_timeout = (self.query_timeout * 3).max(Duration::from_secs(10));
+        let prometheus = PrometheusApi::new(&PrometheusConfig {
+            url: self.prometheus_url.clone(),
+            tenant: self.prometheus_tenant.clone(),
+            bearer_token_file: self.prometheus_bearer_token_file.clone(),
+            basic_auth,
+            ca_file: self.prometheus_ca_file.clone(),
+            query_timeout: self.query_timeout,
+            check_timeout,
+        })
+        .with_context(|| format!("--prometheus-url {}", self.prometheus_url))?;
+        let client = kube::Client::try_default()
+            .await
+            .context("cannot configure a Kubernetes client (in-cluster or KUBECONFIG)")?;
+        let config = AgentConfig {
+            namespace: self.namespace.clone(),
+            defaults,
+            reporter: match self.mode {
+                Mode::Sidecar => Reporter::Destination,
+                Mode::Ambient => Reporter::Waypoint,
+            },
+            scrape_interval: self.scrape_interval,
+            dry_run: self.dry_run,
+            instance: self.instance.clone(),
+        };
+        info!(namespace = %config.namespace, prometheus = %prometheus.endpoint(), dry_run = config.dry_run, "weir agent starting");
+
+        let admin = server::serve(self.listen).await?;
+        controller::run(client, config, prometheus, shutdown_signal()).await;
+        admin.abort();
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    spec::parse_duration(text).map_err(|e| e.to_string())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Resolves on SIGTERM (Kubernetes) or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("can install a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    info!("shutting down");
+}

@@ -1,0 +1,189 @@
+//! The only place the agent writes: the plan's actions, in order, stopping at the
+//! first write the apiserver refuses.
+
+use json_patch::Patch as JsonPatch;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::{Map, Value, json};
+use tracing::{info, warn};
+
+use super::Context;
+use super::reconcile::{Error, Reads};
+use crate::mesh::{self, DestinationRule, Target, VirtualService};
+use crate::plan::{Action, EventType, Subset};
+use crate::spec::{RolloutSpec, keys};
+
+/// The field manager of every write, so that `managedFields` tells weir's edits apart.
+pub const FIELD_MANAGER: &str = "weir";
+
+pub struct Writer<'a> {
+    ctx: &'a Context,
+    service: Service,
+    virtual_services: Vec<VirtualService>,
+    destination_rules: Vec<DestinationRule>,
+}
+
+impl<'a> Writer<'a> {
+    pub fn new(ctx: &'a Context, reads: &Reads) -> Writer<'a> {
+        Writer {
+            ctx,
+            service: reads.service.clone(),
+            virtual_services: reads.virtual_services.clone(),
+            destination_rules: reads.destination_rules.clone(),
+        }
+    }
+
+    /// Performs `actions` in order. Mesh actions need the spec and the resolved target;
+    /// after each mesh write the target is resolved again from the object the apiserver
+    /// returned, so that the next patch's guards test what is there now.
+    pub async fn apply(
+        &mut self,
+        mesh_target: Option<(&RolloutSpec, Target)>,
+        actions: &[Action],
+    ) -> Result<(), Error> {
+        let (spec, mut target) = match mesh_target {
+            Some((spec, target)) => (Some(spec), Some(target)),
+            None => (None, None),
+        };
+        let name = self.service.name_any();
+        for action in actions {
+            if self.ctx.config.dry_run {
+                info!(service = %name, ?action, "dry run: not applied");
+                continue;
+            }
+            match action {
+                Action::WriteStatus { status, consumed } => {
+                    let json = serde_json::to_string(status).expect("status serializes");
+                    self.write_status(json, consumed).await?;
+                }
+                Action::SetWeights(traffic) => {
+                    let (spec, t) = spec.zip(target.as_ref()).expect("mesh actions come with a target");
+                    let patch = mesh::weight_patch(t, *traffic)?;
+                    let patched = self.patch_virtual_service(&t.virtual_service.name, patch).await?;
+                    info!(service = %name, stable = traffic.stable, canary = traffic.canary, "weights set");
+                    target = Some(self.replace_and_resolve(spec, Some(patched), None)?);
+                }
+                Action::SetSubsetVersion { subset, version } => {
+                    let (spec, t) = spec.zip(target.as_ref()).expect("mesh actions come with a target");
+                    let patch = mesh::subset_version_patch(t, *subset, &spec.version_label, version);
+                    let patched = self.patch_destination_rule(&t.destination_rule.name, patch).await?;
+                    let which = match subset {
+                        Subset::Stable => &spec.stable_subset,
+                        Subset::Canary => &spec.canary_subset,
+                    };
+                    info!(service = %name, subset = %which, %version, "subset repointed");
+                    target = Some(self.replace_and_resolve(spec, None, Some(patched))?);
+                }
+                Action::Emit(event) => self.emit(event).await,
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the status annotation and removes consumed controls, in one merge patch
+    /// guarded by the resourceVersion that was read: if a person changed the Service
+    /// meanwhile (a new control, a new annotation), the plan is made again.
+    async fn write_status(&mut self, status: String, consumed: &[&'static str]) -> Result<(), Error> {
+        let mut annotations = Map::new();
+        annotations.insert(keys::STATUS.into(), Value::String(status));
+        for key in consumed {
+            annotations.insert((*key).into(), Value::Null);
+        }
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": self.service.resource_version(),
+                "annotations": annotations,
+            }
+        });
+        let api: Api<Service> = Api::namespaced(self.ctx.client.clone(), &self.ctx.config.namespace);
+        let name = self.service.name_any();
+        self.service = api
+            .patch(&name, &params(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| conflict(e, format!("Service {name:?}")))?;
+        Ok(())
+    }
+
+    async fn patch_virtual_service(&self, name: &str, patch: JsonPatch) -> Result<VirtualService, Error> {
+        let api: Api<VirtualService> = Api::namespaced(self.ctx.client.clone(), &self.ctx.config.namespace);
+        api.patch(name, &params(), &Patch::Json::<()>(patch))
+            .await
+            .map_err(|e| conflict(e, format!("VirtualService {name:?}")))
+    }
+
+    async fn patch_destination_rule(&self, name: &str, patch: JsonPatch) -> Result<DestinationRule, Error> {
+        let api: Api<DestinationRule> = Api::namespaced(self.ctx.client.clone(), &self.ctx.config.namespace);
+        api.patch(name, &params(), &Patch::Json::<()>(patch))
+            .await
+            .map_err(|e| conflict(e, format!("DestinationRule {name:?}")))
+    }
+
+    fn replace_and_resolve(
+        &mut self,
+        spec: &RolloutSpec,
+        vs: Option<VirtualService>,
+        dr: Option<DestinationRule>,
+    ) -> Result<Target, Error> {
+        if let Some(vs) = vs {
+            replace_named(&mut self.virtual_services, vs);
+        }
+        if let Some(dr) = dr {
+            replace_named(&mut self.destination_rules, dr);
+        }
+        Ok(mesh::resolve(
+            spec,
+            &self.ctx.config.namespace,
+            &self.virtual_services,
+            &self.destination_rules,
+        )?)
+    }
+
+    /// Events are for people: a failure to record one is logged, never fatal.
+    async fn emit(&self, event: &crate::plan::Event) {
+        let kube_event = KubeEvent {
+            type_: match event.type_ {
+                EventType::Normal => KubeEventType::Normal,
+                EventType::Warning => KubeEventType::Warning,
+            },
+            reason: event.reason.clone(),
+            note: Some(truncate(&event.message, 1000)),
+            action: event.reason.clone(),
+            secondary: None,
+        };
+        let reference = self.service.object_ref(&());
+        if let Err(e) = self.ctx.recorder.publish(&kube_event, &reference).await {
+            warn!(service = %self.service.name_any(), reason = %event.reason, error = %e, "could not record event");
+        }
+    }
+}
+
+fn params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
+
+fn replace_named<K: ResourceExt>(objects: &mut [K], new: K) {
+    if let Some(slot) = objects.iter_mut().find(|o| o.name_any() == new.name_any()) {
+        *slot = new;
+    }
+}
+
+/// A refused `test` guard (422) or resourceVersion precondition (409) means the object
+/// changed since it was read.
+fn conflict(error: kube::Error, object: String) -> Error {
+    match &error {
+        kube::Error::Api(status) if status.code == 409 || status.code == 422 => Error::Conflict { object },
+        _ => Error::Kube(error),
+    }
+}
+
+fn truncate(message: &str, max: usize) -> String {
+    match message.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &message[..cut]),
+        None => message.to_string(),
+    }
+}

@@ -1,0 +1,176 @@
+//! One reconcile of one Service: read → validate → check → plan → apply.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::ListParams;
+use kube::runtime::controller::Action as Requeue;
+use kube::{Api, ResourceExt};
+use tracing::{debug, info, warn};
+use weir_analysis::CheckRequest;
+
+use super::apply::Writer;
+use super::{Context, observe, opted_in};
+use crate::mesh::{self, DestinationRule, MeshError, VirtualService};
+use crate::plan::{self, Observed, Status};
+use crate::spec::{self, RolloutSpec, keys};
+
+/// Why a reconcile did not finish. Misconfiguration is not an error: it is a status
+/// and an Event.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{object} changed since it was read; re-reading and re-planning")]
+    Conflict { object: String },
+    #[error("refused to build a patch: {0}")]
+    Mesh(#[from] MeshError),
+}
+
+/// Everything one reconcile read, before any validation.
+pub(super) struct Reads {
+    pub service: Service,
+    pub virtual_services: Vec<VirtualService>,
+    pub destination_rules: Vec<DestinationRule>,
+}
+
+pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    if !opted_in(&cached) {
+        return Ok(Requeue::await_change());
+    }
+    let name = cached.name_any();
+    let reads = read(&ctx, &name).await?;
+    if !opted_in(&reads.service) {
+        return Ok(Requeue::await_change());
+    }
+    let now = Timestamp::now();
+    let status = stored_status(&reads.service);
+    let mut writer = Writer::new(&ctx, &reads);
+
+    let (spec, observed, target) = match validate(&ctx, &reads, status.clone()) {
+        Ok(valid) => valid,
+        Err(reason) => {
+            let plan = plan::misconfigured(status.as_ref(), &reason, now);
+            if !plan.actions.is_empty() {
+                warn!(service = %name, %reason, "misconfigured");
+            }
+            writer.apply(None, &plan.actions).await?;
+            return Ok(Requeue::await_change());
+        }
+    };
+
+    let check = plan::check_due(&spec, &observed, now);
+    let verdict = match &check {
+        Some(request) => {
+            let report = ctx.prometheus.check(&check_request(&ctx, &spec, request, now)).await;
+            info!(
+                service = %name, canary = %request.canary, verdict = report.verdict.kind(),
+                window_s = report.window_seconds, "gates evaluated"
+            );
+            ctx.last_checks.lock().unwrap().insert(name.clone(), now);
+            Some(report.verdict)
+        }
+        None => None,
+    };
+
+    let plan = plan::plan(&spec, &observed, check.as_ref().zip(verdict.as_ref()), now);
+    debug!(service = %name, actions = plan.actions.len(), "planned");
+    writer.apply(Some((&spec, target)), &plan.actions).await?;
+    Ok(match plan.requeue_after {
+        Some(after) => Requeue::requeue(after),
+        None => Requeue::await_change(),
+    })
+}
+
+pub fn error_policy(service: Arc<Service>, error: &Error, _ctx: Arc<Context>) -> Requeue {
+    match error {
+        Error::Conflict { .. } => {
+            debug!(service = %service.name_any(), %error, "conflict");
+            Requeue::requeue(Duration::from_millis(200))
+        }
+        _ => {
+            warn!(service = %service.name_any(), %error, "reconcile failed");
+            Requeue::requeue(Duration::from_secs(5))
+        }
+    }
+}
+
+/// Fresh reads of what this reconcile writes to: the watch caches may lag behind this
+/// agent's own last writes, and a plan made from a stale status or stale weights would
+/// undo them. Deployments, which weir never writes, come from the cache.
+async fn read(ctx: &Context, name: &str) -> Result<Reads, Error> {
+    let ns = &ctx.config.namespace;
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    let vss: Api<VirtualService> = Api::namespaced(ctx.client.clone(), ns);
+    let drs: Api<DestinationRule> = Api::namespaced(ctx.client.clone(), ns);
+    let all = ListParams::default();
+    let (service, vs_list, dr_list) =
+        tokio::try_join!(services.get(name), vss.list(&all), drs.list(&all))?;
+    Ok(Reads {
+        service,
+        virtual_services: vs_list.items,
+        destination_rules: dr_list.items,
+    })
+}
+
+/// The status annotation, if present and readable. An unreadable status is treated as
+/// absent: the planner then starts from Idle, which never raises a canary's weight.
+fn stored_status(service: &Service) -> Option<Status> {
+    let raw = service.annotations().get(keys::STATUS)?;
+    match serde_json::from_str(raw) {
+        Ok(status) => Some(status),
+        Err(e) => {
+            warn!(service = %service.name_any(), error = %e, "ignoring an unreadable {}", keys::STATUS);
+            None
+        }
+    }
+}
+
+/// The pure half of reading: annotations, versions and the mesh objects → the spec, the
+/// planner's view and the patch target; or the reason the Service is misconfigured.
+fn validate(
+    ctx: &Context,
+    reads: &Reads,
+    status: Option<Status>,
+) -> Result<(RolloutSpec, Observed, mesh::Target), String> {
+    let service = &reads.service;
+    let name = service.name_any();
+    let annotations = service.annotations();
+    let spec = spec::parse(&name, annotations, &ctx.config.defaults).map_err(|e| e.to_string())?;
+    let controls = spec::controls(annotations).map_err(|e| e.to_string())?;
+    let deployments = ctx.deployments.state();
+    let versions = observe::versions(service, &deployments, &spec.version_label)?;
+    let target = mesh::resolve(
+        &spec,
+        &ctx.config.namespace,
+        &reads.virtual_services,
+        &reads.destination_rules,
+    )
+    .map_err(|e| e.to_string())?;
+    let last_check_at = ctx.last_checks.lock().unwrap().get(&name).copied();
+    let observed = Observed {
+        versions,
+        traffic: target.traffic,
+        subsets: target.subsets.clone(),
+        status,
+        controls,
+        last_check_at,
+    };
+    Ok((spec, observed, target))
+}
+
+fn check_request(ctx: &Context, spec: &RolloutSpec, due: &plan::CheckRequest, now: Timestamp) -> CheckRequest {
+    CheckRequest {
+        namespace: ctx.config.namespace.clone(),
+        service: spec.service.clone(),
+        canary_version: due.canary.clone(),
+        stable_version: due.stable.clone(),
+        step_started_at: due.since,
+        evaluate_at: now,
+        min_window: ctx.config.scrape_interval * 4,
+        gates: spec.gates.clone(),
+        reporter: ctx.config.reporter,
+    }
+}

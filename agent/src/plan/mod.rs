@@ -1,0 +1,226 @@
+//! The rollout state machine: (spec, observed state, verdict, now) → actions. Pure.
+//!
+//! The controller reads the cluster into an [`Observed`], asks [`check_due`] whether the
+//! gates must be evaluated now, evaluates them if so, and hands everything to [`plan`].
+//! The resulting [`Plan`] lists the writes in the order they must happen; the controller
+//! performs them and stops at the first that fails (the next reconcile re-plans).
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use weir_analysis::Verdict;
+
+use crate::spec::Weight;
+
+mod rollout;
+#[cfg(test)]
+mod tests;
+
+pub use rollout::{check_due, misconfigured, plan};
+
+/// One version of the Service: a Deployment whose pod template matches the Service
+/// selector, named by the value of its version label.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version {
+    /// The version label's value.
+    pub name: String,
+    /// The Deployment's name.
+    pub deployment: String,
+    /// A stable hash of the Deployment's pod template: a change means a new build.
+    pub template: String,
+    /// The Deployment reports the `Available` condition.
+    pub available: bool,
+    /// The Deployment's creation time: the newest candidate wins.
+    pub created: Timestamp,
+}
+
+/// The live weights of the managed route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    pub stable: Weight,
+    /// 0 when the route has no canary destination yet.
+    pub canary: Weight,
+}
+
+/// The versions the two subsets select, from the DestinationRule's subset labels.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Subsets {
+    /// `None` when the stable subset does not name a version yet (first start).
+    pub stable: Option<String>,
+    pub canary: Option<String>,
+}
+
+/// Controls written by a person or the CLI. Each names the version it is meant for, so
+/// that a stale control is harmless.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Controls {
+    pub pause: bool,
+    pub promote: Option<String>,
+    pub abort: Option<String>,
+    pub retry: Option<String>,
+}
+
+/// Everything the planner may look at, read from the cluster in one reconcile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed {
+    pub versions: Vec<Version>,
+    pub traffic: Traffic,
+    pub subsets: Subsets,
+    /// The agent's own status annotation, if any.
+    pub status: Option<Status>,
+    pub controls: Controls,
+    /// When this agent last evaluated the gates of the current step. Kept in memory
+    /// only (writing it on every check would cost an API write per check), so `None`
+    /// after a restart: the restarted agent then checks at once.
+    pub last_check_at: Option<Timestamp>,
+}
+
+/// Where a Service's release is. Persisted in the `weir.dev/status` annotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    Idle,
+    Progressing,
+    Paused,
+    Promoting,
+    Aborted,
+    Misconfigured,
+}
+
+/// A version that was aborted, with the pod template it had: it is not released again
+/// until its template changes or someone retries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedVersion {
+    pub version: String,
+    pub template: String,
+}
+
+/// The last verdict, as recorded in the status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckRecord {
+    pub at: Timestamp,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+}
+
+/// The agent's record of a Service's release: the write-ahead intent that the route and
+/// subsets converge to, and everything a restarted agent needs to resume exactly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub phase: Phase,
+    /// The version the stable subset selects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<String>,
+    /// The version being released (or last aborted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<String>,
+    /// The canary's pod template hash when its rollout began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_template: Option<String>,
+    /// Index into the spec's steps (0-based) while progressing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<usize>,
+    /// The canary weight the route is meant to have.
+    pub weight: Weight,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<Timestamp>,
+    /// Failed checks so far in this rollout.
+    #[serde(default)]
+    pub failed_checks: u32,
+    /// When the current run of inconclusive checks began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inconclusive_since: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<CheckRecord>,
+    /// Aborted versions not to be retried until their template changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<FailedVersion>,
+    /// What is happening, for people.
+    #[serde(default)]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_started_at: Option<Timestamp>,
+    pub last_transition_at: Timestamp,
+}
+
+impl Status {
+    /// A fresh status for a Service seen for the first time.
+    pub fn new(now: Timestamp) -> Status {
+        Status {
+            phase: Phase::Idle,
+            stable: None,
+            canary: None,
+            canary_template: None,
+            step: None,
+            weight: 0,
+            step_started_at: None,
+            failed_checks: 0,
+            inconclusive_since: None,
+            last_check: None,
+            failed: Vec::new(),
+            message: String::new(),
+            rollout_started_at: None,
+            last_transition_at: now,
+        }
+    }
+
+    /// Whether `version` with pod template `template` was aborted and not retried since.
+    pub fn has_failed(&self, version: &str, template: &str) -> bool {
+        self.failed
+            .iter()
+            .any(|f| f.version == version && f.template == template)
+    }
+}
+
+/// Which of the two subsets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subset {
+    Stable,
+    Canary,
+}
+
+/// Kubernetes Event type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// A Kubernetes Event to emit on the Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub type_: EventType,
+    /// CamelCase reason, e.g. `RolloutStarted`, `WeightChanged`, `Aborted`.
+    pub reason: String,
+    pub message: String,
+}
+
+/// One write, in the order the plan lists them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Write the status annotation (and remove the named consumed controls).
+    WriteStatus { status: Status, consumed: Vec<&'static str> },
+    /// Set the managed route's weights. `stable + canary == 100`.
+    SetWeights(Traffic),
+    /// Point a subset at a version by its version label.
+    SetSubsetVersion { subset: Subset, version: String },
+    Emit(Event),
+}
+
+/// What the planner decided.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// When to reconcile again at the latest, absent any watch event.
+    pub requeue_after: Option<Duration>,
+}
+
+/// A request to evaluate the gates now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckRequest {
+    pub canary: String,
+    pub stable: String,
+    /// The window starts here: when the current step began.
+    pub since: Timestamp,
+}

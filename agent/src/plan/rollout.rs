@@ -1,0 +1,704 @@
+//! The lifecycle of DESIGN.md, as one pure function per entry point.
+//!
+//! The status annotation is a write-ahead record of intent: a plan writes the status
+//! first, then converges the route and subsets to it. A restarted agent therefore finds
+//! either the old status with the old weights, or the new status with weights that
+//! [`converge`] brings to it; never weights that no status explains.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use weir_analysis::{Bound, Verdict};
+
+use super::{
+    Action, CheckRecord, CheckRequest, Event, EventType, FailedVersion, Observed, Phase, Plan,
+    Status, Subset, Traffic, Version,
+};
+use crate::spec::{RolloutSpec, keys};
+
+/// How many aborted versions the status remembers.
+const MAX_FAILED: usize = 10;
+
+/// How soon to look again while a promotion is being applied.
+const PROMOTION_RECHECK: Duration = Duration::from_secs(1);
+
+/// Whether the gates must be evaluated now, and for what.
+pub fn check_due(spec: &RolloutSpec, observed: &Observed, now: Timestamp) -> Option<CheckRequest> {
+    let status = observed.status.as_ref()?;
+    if status.phase != Phase::Progressing || observed.controls.pause {
+        return None;
+    }
+    let canary = status.canary.as_ref()?;
+    let stable = observed.subsets.stable.as_ref()?;
+    let version = observed.versions.iter().find(|v| &v.name == canary)?;
+    if status.canary_template.as_ref() != Some(&version.template) {
+        // The plan restarts the rollout; a check of the old template means nothing.
+        return None;
+    }
+    let due = next_check_at(spec, status, observed.last_check_at)?;
+    (now >= due).then(|| CheckRequest {
+        canary: canary.clone(),
+        stable: stable.clone(),
+        since: status.step_started_at.expect("next_check_at needs it"),
+    })
+}
+
+/// The next check of the current step: every `check-interval`, and also at the moment
+/// the step has been held for `step-interval`, so that a healthy step advances on time.
+fn next_check_at(
+    spec: &RolloutSpec,
+    status: &Status,
+    last_check_at: Option<Timestamp>,
+) -> Option<Timestamp> {
+    let since = status.step_started_at?;
+    let last = last_check_at.filter(|t| *t >= since);
+    let regular = add(last.unwrap_or(since), spec.check_interval);
+    let held = add(since, spec.step_interval);
+    Some(match last {
+        Some(t) if t >= held => regular,
+        _ => regular.min(held),
+    })
+}
+
+/// The plan for a Service whose configuration is invalid: record why, change no traffic.
+/// The rollout's progress stays in the status so that fixing the annotation resumes it.
+pub fn misconfigured(status: Option<&Status>, reason: &str, now: Timestamp) -> Plan {
+    let current = status.cloned().unwrap_or_else(|| Status::new(now));
+    if current.phase == Phase::Misconfigured && current.message == reason {
+        return Plan {
+            actions: Vec::new(),
+            requeue_after: None,
+        };
+    }
+    let mut next = current;
+    next.phase = Phase::Misconfigured;
+    next.message = reason.to_string();
+    next.last_transition_at = now;
+    Plan {
+        actions: vec![
+            Action::WriteStatus {
+                status: next,
+                consumed: Vec::new(),
+            },
+            Action::Emit(warning("Misconfigured", reason.to_string())),
+        ],
+        requeue_after: None,
+    }
+}
+
+/// Decide what to do now. `check` is the gates' verdict if [`check_due`] asked for one.
+pub fn plan(
+    spec: &RolloutSpec,
+    observed: &Observed,
+    check: Option<(&CheckRequest, &Verdict)>,
+    now: Timestamp,
+) -> Plan {
+    let mut draft = Draft::new(spec, observed, now);
+    draft.recover_from_misconfiguration();
+    if !draft.settle_stable() {
+        return draft.finish(false);
+    }
+    draft.apply_controls();
+    let mut checked = false;
+    match draft.status.phase {
+        Phase::Idle | Phase::Aborted => draft.start_newest_candidate(),
+        Phase::Progressing | Phase::Paused => checked = draft.progress(check),
+        Phase::Promoting => draft.finish_promotion(),
+        Phase::Misconfigured => unreachable!("recovered above"),
+    }
+    draft.finish(checked)
+}
+
+/// The next status being drafted, and the events that explain it.
+struct Draft<'a> {
+    spec: &'a RolloutSpec,
+    observed: &'a Observed,
+    now: Timestamp,
+    status: Status,
+    /// The status differs from the stored one in a way that must be persisted.
+    dirty: bool,
+    consumed: Vec<&'static str>,
+    events: Vec<Event>,
+}
+
+impl<'a> Draft<'a> {
+    fn new(spec: &'a RolloutSpec, observed: &'a Observed, now: Timestamp) -> Self {
+        let (status, dirty) = match &observed.status {
+            Some(s) => (s.clone(), false),
+            None => (Status::new(now), true),
+        };
+        Draft {
+            spec,
+            observed,
+            now,
+            status,
+            dirty,
+            consumed: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn recover_from_misconfiguration(&mut self) {
+        if self.status.phase != Phase::Misconfigured {
+            return;
+        }
+        let s = &self.status;
+        self.status.phase = match (&s.canary, s.step) {
+            (Some(_), Some(_)) => Phase::Progressing,
+            (Some(c), None) if s.failed.iter().any(|f| &f.version == c) => Phase::Aborted,
+            _ => Phase::Idle,
+        };
+        self.status.message = "configuration is valid again".into();
+        self.dirty = true;
+        self.events.push(normal("Reconfigured", "the configuration is valid again; resuming".into()));
+    }
+
+    /// Make `status.stable` agree with the stable subset, adopting a version when the
+    /// subset names none yet. Returns false when there is no stable version to work from.
+    fn settle_stable(&mut self) -> bool {
+        match &self.observed.subsets.stable {
+            Some(live) => {
+                if self.status.phase != Phase::Promoting && self.status.stable.as_ref() != Some(live) {
+                    self.status.stable = Some(live.clone());
+                    self.dirty = true;
+                }
+                true
+            }
+            None => {
+                let remembered = self
+                    .status
+                    .stable
+                    .as_ref()
+                    .and_then(|s| self.observed.versions.iter().find(|v| &v.name == s && v.available));
+                let oldest = || {
+                    self.observed
+                        .versions
+                        .iter()
+                        .filter(|v| v.available)
+                        .min_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)))
+                };
+                match remembered.or_else(oldest) {
+                    Some(v) => {
+                        let message = format!(
+                            "the stable subset {:?} names no version; adopting {} (Deployment {}) as stable",
+                            self.spec.stable_subset, v.name, v.deployment
+                        );
+                        self.status.phase = Phase::Idle;
+                        self.status.stable = Some(v.name.clone());
+                        self.set_message(message.clone());
+                        self.events.push(normal("StableAdopted", message));
+                        self.dirty = true;
+                    }
+                    None => self.set_message(
+                        "waiting for an Available Deployment to adopt as the stable version".into(),
+                    ),
+                }
+                false
+            }
+        }
+    }
+
+    fn apply_controls(&mut self) {
+        let controls = &self.observed.controls;
+        let canary = self.status.canary.clone();
+        let in_rollout = matches!(self.status.phase, Phase::Progressing | Phase::Paused);
+        let mut aborted = false;
+
+        if let Some(v) = &controls.abort {
+            self.consumed.push(keys::ABORT);
+            if in_rollout && canary.as_ref() == Some(v) {
+                self.abort(format!("aborted by {}={v}", keys::ABORT));
+                aborted = true;
+            } else {
+                self.ignore_control(keys::ABORT, v);
+            }
+        }
+        if let Some(v) = &controls.promote {
+            self.consumed.push(keys::PROMOTE);
+            // An abort in the same breath wins: safety first.
+            let promotable = !aborted
+                && matches!(
+                self.status.phase,
+                Phase::Progressing | Phase::Paused | Phase::Aborted
+            ) && canary.as_ref() == Some(v)
+                && self.find(v).is_some();
+            if promotable {
+                self.status.failed.retain(|f| &f.version != v);
+                self.status.phase = Phase::Promoting;
+                self.set_message(format!("promoting {v} by {}={v}", keys::PROMOTE));
+                self.events.push(normal(
+                    "PromotedByPerson",
+                    format!("{}={v}: skipping the remaining steps", keys::PROMOTE),
+                ));
+                self.dirty = true;
+            } else {
+                self.ignore_control(keys::PROMOTE, v);
+            }
+        }
+        if let Some(v) = &controls.retry {
+            self.consumed.push(keys::RETRY);
+            let was_failed = self.status.failed.iter().any(|f| &f.version == v);
+            if was_failed {
+                self.status.failed.retain(|f| &f.version != v);
+                self.dirty = true;
+                self.events.push(normal(
+                    "Retrying",
+                    format!("{}={v}: {v} may be released again", keys::RETRY),
+                ));
+                if self.status.phase == Phase::Aborted && canary.as_ref() == Some(v) {
+                    if let Some(version) = self.find(v).filter(|v| v.available).cloned() {
+                        self.start(&version, format!("retrying {v} by {}", keys::RETRY));
+                    }
+                }
+            } else {
+                self.ignore_control(keys::RETRY, v);
+            }
+        }
+        match (controls.pause, self.status.phase) {
+            (true, Phase::Progressing) => {
+                self.status.phase = Phase::Paused;
+                self.set_message(format!("paused by {}", keys::PAUSE));
+                self.events.push(normal("Paused", format!("paused at canary weight {}", self.status.weight)));
+                self.dirty = true;
+            }
+            (false, Phase::Paused) => {
+                self.status.phase = Phase::Progressing;
+                self.status.inconclusive_since = None;
+                self.set_message("resumed".into());
+                self.events.push(normal("Resumed", format!("resumed at canary weight {}", self.status.weight)));
+                self.dirty = true;
+            }
+            _ => {}
+        }
+    }
+
+    fn ignore_control(&mut self, key: &str, version: &str) {
+        let current = match (&self.status.canary, self.status.phase) {
+            (Some(c), Phase::Progressing | Phase::Paused | Phase::Aborted | Phase::Promoting) => {
+                format!("the canary is {c} ({:?})", self.status.phase)
+            }
+            _ => "no rollout is in progress".into(),
+        };
+        self.events.push(warning(
+            "IgnoredControl",
+            format!("ignored {key}={version}: {current}; removed the annotation"),
+        ));
+    }
+
+    /// The versions that may be released now, newest first.
+    fn candidates(&self) -> Vec<&'a Version> {
+        let stable = self.status.stable.as_deref();
+        let mut found: Vec<&Version> = self
+            .observed
+            .versions
+            .iter()
+            .filter(|v| v.available && Some(v.name.as_str()) != stable)
+            .filter(|v| !self.status.has_failed(&v.name, &v.template))
+            .collect();
+        found.sort_by(|a, b| (b.created, &b.name).cmp(&(a.created, &a.name)));
+        found
+    }
+
+    fn start_newest_candidate(&mut self) {
+        let candidates = self.candidates();
+        let Some(newest) = candidates.first().copied() else {
+            if self.status.phase == Phase::Idle && self.status.canary.is_some() {
+                self.status.canary = None;
+                self.status.canary_template = None;
+                self.dirty = true;
+            }
+            return;
+        };
+        let mut reason = format!("{} became available", newest.name);
+        if candidates.len() > 1 {
+            let others: Vec<&str> = candidates[1..].iter().map(|v| v.name.as_str()).collect();
+            reason = format!(
+                "several new versions are available; releasing the newest, {} (not {})",
+                newest.name,
+                others.join(", ")
+            );
+        }
+        self.start(newest, reason);
+    }
+
+    fn start(&mut self, version: &Version, reason: String) {
+        let weight = self.spec.steps[0];
+        let paused = self.observed.controls.pause;
+        let s = &mut self.status;
+        s.phase = if paused { Phase::Paused } else { Phase::Progressing };
+        s.canary = Some(version.name.clone());
+        s.canary_template = Some(version.template.clone());
+        s.step = Some(0);
+        s.weight = weight;
+        s.step_started_at = Some(self.now);
+        s.failed_checks = 0;
+        s.inconclusive_since = None;
+        s.last_check = None;
+        s.rollout_started_at = Some(self.now);
+        self.dirty = true;
+        let message = format!(
+            "{reason}: releasing {} at canary weight {weight} (step 1/{})",
+            version.name,
+            self.spec.steps.len()
+        );
+        self.set_message(message.clone());
+        self.events.push(normal("RolloutStarted", message));
+    }
+
+    /// One reconcile of a rollout in progress. Returns whether `check` was used.
+    fn progress(&mut self, check: Option<(&CheckRequest, &Verdict)>) -> bool {
+        let Some(canary) = self.status.canary.clone() else {
+            self.go_idle("no canary is recorded; back to idle".into());
+            return false;
+        };
+        let Some(version) = self.find(&canary).cloned() else {
+            self.go_idle(format!("the Deployment of {canary} is gone; all traffic back to stable"));
+            self.events.push(warning("CanaryGone", self.status.message.clone()));
+            return false;
+        };
+        if self.status.stable.as_ref() == Some(&canary) {
+            // The stable subset already selects the canary (a promotion was cut short, or
+            // someone moved it by hand): finish the promotion.
+            self.status.phase = Phase::Promoting;
+            self.dirty = true;
+            return false;
+        }
+        if let Some(newer) = self.candidates().first().copied()
+            && newer.name != canary
+            && (newer.created, &newer.name) > (version.created, &version.name)
+        {
+            self.start(newer, format!("{} supersedes {canary}", newer.name));
+            return false;
+        }
+        if self.status.canary_template.as_ref() != Some(&version.template) {
+            self.start(&version, format!("the pod template of {canary} changed; starting over"));
+            return false;
+        }
+        if self.status.phase == Phase::Paused {
+            return false;
+        }
+        let Some((request, verdict)) = check else {
+            return false;
+        };
+        if request.canary != canary || Some(request.since) != self.status.step_started_at {
+            return false;
+        }
+        self.judge(verdict);
+        true
+    }
+
+    fn judge(&mut self, verdict: &Verdict) {
+        let now = self.now;
+        self.status.last_check = Some(CheckRecord {
+            at: now,
+            verdict: verdict.clone(),
+        });
+        let summary = summarize(verdict);
+        match verdict {
+            Verdict::Pass { .. } => {
+                if self.status.inconclusive_since.take().is_some() {
+                    self.dirty = true;
+                }
+                let held = self
+                    .status
+                    .step_started_at
+                    .is_some_and(|t| now >= add(t, self.spec.step_interval));
+                if held {
+                    self.advance(&summary);
+                }
+            }
+            Verdict::Fail { failed, .. } => {
+                self.status.failed_checks += 1;
+                self.status.inconclusive_since = None;
+                self.dirty = true;
+                let (n, limit) = (self.status.failed_checks, self.spec.failure_limit);
+                let message = format!("check failed ({n}/{limit}) on {}: {summary}", failed.join(", "));
+                self.events.push(warning("CheckFailed", message.clone()));
+                if n >= limit {
+                    self.abort(format!("{n} failed checks reached the failure limit; last: {summary}"));
+                } else {
+                    self.set_message(message);
+                }
+            }
+            Verdict::Inconclusive { reason, detail, .. } => {
+                let since = match self.status.inconclusive_since {
+                    Some(t) => t,
+                    None => {
+                        self.status.inconclusive_since = Some(now);
+                        self.dirty = true;
+                        let message = format!("check inconclusive ({reason:?}): {detail}");
+                        self.events.push(normal("CheckInconclusive", message.clone()));
+                        self.set_message(message);
+                        now
+                    }
+                };
+                if now >= add(since, self.spec.no_data_timeout) {
+                    self.abort(format!(
+                        "no conclusive evidence for {} ({reason:?}: {detail})",
+                        humantime::format_duration(self.spec.no_data_timeout)
+                    ));
+                }
+            }
+        }
+    }
+
+    fn advance(&mut self, summary: &str) {
+        let step = self.status.step.unwrap_or(0);
+        let total = self.spec.steps.len();
+        self.dirty = true;
+        if step + 1 < total {
+            let from = self.status.weight;
+            let to = self.spec.steps[step + 1];
+            self.status.step = Some(step + 1);
+            self.status.weight = to;
+            self.status.step_started_at = Some(self.now);
+            self.status.inconclusive_since = None;
+            let message = format!(
+                "check passed ({summary}); canary weight {from} → {to} (step {}/{total})",
+                step + 2
+            );
+            self.set_message(message.clone());
+            self.events.push(normal("WeightChanged", message));
+        } else {
+            self.status.phase = Phase::Promoting;
+            let message = format!("all {total} steps passed ({summary}); promoting");
+            self.set_message(message.clone());
+            self.events.push(normal("StepsPassed", message));
+        }
+    }
+
+    fn abort(&mut self, reason: String) {
+        let s = &mut self.status;
+        if let (Some(version), Some(template)) = (s.canary.clone(), s.canary_template.clone()) {
+            s.failed.retain(|f| f.version != version);
+            s.failed.push(FailedVersion { version, template });
+            if s.failed.len() > MAX_FAILED {
+                s.failed.remove(0);
+            }
+        }
+        s.phase = Phase::Aborted;
+        s.step = None;
+        s.weight = 0;
+        s.step_started_at = None;
+        s.inconclusive_since = None;
+        self.dirty = true;
+        let message = format!(
+            "aborted {}: {reason}; canary weight 0",
+            s.canary.as_deref().unwrap_or("?")
+        );
+        self.set_message(message.clone());
+        self.events.push(warning("Aborted", message));
+    }
+
+    fn finish_promotion(&mut self) {
+        let Some(canary) = self.status.canary.clone() else {
+            self.go_idle("nothing to promote".into());
+            return;
+        };
+        let observed = self.observed;
+        let applied = observed.subsets.stable.as_ref() == Some(&canary)
+            && observed.traffic == (Traffic { stable: 100, canary: 0 });
+        if applied {
+            self.status.stable = Some(canary.clone());
+            self.go_idle(format!("promoted {canary}: the stable subset selects it, weights 100/0"));
+            self.events.push(normal("Promoted", self.status.message.clone()));
+        }
+    }
+
+    fn go_idle(&mut self, message: String) {
+        let s = &mut self.status;
+        s.phase = Phase::Idle;
+        s.canary = None;
+        s.canary_template = None;
+        s.step = None;
+        s.weight = 0;
+        s.step_started_at = None;
+        s.inconclusive_since = None;
+        s.failed_checks = 0;
+        self.dirty = true;
+        self.set_message(message);
+    }
+
+    fn find(&self, version: &str) -> Option<&'a Version> {
+        self.observed.versions.iter().find(|v| v.name == version)
+    }
+
+    fn set_message(&mut self, message: String) {
+        if self.status.message != message {
+            self.status.message = message;
+            self.dirty = true;
+        }
+    }
+
+    fn finish(mut self, checked: bool) -> Plan {
+        let Convergence { darken, mesh } = converge(&self.status, self.observed);
+        // Taking a canary's traffic away needs no record to justify it, and doing it
+        // before the status write means the weight never exceeds the step the status
+        // names, even for the moment between the two writes.
+        let mut actions: Vec<Action> = darken.into_iter().collect();
+        if self.dirty || !self.consumed.is_empty() {
+            if self.dirty {
+                self.status.last_transition_at = self.now;
+            }
+            actions.push(Action::WriteStatus {
+                status: self.status.clone(),
+                consumed: self.consumed,
+            });
+        }
+        actions.extend(mesh);
+        actions.extend(self.events.into_iter().map(Action::Emit));
+
+        let last_check = if checked { Some(self.now) } else { self.observed.last_check_at };
+        let requeue_after = match self.status.phase {
+            Phase::Progressing => next_check_at(self.spec, &self.status, last_check)
+                .map(|due| until(self.now, due)),
+            Phase::Promoting => Some(PROMOTION_RECHECK),
+            _ => None,
+        };
+        Plan {
+            actions,
+            requeue_after,
+        }
+    }
+}
+
+/// The mesh writes that bring the route and subsets to what a status intends.
+struct Convergence {
+    /// Lower the canary weight before anything else (see [`Draft::finish`]). Only for a
+    /// rollout that restarts: the observation that restarted it (a new template, a newer
+    /// version) persists, so a crash before the status write cannot undo the lowering.
+    /// An abort instead writes its status first, so that it is durable.
+    darken: Option<Action>,
+    /// The writes that follow the status write, in order.
+    mesh: Vec<Action>,
+}
+
+/// The mesh writes that bring the route and subsets to what `status` intends, in a
+/// safe order: the canary subset is only repointed while it gets no traffic, and a
+/// promotion moves the stable subset before it takes the canary's weight away.
+fn converge(status: &Status, observed: &Observed) -> Convergence {
+    let mut darken = None;
+    let mut mesh = Vec::new();
+    let traffic = observed.traffic;
+    let subsets = &observed.subsets;
+    let weights = |canary: u8| {
+        Action::SetWeights(Traffic {
+            stable: 100 - canary,
+            canary,
+        })
+    };
+    let off_target = |canary: u8| traffic.canary != canary || traffic.stable != 100 - canary;
+    if subsets.stable.is_none()
+        && let Some(stable) = &status.stable
+    {
+        mesh.push(Action::SetSubsetVersion {
+            subset: Subset::Stable,
+            version: stable.clone(),
+        });
+    }
+    match status.phase {
+        Phase::Progressing | Phase::Paused => {
+            if let Some(canary) = &status.canary {
+                if subsets.canary.as_ref() != Some(canary) {
+                    if traffic.canary > 0 {
+                        darken = Some(weights(0));
+                    }
+                    mesh.push(Action::SetSubsetVersion {
+                        subset: Subset::Canary,
+                        version: canary.clone(),
+                    });
+                    if status.weight > 0 {
+                        mesh.push(weights(status.weight));
+                    }
+                } else if traffic.canary > status.weight {
+                    darken = Some(weights(status.weight));
+                } else if off_target(status.weight) {
+                    mesh.push(weights(status.weight));
+                }
+            }
+        }
+        Phase::Promoting => {
+            if let Some(canary) = &status.canary
+                && subsets.stable.as_ref() != Some(canary)
+            {
+                mesh.push(Action::SetSubsetVersion {
+                    subset: Subset::Stable,
+                    version: canary.clone(),
+                });
+            }
+            if off_target(0) {
+                mesh.push(weights(0));
+            }
+        }
+        Phase::Idle | Phase::Aborted => {
+            if off_target(0) {
+                mesh.push(weights(0));
+            }
+        }
+        Phase::Misconfigured => {}
+    }
+    Convergence { darken, mesh }
+}
+
+/// One line of measured values, for events and the status message.
+fn summarize(verdict: &Verdict) -> String {
+    let parts: Vec<String> = verdict
+        .measurements()
+        .iter()
+        .map(|m| {
+            let fmt = |v: Option<f64>| match v {
+                None => "none".to_string(),
+                Some(v) => format_value(&m.metric, v),
+            };
+            let bound = match &m.bound {
+                Some(Bound::Max(b)) => format!(", max {}", format_value(&m.metric, *b)),
+                Some(Bound::Min(b)) => format!(", min {}", format_value(&m.metric, *b)),
+                None => String::new(),
+            };
+            format!("{} {} (stable {}{bound})", m.metric, fmt(m.canary), fmt(m.stable))
+        })
+        .collect();
+    if parts.is_empty() {
+        verdict.kind().to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn format_value(metric: &str, v: f64) -> String {
+    match metric {
+        "error-rate" => format!("{:.2}%", v * 100.0),
+        "latency" => format!("{v:.0}ms"),
+        "request-count" => format!("{v:.0}"),
+        _ => format!("{v}"),
+    }
+}
+
+fn normal(reason: &str, message: String) -> Event {
+    Event {
+        type_: EventType::Normal,
+        reason: reason.into(),
+        message,
+    }
+}
+
+fn warning(reason: &str, message: String) -> Event {
+    Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        message,
+    }
+}
+
+fn add(t: Timestamp, d: Duration) -> Timestamp {
+    let d = SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX);
+    t.checked_add(d).unwrap_or(Timestamp::MAX)
+}
+
+/// Time from `now` until `due`, at least a second so that a busy loop is impossible.
+fn until(now: Timestamp, due: Timestamp) -> Duration {
+    let d = due.duration_since(now);
+    Duration::try_from(d)
+        .unwrap_or(Duration::ZERO)
+        .max(Duration::from_secs(1))
+}

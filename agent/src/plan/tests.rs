@@ -1,0 +1,711 @@
+//! The planner against a model of the cluster: scenario tests for each transition of
+//! DESIGN.md's lifecycle, and property tests for invariants 1–4 and 7 over random
+//! sequences of observations, verdicts, controls, failed writes and restarts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use proptest::prelude::*;
+use weir_analysis::{Bound, InconclusiveReason, Measurement, Verdict};
+
+use super::*;
+use crate::spec::{Defaults, RolloutSpec};
+
+fn spec() -> RolloutSpec {
+    let d = Defaults::default();
+    RolloutSpec {
+        service: "checkout".into(),
+        virtual_service: None,
+        route: None,
+        destination_rule: None,
+        stable_subset: d.stable_subset,
+        canary_subset: d.canary_subset,
+        version_label: d.version_label,
+        steps: d.steps,
+        step_interval: d.step_interval,
+        check_interval: d.check_interval,
+        gates: d.gates,
+        failure_limit: d.failure_limit,
+        no_data_timeout: d.no_data_timeout,
+        metrics_config_map: None,
+    }
+}
+
+fn t0() -> Timestamp {
+    "2026-11-26T10:00:00Z".parse().unwrap()
+}
+
+fn version(name: &str, template: &str, created_secs: i64) -> Version {
+    Version {
+        name: name.into(),
+        deployment: format!("checkout-{name}"),
+        template: template.into(),
+        available: true,
+        created: t0() + SignedDuration::from_secs(created_secs),
+    }
+}
+
+fn pass() -> Verdict {
+    Verdict::Pass {
+        measurements: vec![Measurement {
+            metric: "error-rate".into(),
+            canary: Some(0.001),
+            stable: Some(0.001),
+            bound: Some(Bound::Max(0.01)),
+        }],
+    }
+}
+
+fn fail() -> Verdict {
+    Verdict::Fail {
+        failed: vec!["error-rate".into()],
+        measurements: vec![Measurement {
+            metric: "error-rate".into(),
+            canary: Some(0.2),
+            stable: Some(0.001),
+            bound: Some(Bound::Max(0.01)),
+        }],
+    }
+}
+
+fn inconclusive() -> Verdict {
+    Verdict::Inconclusive {
+        reason: InconclusiveReason::NoData,
+        detail: "no canary series".into(),
+        measurements: vec![],
+    }
+}
+
+/// The cluster as the planner sees it, plus the agent's memory and a log of what the
+/// tests need to judge the invariants.
+#[derive(Clone, Debug)]
+struct World {
+    spec: RolloutSpec,
+    versions: Vec<Version>,
+    traffic: Traffic,
+    subsets: Subsets,
+    status: Option<Status>,
+    controls: Controls,
+    now: Timestamp,
+    last_check_at: Option<Timestamp>,
+    /// Steps (by index) at which a Pass was fed while that step's weight was live,
+    /// per (version, template). Independent of the planner's own bookkeeping.
+    passes: BTreeMap<(String, String), BTreeSet<usize>>,
+    /// Versions a person promoted (by control) since their last abort.
+    promoted_by_person: BTreeSet<String>,
+    /// (version, template) pairs that were aborted and not retried or promoted since.
+    aborted: BTreeSet<(String, String)>,
+    events: Vec<Event>,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            spec: spec(),
+            versions: vec![version("v1", "t1", 0)],
+            traffic: Traffic {
+                stable: 100,
+                canary: 0,
+            },
+            subsets: Subsets {
+                stable: Some("v1".into()),
+                canary: None,
+            },
+            status: None,
+            controls: Controls::default(),
+            now: t0() + SignedDuration::from_secs(3600),
+            last_check_at: None,
+            passes: BTreeMap::new(),
+            promoted_by_person: BTreeSet::new(),
+            aborted: BTreeSet::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn observed(&self) -> Observed {
+        Observed {
+            versions: self.versions.clone(),
+            traffic: self.traffic,
+            subsets: self.subsets.clone(),
+            status: self.status.clone(),
+            controls: self.controls.clone(),
+            last_check_at: self.last_check_at,
+        }
+    }
+
+    fn tick(&mut self, secs: u64) {
+        self.now += SignedDuration::from_secs(secs as i64);
+    }
+
+    fn template_of(&self, name: &str) -> Option<String> {
+        self.versions.iter().find(|v| v.name == name).map(|v| v.template.clone())
+    }
+
+    /// One reconcile as the controller does it: check if due (answering with
+    /// `verdict`), plan, and apply the actions in order until `fail_at` (a write that
+    /// the apiserver refuses). Checks the invariants after every write.
+    fn reconcile(&mut self, verdict: Option<Verdict>, fail_at: Option<usize>) -> Plan {
+        let observed = self.observed();
+        let due = check_due(&self.spec, &observed, self.now);
+        let check = match (&due, &verdict) {
+            (Some(req), Some(v)) => Some((req, v)),
+            _ => None,
+        };
+        if let (Some(req), Some(Verdict::Pass { .. })) = (&due, &verdict) {
+            let status = self.status.as_ref().unwrap();
+            if self.traffic.canary == status.weight && self.subsets.canary.as_ref() == Some(&req.canary) {
+                let template = self.template_of(&req.canary).unwrap();
+                self.passes
+                    .entry((req.canary.clone(), template))
+                    .or_default()
+                    .insert(status.step.unwrap());
+            }
+        }
+        let plan = plan(&self.spec, &observed, check, self.now);
+        if check.is_some() {
+            self.last_check_at = Some(self.now);
+        }
+        let before = self.clone();
+        for (i, action) in plan.actions.iter().enumerate() {
+            if fail_at == Some(i) {
+                break;
+            }
+            self.apply(action);
+            self.assert_invariants(&before, check.map(|(_, v)| v));
+        }
+        plan
+    }
+
+    fn apply(&mut self, action: &Action) {
+        match action {
+            Action::WriteStatus { status, consumed } => {
+                self.status = Some(status.clone());
+                for key in consumed {
+                    match *key {
+                        crate::spec::keys::ABORT => self.controls.abort = None,
+                        crate::spec::keys::PROMOTE => self.controls.promote = None,
+                        crate::spec::keys::RETRY => self.controls.retry = None,
+                        other => panic!("unexpected consumed control {other}"),
+                    }
+                }
+            }
+            Action::SetWeights(t) => self.traffic = *t,
+            Action::SetSubsetVersion { subset, version } => match subset {
+                Subset::Stable => self.subsets.stable = Some(version.clone()),
+                Subset::Canary => self.subsets.canary = Some(version.clone()),
+            },
+            Action::Emit(e) => self.events.push(e.clone()),
+        }
+    }
+
+    fn canary_key(&self) -> Option<(String, String)> {
+        let c = self.subsets.canary.clone()?;
+        let t = self.template_of(&c)?;
+        Some((c, t))
+    }
+
+    fn assert_invariants(&self, before: &World, verdict: Option<&Verdict>) {
+        // 1. Integers in 0..=100 summing to 100 (u8 makes them integers).
+        assert_eq!(
+            u16::from(self.traffic.stable) + u16::from(self.traffic.canary),
+            100,
+            "weights {:?}",
+            self.traffic
+        );
+        // 2. Never above the current step's weight; rises only after a pass, at the
+        //    start of a rollout, or back to a recorded intent.
+        if let Some(s) = &self.status
+            && let Some(step) = s.step
+        {
+            assert!(self.traffic.canary <= self.spec.steps[step], "above step weight: {self:#?}");
+        }
+        if self.traffic.canary > before.traffic.canary {
+            let recorded = before.status.as_ref().map(|s| s.weight);
+            let first_step = before.traffic.canary == 0 && self.traffic.canary == self.spec.steps[0];
+            let passed = matches!(verdict, Some(Verdict::Pass { .. }));
+            let promoted = before.controls.promote.is_some();
+            assert!(
+                passed || first_step || promoted || recorded == Some(self.traffic.canary),
+                "canary weight rose {} → {} without a pass: {self:#?}",
+                before.traffic.canary,
+                self.traffic.canary
+            );
+        }
+        // 3. An aborted (version, template) gets no traffic back until retried or promoted.
+        if let Some(key) = self.canary_key()
+            && self.aborted.contains(&key)
+        {
+            assert!(
+                self.traffic.canary <= before.traffic.canary,
+                "aborted canary {key:?} got traffic: {self:#?}"
+            );
+        }
+        // 4. The stable subset moves to a version only after all its steps passed, or
+        //    a person promoted it.
+        if self.subsets.stable != before.subsets.stable
+            && let (Some(_), Some(new)) = (&before.subsets.stable, &self.subsets.stable)
+        {
+            let template = self.template_of(new).unwrap();
+            let passed = self.passes.get(&(new.clone(), template)).map_or(0, |p| p.len());
+            assert!(
+                passed == self.spec.steps.len() || self.promoted_by_person.contains(new),
+                "stable moved to {new} after {passed} passed steps: {self:#?}"
+            );
+        }
+    }
+
+    /// Once an aborted rollout's reconcile has fully applied, its canary has weight 0.
+    fn assert_aborted_is_dark(&self) {
+        if let Some(s) = &self.status
+            && s.phase == Phase::Aborted
+        {
+            assert_eq!(self.traffic.canary, 0, "aborted but canary has traffic: {self:#?}");
+        }
+    }
+
+    fn record_abort_ghost(&mut self) {
+        if let Some(s) = &self.status
+            && s.phase == Phase::Aborted
+            && let (Some(c), Some(t)) = (&s.canary, &s.canary_template)
+        {
+            self.aborted.insert((c.clone(), t.clone()));
+        }
+    }
+}
+
+fn reasons(plan: &Plan) -> Vec<&str> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Emit(e) => Some(e.reason.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Drives a check every check-interval until the planner leaves `Progressing`.
+fn run_checks(w: &mut World, verdict: fn() -> Verdict, max: usize) {
+    for _ in 0..max {
+        w.tick(15);
+        w.reconcile(Some(verdict()), None);
+        w.record_abort_ghost();
+        let phase = w.status.as_ref().unwrap().phase;
+        if phase != Phase::Progressing {
+            return;
+        }
+    }
+}
+
+#[test]
+fn first_reconcile_writes_an_idle_status_and_nothing_else() {
+    let mut w = World::new();
+    let plan = w.reconcile(None, None);
+    assert!(matches!(plan.actions.as_slice(), [Action::WriteStatus { .. }]));
+    let status = w.status.clone().unwrap();
+    assert_eq!(status.phase, Phase::Idle);
+    assert_eq!(status.stable.as_deref(), Some("v1"));
+    // An idle namespace makes no writes.
+    w.tick(300);
+    let plan = w.reconcile(None, None);
+    assert!(plan.actions.is_empty(), "{plan:?}");
+    assert_eq!(plan.requeue_after, None);
+}
+
+#[test]
+fn healthy_release_goes_through_every_step_and_is_promoted() {
+    let mut w = World::new();
+    w.reconcile(None, None);
+    w.versions.push(version("v2", "t2", 60));
+    let plan = w.reconcile(None, None);
+    assert!(reasons(&plan).contains(&"RolloutStarted"));
+    assert_eq!(w.subsets.canary.as_deref(), Some("v2"));
+    assert_eq!(w.traffic, Traffic { stable: 90, canary: 10 });
+    let mut weights = vec![w.traffic.canary];
+    for _ in 0..40 {
+        w.tick(15);
+        w.reconcile(Some(pass()), None);
+        if weights.last() != Some(&w.traffic.canary) {
+            weights.push(w.traffic.canary);
+        }
+        if w.status.as_ref().unwrap().phase == Phase::Idle {
+            break;
+        }
+    }
+    assert_eq!(weights, vec![10, 25, 50, 0]);
+    let status = w.status.clone().unwrap();
+    assert_eq!(status.phase, Phase::Idle, "{status:#?}");
+    assert_eq!(status.stable.as_deref(), Some("v2"));
+    assert_eq!(w.subsets.stable.as_deref(), Some("v2"));
+    assert!(w.events.iter().any(|e| e.reason == "Promoted"));
+}
+
+#[test]
+fn a_step_is_held_for_step_interval_even_when_checks_pass() {
+    let mut w = World::new();
+    w.reconcile(None, None);
+    w.versions.push(version("v2", "t2", 60));
+    w.reconcile(None, None);
+    for _ in 0..3 {
+        w.tick(15);
+        w.reconcile(Some(pass()), None);
+        assert_eq!(w.traffic.canary, 10);
+    }
+    w.tick(15);
+    w.reconcile(Some(pass()), None);
+    assert_eq!(w.traffic.canary, 25);
+}
+
+#[test]
+fn failed_checks_reaching_the_limit_abort_and_the_version_is_not_retried() {
+    let mut w = World::new();
+    w.reconcile(None, None);
+    w.versions.push(version("v2", "t2", 60));
+    w.reconcile(None, None);
+    w.tick(15);
+    let plan = w.reconcile(Some(fail()), None);
+    assert_eq!(reasons(&plan), vec!["CheckFailed"]);
+    assert_eq!(w.traffic.canary, 10, "one failure is below the limit of 2");
+    w.tick(15);
+    let plan = w.reconcile(Some(fail()), None);
+    assert_eq!(reasons(&plan), vec!["CheckFailed", "Aborted"]);
+    assert_eq!(w.traffic.canary, 0);
+    assert_eq!(w.status.as_ref().unwrap().phase, Phase::Aborted);
+    // Not retried while its template is unchanged.
+    w.tick(600);
+    let plan = w.reconcile(None, None);
+    assert!(plan.actions.is_empty(), "{plan:?}");
+    // A new template is a new build: released again from step one.
+    w.versions[1].template = "t2b".into();
+    let plan = w.reconcile(None, None);
+    assert!(reasons(&plan).contains(&"RolloutStarted"));
+    assert_eq!(w.traffic.canary, 10);
+}
+
+#[test]
+fn inconclusive_never_advances_and_aborts_at_the_no_data_timeout() {
+    let mut w = World::new();
+    w.reconcile(None, None);
+    w.versions.push(version("v2", "t2", 60));
+    w.reconcile(None, None);
+    let mut checks = 0;
+    while w.status.as_ref().unwrap().phase == Phase::Progressing {
+        w.tick(15);
+        w.reconcile(Some(inconclusive()), None);
+        checks += 1;
+        assert!(w.traffic.canary <= 10);
+        assert!(checks < 100, "never aborted");
+    }
+    assert_eq!(w.status.as_ref().unwrap().phase, Phase::Aborted);
+    assert_eq!(w.traffic.canary, 0);
+    // 10m of inconclusive checks after the first one, every 15 s.
+    assert_eq!(checks, 41);
+}
+
+#[test]
+fn controls_pause_promote_abort_retry() {
+    let mut w = World::new();
+    w.reconcile(None, None);
+    w.versions.push(version("v2", "t2", 60));
+    w.reconcile(None, None);
+
+    // pause holds the step: no check is even due.
+    w.controls.pause = true;
+    w.reconcile(None, None);
+    assert_eq!(w.status.as_ref().unwrap().phase, Phase::Paused);
+    w.tick(300);
+    assert_eq!(check_due(&w.spec, &w.observed(), w.now), None);
+    w.reconcile(Some(pass()), None);
+    assert_eq!(w.traffic.canary, 10);
+    w.controls.pause = false;
+    w.reconcile(None, None);
+    assert_eq!(w.status.as_ref().unwrap().phase, Phase::Progressing);
+
+    // a stale abort (wrong version) is harmless and removed.
+    w.controls.abort = Some("v9".into());
+    let plan = w.reconcile(None, None);
+    assert!(reasons(&plan).contains(&"IgnoredControl"));
+    assert_eq!(w.controls.abort, None);
+    assert_eq!(w.traffic.canary, 10);
+
+    // abort.
+    w.controls.abort = Some("v2".into());
+    w.reconcile(None, None);
+    assert_eq!(w.status.as_ref().unwrap().phase, Phase::Aborted);
+    assert_eq!(w.traffic.canary, 0);
+
+    // retry reruns it from step one.
+    w.controls.retry = Some("v2".into());
+    let plan = w.reconcile(None, None);
+    assert!(reasons(&plan).contains(&"RolloutStarted"), "{plan:?}");
+    assert_eq!(w.traffic.canary, 10);
+
+    // promote skips to promotion.
+    w.promoted_by_person.insert("v2".into());
+    w.controls.promote = Some("v2".into());
+    w.reconcile(None, None);
+    w.reconcile(None, None);
+    let status = w.status.clone().unwrap();
+    assert_eq!(status.phase, Phase::Idle);
+    assert_eq!(status.stable.as_deref(), Some("v2"));
+    assert_eq!(w.traffic, Traffic { stable: 100, canary: 0 });
+}
+
+#[test]
+fn newest_candidate_wins_and_says_so() {
+    let mut w = World::new();
+    w.reconcile(None, None);
+    w.versions.push(version("v2", "t2", 60));
+    w.versions.push(version("v3", "t3", 120));
+    let plan = w.reconcile(None, None);
+    assert_eq!(w.subsets.canary.as_deref(), Some("v3"));
+    let Some(Action::Emit(event)) = plan.actions.iter().find(|a| matches!(a, Action::Emit(_))) else {
+        panic!("no event: {plan:?}")
+    };
+    assert!(event.message.contains("releasing the newest, v3 (not v2)"), "{event:?}");
+}
+
+#[test]
+fn a_newer_version_mid_rollout_restarts_at_step_one_via_zero() {
+    let mut w = World::new();
+    w.reconcile(None, None);
+    w.versions.push(version("v2", "t2", 60));
+    w.reconcile(None, None);
+    run_checks(&mut w, pass, 4);
+    assert_eq!(w.traffic.canary, 25);
+    w.versions.push(version("v3", "t3", 120));
+    let plan = w.reconcile(None, None);
+    let mesh: Vec<&Action> = plan
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::SetWeights(_) | Action::SetSubsetVersion { .. }))
+        .collect();
+    assert_eq!(
+        mesh,
+        vec![
+            &Action::SetWeights(Traffic { stable: 100, canary: 0 }),
+            &Action::SetSubsetVersion {
+                subset: Subset::Canary,
+                version: "v3".into()
+            },
+            &Action::SetWeights(Traffic { stable: 90, canary: 10 }),
+        ]
+    );
+}
+
+#[test]
+fn template_change_mid_rollout_starts_over() {
+    let mut w = World::new();
+    w.reconcile(None, None);
+    w.versions.push(version("v2", "t2", 60));
+    w.reconcile(None, None);
+    run_checks(&mut w, pass, 4);
+    assert_eq!(w.status.as_ref().unwrap().step, Some(1));
+    w.versions[1].template = "t2b".into();
+    let plan = w.reconcile(None, None);
+    assert!(reasons(&plan).contains(&"RolloutStarted"));
+    let status = w.status.clone().unwrap();
+    assert_eq!((status.step, status.weight), (Some(0), 10));
+    assert_eq!(w.traffic.canary, 10);
+}
+
+#[test]
+fn first_start_adopts_the_oldest_available_version() {
+    let mut w = World::new();
+    w.subsets.stable = None;
+    w.versions.push(version("v2", "t2", 60));
+    let plan = w.reconcile(None, None);
+    assert!(reasons(&plan).contains(&"StableAdopted"));
+    assert_eq!(w.subsets.stable.as_deref(), Some("v1"));
+    // The next reconcile releases v2 as a canary: it is not made stable unchecked.
+    w.reconcile(None, None);
+    assert_eq!(w.subsets.canary.as_deref(), Some("v2"));
+    assert_eq!(w.traffic.canary, 10);
+}
+
+#[test]
+fn misconfiguration_changes_no_traffic_and_fixing_it_resumes() {
+    let mut w = World::new();
+    w.reconcile(None, None);
+    w.versions.push(version("v2", "t2", 60));
+    w.reconcile(None, None);
+    let plan = misconfigured(w.status.as_ref(), "weir.dev/steps: bad", w.now);
+    assert!(
+        plan.actions
+            .iter()
+            .all(|a| matches!(a, Action::WriteStatus { .. } | Action::Emit(_)))
+    );
+    for a in &plan.actions {
+        w.apply(a);
+    }
+    assert_eq!(w.status.as_ref().unwrap().phase, Phase::Misconfigured);
+    // Reported once, not on every reconcile.
+    assert!(misconfigured(w.status.as_ref(), "weir.dev/steps: bad", w.now).actions.is_empty());
+    w.reconcile(None, None);
+    let status = w.status.clone().unwrap();
+    assert_eq!((status.phase, status.step, w.traffic.canary), (Phase::Progressing, Some(0), 10));
+}
+
+#[test]
+fn restart_resumes_the_same_step_and_checks_at_once() {
+    let mut w = World::new();
+    w.reconcile(None, None);
+    w.versions.push(version("v2", "t2", 60));
+    w.reconcile(None, None);
+    run_checks(&mut w, pass, 4);
+    w.tick(20);
+    let before = w.status.clone().unwrap();
+    w.last_check_at = None; // the agent restarted
+    let req = check_due(&w.spec, &w.observed(), w.now).expect("due at once after a restart");
+    assert_eq!(Some(req.since), before.step_started_at, "the window is the step's, not the restart's");
+    let plan = w.reconcile(Some(pass()), None);
+    assert!(plan.actions.is_empty(), "{plan:?}");
+    assert_eq!(w.status.clone().unwrap(), before);
+}
+
+#[test]
+fn a_status_written_before_its_weights_is_converged_after_a_crash() {
+    let mut w = World::new();
+    w.reconcile(None, None);
+    w.versions.push(version("v2", "t2", 60));
+    w.reconcile(None, None);
+    for _ in 0..3 {
+        w.tick(15);
+        w.reconcile(Some(pass()), None);
+    }
+    w.tick(15);
+    // The step advances, but only the status write lands.
+    w.reconcile(Some(pass()), Some(1));
+    assert_eq!(w.status.as_ref().unwrap().weight, 25);
+    assert_eq!(w.traffic.canary, 10);
+    w.last_check_at = None;
+    let plan = w.reconcile(None, None);
+    assert_eq!(plan.actions, vec![Action::SetWeights(Traffic { stable: 75, canary: 25 })]);
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Tick(u64),
+    Check(u8),
+    NewVersion,
+    ChangeTemplate,
+    DeleteCanary,
+    Pause(bool),
+    Abort { current: bool },
+    Promote { current: bool },
+    Retry { current: bool },
+    Restart,
+    FailingWrite(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (1u64..120).prop_map(Op::Tick),
+        8 => (0u8..3).prop_map(Op::Check),
+        1 => Just(Op::NewVersion),
+        1 => Just(Op::ChangeTemplate),
+        1 => Just(Op::DeleteCanary),
+        1 => any::<bool>().prop_map(Op::Pause),
+        1 => any::<bool>().prop_map(|current| Op::Abort { current }),
+        1 => any::<bool>().prop_map(|current| Op::Promote { current }),
+        1 => any::<bool>().prop_map(|current| Op::Retry { current }),
+        2 => Just(Op::Restart),
+        1 => (0usize..4).prop_map(Op::FailingWrite),
+    ]
+}
+
+fn run(ops: Vec<Op>) {
+    let mut w = World::new();
+    let mut next_version = 2;
+    w.reconcile(None, None);
+    for op in ops {
+        let canary = w.status.as_ref().and_then(|s| s.canary.clone());
+        let named = |current: bool| match (&canary, current) {
+            (Some(c), true) => c.clone(),
+            _ => "v99".into(),
+        };
+        let mut verdict = None;
+        let mut fail_at = None;
+        match op {
+            Op::Tick(s) => w.tick(s),
+            Op::Check(k) => {
+                w.tick(15);
+                verdict = Some(match k {
+                    0 => pass(),
+                    1 => fail(),
+                    _ => inconclusive(),
+                });
+            }
+            Op::NewVersion => {
+                w.tick(1);
+                let created = (w.now - t0()).get_seconds();
+                w.versions.push(version(&format!("v{next_version}"), "t", created));
+                next_version += 1;
+            }
+            Op::ChangeTemplate => {
+                if let Some(v) = w.versions.iter_mut().find(|v| Some(&v.name) == canary.as_ref()) {
+                    v.template.push('+');
+                }
+            }
+            Op::DeleteCanary => {
+                let stable = w.subsets.stable.clone();
+                w.versions
+                    .retain(|v| Some(&v.name) != canary.as_ref() || Some(&v.name) == stable.as_ref());
+            }
+            Op::Pause(p) => w.controls.pause = p,
+            Op::Abort { current } => w.controls.abort = Some(named(current)),
+            Op::Promote { current } => {
+                let v = named(current);
+                w.aborted.retain(|(a, _)| *a != v);
+                w.promoted_by_person.insert(v.clone());
+                w.controls.promote = Some(v);
+            }
+            Op::Retry { current } => {
+                let v = named(current);
+                w.aborted.retain(|(a, _)| *a != v);
+                w.controls.retry = Some(v);
+            }
+            Op::Restart => {
+                let before = w.clone();
+                w.last_check_at = None;
+                w.reconcile(None, None);
+                // 7. A restart skips no step, repeats none, and makes no weight jump.
+                let (b, a) = (before.status.clone().unwrap(), w.status.clone().unwrap());
+                if before.controls == Controls::default() && b.phase == a.phase {
+                    assert_eq!((b.step, b.step_started_at), (a.step, a.step_started_at));
+                    assert!(w.traffic.canary <= b.weight.max(before.traffic.canary));
+                }
+                continue;
+            }
+            Op::FailingWrite(n) => fail_at = Some(n),
+        }
+        w.reconcile(verdict, fail_at);
+        w.record_abort_ghost();
+        if fail_at.is_none() {
+            // After a reconcile that fully applied, an aborted canary is dark (3), and a
+            // second reconcile of the same world changes no weight (a fixpoint).
+            w.assert_aborted_is_dark();
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn invariants_hold_over_random_histories(ops in proptest::collection::vec(op(), 1..80)) {
+        run(ops);
+    }
+}
+
+#[test]
+fn requeue_tracks_the_next_check() {
+    let mut w = World::new();
+    w.reconcile(None, None);
+    w.versions.push(version("v2", "t2", 60));
+    let plan = w.reconcile(None, None);
+    assert_eq!(plan.requeue_after, Some(Duration::from_secs(15)));
+    w.tick(15);
+    let plan = w.reconcile(Some(pass()), None);
+    assert_eq!(plan.requeue_after, Some(Duration::from_secs(15)));
+}

@@ -1,0 +1,87 @@
+//! What a check concluded, and the evidence behind it.
+
+use serde::{Deserialize, Serialize};
+
+/// The outcome of evaluating a rollout's gates once.
+///
+/// Only [`Verdict::Pass`] lets a step advance. [`Verdict::Inconclusive`] never advances a
+/// step and never promotes; it is not a failure either, but a step that stays
+/// inconclusive past its `no-data-timeout` is aborted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "lowercase")]
+pub enum Verdict {
+    /// Every gate was measured and met.
+    Pass { measurements: Vec<Measurement> },
+    /// At least one gate was measured and missed. `failed` names the metrics that missed.
+    Fail {
+        failed: Vec<String>,
+        measurements: Vec<Measurement>,
+    },
+    /// The evidence was not good enough to judge.
+    Inconclusive {
+        reason: InconclusiveReason,
+        detail: String,
+        measurements: Vec<Measurement>,
+    },
+}
+
+impl Verdict {
+    /// The measured values behind the verdict, whatever it is.
+    pub fn measurements(&self) -> &[Measurement] {
+        match self {
+            Verdict::Pass { measurements }
+            | Verdict::Fail { measurements, .. }
+            | Verdict::Inconclusive { measurements, .. } => measurements,
+        }
+    }
+
+    /// `pass`, `fail` or `inconclusive`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Verdict::Pass { .. } => "pass",
+            Verdict::Fail { .. } => "fail",
+            Verdict::Inconclusive { .. } => "inconclusive",
+        }
+    }
+}
+
+/// Why a check could not conclude.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InconclusiveReason {
+    /// The query returned no series for the canary.
+    NoData,
+    /// The canary served fewer requests than `min-requests`.
+    TooFewRequests,
+    /// A query returned NaN or ±Inf.
+    NotANumber,
+    /// Prometheus could not be asked, or answered with an error, within the deadline.
+    QueryError,
+    /// The query took longer than its timeout.
+    QueryTimeout,
+    /// A query returned several series where one was expected.
+    SeveralSeries,
+}
+
+/// The limit one metric is held to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bound {
+    /// The canary's value must be at most this.
+    Max(f64),
+    /// The canary's value must be at least this.
+    Min(f64),
+}
+
+/// One metric measured for canary and stable over the check's window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Measurement {
+    /// The metric's name: `request-count`, `error-rate`, `latency`, or a custom metric's name.
+    pub metric: String,
+    /// The canary's value; `None` when there was none.
+    pub canary: Option<f64>,
+    /// The stable version's value, for comparison; `None` when there was none.
+    pub stable: Option<f64>,
+    /// The limit the canary's value is held to, if this metric is a gate.
+    pub bound: Option<Bound>,
+}
