@@ -1,0 +1,336 @@
+//! Service annotations → a validated [`RolloutSpec`]. Pure: no I/O, no kube client.
+//!
+//! Every annotation of the user contract (DESIGN.md, "The user contract";
+//! docs/annotations.md) is read here, and nowhere else. Defaults come from the agent's
+//! flags ([`Defaults`]), which parse their values with the same functions
+//! ([`parse_steps`], [`parse_interval`], …) so that a flag and an annotation accept
+//! exactly the same text.
+//!
+//! [`parse`] reports every problem at once, and treats an unknown key in weir's
+//! namespace as a problem too: a typo such as `weir.dev/step` must stop the rollout
+//! with a message, not be silently replaced by a default.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use weir_analysis::Gates;
+
+use crate::plan::Controls;
+
+/// The annotation prefix of every key weir reads or writes.
+pub const PREFIX: &str = "weir.dev/";
+
+mod error;
+pub mod keys;
+mod names;
+mod values;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{SpecError, SpecErrors};
+pub use names::{
+    parse_label_key, parse_object_name, parse_route_name, parse_subset_name, parse_version,
+};
+pub use values::{
+    InvalidValue, MAX_INTERVAL, MAX_LATENCY, MAX_STEPS, MIN_INTERVAL, MIN_LATENCY, parse_bool,
+    parse_duration, parse_failure_limit, parse_interval, parse_latency, parse_min_requests,
+    parse_percent, parse_quantile, parse_steps,
+};
+
+/// A traffic weight in percent, 0..=100.
+pub type Weight = u8;
+
+/// Everything the agent needs to release one Service, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RolloutSpec {
+    /// The Service's name.
+    pub service: String,
+    /// VirtualService to edit; `None`: the only one in the namespace routing to this host.
+    pub virtual_service: Option<String>,
+    /// HTTP route inside it; `None`: the only route with a destination on this host.
+    pub route: Option<String>,
+    /// DestinationRule holding the subsets; `None`: the one whose host is this Service.
+    pub destination_rule: Option<String>,
+    /// Subset that selects the stable version (a DNS-1123 label).
+    pub stable_subset: String,
+    /// Subset that selects the canary; never equal to `stable_subset`.
+    pub canary_subset: String,
+    /// Pod label whose value names a version.
+    pub version_label: String,
+    /// Canary weights, strictly ascending, each in 1..=100. Never empty.
+    pub steps: Vec<Weight>,
+    /// Minimum time held at each weight; in 1s..=24h.
+    pub step_interval: Duration,
+    /// How often the gates are evaluated; in 1s..=24h. It may exceed `step_interval`:
+    /// a step then lasts until its first passing check, about one `check_interval`.
+    pub check_interval: Duration,
+    /// The limits every check holds the canary to.
+    pub gates: Gates,
+    /// Failed checks in one rollout that abort it (≥ 1).
+    pub failure_limit: u32,
+    /// How long a step may stay inconclusive before it aborts; at least
+    /// `check_interval`, at most 24h.
+    pub no_data_timeout: Duration,
+    /// ConfigMap of extra metric templates.
+    pub metrics_config_map: Option<String>,
+}
+
+/// The agent-wide defaults for every optional annotation (set by the agent's flags).
+///
+/// Build each field with the parser of its annotation ([`parse_subset_name`],
+/// [`parse_steps`], [`parse_interval`], [`parse_percent`], [`parse_latency`],
+/// [`parse_quantile`], [`parse_min_requests`], [`parse_failure_limit`],
+/// [`parse_label_key`]). The checks between fields (the subsets differ, no-data timeout
+/// ≥ check interval) are made by [`parse`] on the values in effect for each Service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Defaults {
+    pub stable_subset: String,
+    pub canary_subset: String,
+    pub version_label: String,
+    pub steps: Vec<Weight>,
+    pub step_interval: Duration,
+    pub check_interval: Duration,
+    pub gates: Gates,
+    pub failure_limit: u32,
+    pub no_data_timeout: Duration,
+}
+
+impl Default for Defaults {
+    /// The defaults of DESIGN.md's user contract.
+    fn default() -> Self {
+        Defaults {
+            stable_subset: "stable".into(),
+            canary_subset: "canary".into(),
+            version_label: "version".into(),
+            steps: vec![10, 25, 50],
+            step_interval: Duration::from_secs(60),
+            check_interval: Duration::from_secs(15),
+            gates: Gates {
+                max_error_rate: 0.01,
+                max_latency: Duration::from_millis(500),
+                latency_quantile: 0.99,
+                min_requests: 50,
+            },
+            failure_limit: 2,
+            no_data_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Reads a Service's annotations into a [`RolloutSpec`], taking every absent optional
+/// annotation from `defaults`. Reports every problem found, including unknown keys in
+/// weir's namespace (each with the key it most likely meant).
+///
+/// `weir.dev/enabled` is validated when present but not required to be true: whether to
+/// act on the Service at all is [`is_enabled`]'s question. Controls and the status are
+/// not read here ([`controls`] reads the controls).
+pub fn parse(
+    service: &str,
+    annotations: &BTreeMap<String, String>,
+    defaults: &Defaults,
+) -> Result<RolloutSpec, SpecErrors> {
+    let mut reader = Reader::new(annotations);
+    reader.read(keys::ENABLED, parse_bool);
+    let virtual_service = reader.read(keys::VIRTUAL_SERVICE, parse_object_name);
+    let route = reader.read(keys::ROUTE, parse_route_name);
+    let destination_rule = reader.read(keys::DESTINATION_RULE, parse_object_name);
+    let stable_subset = reader
+        .read(keys::STABLE_SUBSET, parse_subset_name)
+        .unwrap_or_else(|| defaults.stable_subset.clone());
+    let canary_subset = reader
+        .read(keys::CANARY_SUBSET, parse_subset_name)
+        .unwrap_or_else(|| defaults.canary_subset.clone());
+    let version_label = reader
+        .read(keys::VERSION_LABEL, parse_label_key)
+        .unwrap_or_else(|| defaults.version_label.clone());
+    let steps = reader
+        .read(keys::STEPS, parse_steps)
+        .unwrap_or_else(|| defaults.steps.clone());
+    let step_interval = reader
+        .read(keys::STEP_INTERVAL, parse_interval)
+        .unwrap_or(defaults.step_interval);
+    let check_interval = reader
+        .read(keys::CHECK_INTERVAL, parse_interval)
+        .unwrap_or(defaults.check_interval);
+    let gates = Gates {
+        max_error_rate: reader
+            .read(keys::MAX_ERROR_RATE, parse_percent)
+            .unwrap_or(defaults.gates.max_error_rate),
+        max_latency: reader
+            .read(keys::MAX_LATENCY, parse_latency)
+            .unwrap_or(defaults.gates.max_latency),
+        latency_quantile: reader
+            .read(keys::LATENCY_QUANTILE, parse_quantile)
+            .unwrap_or(defaults.gates.latency_quantile),
+        min_requests: reader
+            .read(keys::MIN_REQUESTS, parse_min_requests)
+            .unwrap_or(defaults.gates.min_requests),
+    };
+    let failure_limit = reader
+        .read(keys::FAILURE_LIMIT, parse_failure_limit)
+        .unwrap_or(defaults.failure_limit);
+    let no_data_timeout = reader
+        .read(keys::NO_DATA_TIMEOUT, parse_interval)
+        .unwrap_or(defaults.no_data_timeout);
+    let metrics_config_map = reader.read(keys::METRICS, parse_object_name);
+
+    if stable_subset == canary_subset {
+        reader.conflict(
+            [keys::CANARY_SUBSET, keys::STABLE_SUBSET],
+            &canary_subset,
+            "the canary and stable subsets must differ: with one subset for both, \
+             no traffic could move",
+        );
+    }
+    if no_data_timeout < check_interval {
+        let problem = format!(
+            "the no-data timeout ({}) must be at least the check interval ({}): \
+             otherwise a step times out before its first check",
+            humantime::format_duration(no_data_timeout),
+            humantime::format_duration(check_interval),
+        );
+        let shown = humantime::format_duration(no_data_timeout).to_string();
+        reader.conflict(
+            [keys::NO_DATA_TIMEOUT, keys::CHECK_INTERVAL],
+            &shown,
+            problem,
+        );
+    }
+    reader.reject_unknown_keys();
+    reader.finish()?;
+
+    Ok(RolloutSpec {
+        service: service.to_owned(),
+        virtual_service,
+        route,
+        destination_rule,
+        stable_subset,
+        canary_subset,
+        version_label,
+        steps,
+        step_interval,
+        check_interval,
+        gates,
+        failure_limit,
+        no_data_timeout,
+        metrics_config_map,
+    })
+}
+
+/// The value of `weir.dev/enabled`: `false` when absent, an error when neither true nor
+/// false (in any case).
+pub fn enabled(annotations: &BTreeMap<String, String>) -> Result<bool, SpecError> {
+    let mut reader = Reader::new(annotations);
+    let enabled = reader.read(keys::ENABLED, parse_bool);
+    match reader.errors.pop() {
+        Some(error) => Err(error),
+        None => Ok(enabled.unwrap_or(false)),
+    }
+}
+
+/// Whether the Service opted in: `weir.dev/enabled` is a valid `true`.
+pub fn is_enabled(annotations: &BTreeMap<String, String>) -> bool {
+    matches!(enabled(annotations), Ok(true))
+}
+
+/// Reads the controls a person or the CLI wrote: `weir.dev/pause` (true/false, absent is
+/// false) and `weir.dev/promote`, `weir.dev/abort`, `weir.dev/retry`, each naming the
+/// version it is meant for.
+pub fn controls(annotations: &BTreeMap<String, String>) -> Result<Controls, SpecErrors> {
+    let mut reader = Reader::new(annotations);
+    let controls = Controls {
+        pause: reader.read(keys::PAUSE, parse_bool).unwrap_or(false),
+        promote: reader.read(keys::PROMOTE, parse_version),
+        abort: reader.read(keys::ABORT, parse_version),
+        retry: reader.read(keys::RETRY, parse_version),
+    };
+    reader.finish()?;
+    Ok(controls)
+}
+
+/// Reads annotations one key at a time, collecting every problem.
+struct Reader<'a> {
+    annotations: &'a BTreeMap<String, String>,
+    errors: Vec<SpecError>,
+}
+
+impl<'a> Reader<'a> {
+    fn new(annotations: &'a BTreeMap<String, String>) -> Self {
+        Reader {
+            annotations,
+            errors: Vec::new(),
+        }
+    }
+
+    /// The parsed value of `key`; `None` when absent or invalid (and then recorded).
+    fn read<T>(
+        &mut self,
+        key: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, InvalidValue>,
+    ) -> Option<T> {
+        let value = self.annotations.get(key)?;
+        parse(value)
+            .map_err(|InvalidValue(problem)| {
+                self.errors
+                    .push(SpecError::new(key, value, problem, keys::example(key)));
+            })
+            .ok()
+    }
+
+    /// Two values that are each valid but not together. Blames the first of `keys` the
+    /// Service sets (the user's value, not the agent's default), or the first if it sets
+    /// neither. Silent when either is already invalid: its default stood in for it.
+    fn conflict(&mut self, pair: [&'static str; 2], effective: &str, problem: impl Into<String>) {
+        let invalid = |key| self.errors.iter().any(|error| error.annotation == key);
+        if pair.iter().any(|key| invalid(*key)) {
+            return;
+        }
+        let set = |key: &&str| self.annotations.contains_key(*key);
+        let blamed = pair.into_iter().find(set).unwrap_or(pair[0]);
+        let value = self
+            .annotations
+            .get(blamed)
+            .map_or(effective, String::as_str);
+        let mut problem = problem.into();
+        if !pair.iter().any(set) {
+            problem.push_str(" (both values are the agent's defaults)");
+        }
+        self.errors.push(SpecError::new(
+            blamed,
+            value,
+            problem,
+            keys::example(blamed),
+        ));
+    }
+
+    /// Every key in weir's namespace that weir does not know is a problem: most are
+    /// typos whose intended value would otherwise be silently replaced by a default.
+    fn reject_unknown_keys(&mut self) {
+        for (key, value) in self.annotations {
+            if keys::is_weir(key) && !keys::is_known(key) {
+                let (problem, example) = match keys::meant(key) {
+                    Some(meant) => (
+                        format!("unknown annotation (did you mean {meant}?)"),
+                        keys::example(meant),
+                    ),
+                    None => {
+                        let nearest = keys::nearest(key);
+                        (
+                            format!(
+                                "unknown annotation (not one weir reads; the nearest is {nearest})"
+                            ),
+                            keys::example(nearest),
+                        )
+                    }
+                };
+                self.errors
+                    .push(SpecError::new(key.clone(), value, problem, example));
+            }
+        }
+    }
+
+    fn finish(self) -> Result<(), SpecErrors> {
+        SpecErrors::from_vec(self.errors).map_or(Ok(()), Err)
+    }
+}

@@ -1,0 +1,239 @@
+//! One parser for each kind of value an annotation or an agent flag holds.
+//!
+//! The annotations and the agent's flags share these, so that `--steps` and
+//! `weir.dev/steps` accept exactly the same text. Each returns an [`InvalidValue`]
+//! saying what is wrong in words a user can act on; the caller adds which annotation
+//! or flag it was. Surrounding whitespace is ignored for numbers, durations, shares and
+//! booleans; names are taken exactly as written, since a name with a space in it is
+//! a different (and invalid) name.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+use super::Weight;
+
+/// Why a value was rejected, e.g. "steps must be strictly ascending: 5 comes after 10".
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);
+
+fn invalid<T>(problem: impl Into<String>) -> Result<T, InvalidValue> {
+    Err(InvalidValue(problem.into()))
+}
+
+/// The most steps a rollout may have.
+pub const MAX_STEPS: usize = 20;
+/// Bounds of step-interval, check-interval and no-data-timeout.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+/// Bounds of max-latency: Istio's latency histogram has millisecond buckets up to 1h.
+pub const MIN_LATENCY: Duration = Duration::from_millis(1);
+pub const MAX_LATENCY: Duration = Duration::from_secs(60 * 60);
+
+/// `true` or `false`, in any case.
+pub fn parse_bool(text: &str) -> Result<bool, InvalidValue> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("true") {
+        Ok(true)
+    } else if text.eq_ignore_ascii_case("false") {
+        Ok(false)
+    } else {
+        invalid("must be true or false")
+    }
+}
+
+/// Canary weights in percent: comma-separated whole numbers, strictly ascending, each
+/// in 1..=100, between 1 and [`MAX_STEPS`] of them (`10, 25, 50`). 100 may be the last
+/// step: the canary then takes all traffic before it is promoted.
+pub fn parse_steps(text: &str) -> Result<Vec<Weight>, InvalidValue> {
+    if text.trim().is_empty() {
+        return invalid("at least one step is needed");
+    }
+    let mut steps: Vec<Weight> = Vec::new();
+    for (index, item) in text.split(',').enumerate() {
+        let item = item.trim();
+        let position = index + 1;
+        if item.is_empty() {
+            return invalid(format!(
+                "step {position} is empty: separate weights with single commas"
+            ));
+        }
+        let digits = item.bytes().all(|b| b.is_ascii_digit());
+        let weight = match whole_number(item) {
+            Some(n) if (1..=100).contains(&n) => n as Weight,
+            Some(n) => return invalid(format!("weight {n} is outside 1..=100")),
+            None if digits => return invalid(format!("step {position} is outside 1..=100")),
+            None if item.ends_with('%') => {
+                return invalid("write weights as whole numbers without %");
+            }
+            None if item
+                .split_whitespace()
+                .all(|part| whole_number(part).is_some()) =>
+            {
+                return invalid("separate weights with commas");
+            }
+            None => return invalid(format!("step {position} is not a whole number")),
+        };
+        if let Some(&previous) = steps.last()
+            && weight <= previous
+        {
+            return invalid(format!(
+                "steps must be strictly ascending: {weight} comes after {previous}"
+            ));
+        }
+        steps.push(weight);
+    }
+    if steps.len() > MAX_STEPS {
+        return invalid(format!(
+            "{} steps is too many: at most {MAX_STEPS} are allowed",
+            steps.len()
+        ));
+    }
+    Ok(steps)
+}
+
+/// A non-zero duration: whole or decimal numbers each followed by a unit (`ms`, `s`,
+/// `m`, `h`, `d`, or their long forms), concatenated or separated by spaces: `500ms`,
+/// `30s`, `1m`, `1h30m`. A bare number is rejected: its unit would be a guess.
+pub fn parse_duration(text: &str) -> Result<Duration, InvalidValue> {
+    let text = text.trim();
+    if text.is_empty() {
+        return invalid("a duration is needed");
+    }
+    if text.len() > 64 {
+        return invalid("too long for a duration");
+    }
+    if decimal(text).is_some() {
+        return invalid("a duration needs a unit: ms, s, m or h");
+    }
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => invalid("must be longer than zero"),
+        Ok(duration) => Ok(duration),
+        Err(error) => invalid(format!(
+            "not a duration ({error}); write a number and a unit, like 30s or 1h30m"
+        )),
+    }
+}
+
+/// A duration in [`MIN_INTERVAL`]..=[`MAX_INTERVAL`] (1s to 24h): step-interval,
+/// check-interval and no-data-timeout.
+pub fn parse_interval(text: &str) -> Result<Duration, InvalidValue> {
+    let duration = parse_duration(text)?;
+    if duration < MIN_INTERVAL {
+        return invalid("must be at least 1s");
+    }
+    if duration > MAX_INTERVAL {
+        return invalid("must be at most 24h");
+    }
+    Ok(duration)
+}
+
+/// A latency limit: a duration with a unit, a whole number of milliseconds, in
+/// [`MIN_LATENCY`]..=[`MAX_LATENCY`] (1ms to 1h). `250ms`, `1s`, `1.5s`.
+pub fn parse_latency(text: &str) -> Result<Duration, InvalidValue> {
+    let duration = parse_duration(text)?;
+    if duration < MIN_LATENCY {
+        return invalid("must be at least 1ms");
+    }
+    if duration > MAX_LATENCY {
+        return invalid("must be at most 1h");
+    }
+    if duration.subsec_nanos() % 1_000_000 != 0 {
+        return invalid("must be a whole number of milliseconds");
+    }
+    Ok(duration)
+}
+
+/// A percentage in 0%..=100% with the `%` sign (`1%`, `0.5%`, `0%`), returned as a
+/// fraction (`0.01`, `0.005`, `0.0`). A bare number is rejected: `1` could mean 1% or
+/// 100%.
+pub fn parse_percent(text: &str) -> Result<f64, InvalidValue> {
+    let text = text.trim();
+    let Some(number) = text.strip_suffix('%') else {
+        return if decimal(text).is_some() {
+            invalid("a percentage needs a % sign: write 1% for one percent, not 0.01 or 1")
+        } else {
+            invalid("not a percentage: write a number and %, like 1% or 0.5%")
+        };
+    };
+    match decimal(number.trim_end()) {
+        Some(percent) if percent <= 100.0 => Ok(percent / 100.0),
+        Some(_) => invalid("must be at most 100%"),
+        None => invalid("not a percentage: write a number and %, like 1% or 0.5%"),
+    }
+}
+
+/// A quantile strictly between 0 and 1, as a decimal fraction: `0.99`, `0.5`, `0.999`.
+/// The `p99` and `99%` notations are rejected with the fraction they mean, so that
+/// there is one way to write a quantile.
+pub fn parse_quantile(text: &str) -> Result<f64, InvalidValue> {
+    let text = text.trim();
+    if let Some(quantile) = decimal(text) {
+        return if quantile > 0.0 && quantile < 1.0 {
+            Ok(quantile)
+        } else {
+            invalid("must be strictly between 0 and 1, like 0.99 for the 99th percentile")
+        };
+    }
+    let percentile = text
+        .strip_prefix(['p', 'P'])
+        .or_else(|| text.strip_suffix('%'))
+        .and_then(percentile_as_fraction);
+    match percentile {
+        Some(fraction) => invalid(format!("write the quantile as a fraction: {fraction}")),
+        None => invalid("not a quantile: write a fraction between 0 and 1, like 0.99"),
+    }
+}
+
+/// `99` → `0.99`, `99.9` → `0.999`, `5` → `0.05`: done on the digits, not in floating
+/// point, so that the hint shows exactly what to write. `None` unless in (0, 100).
+fn percentile_as_fraction(percentile: &str) -> Option<String> {
+    if percentile.len() > 8 {
+        return None;
+    }
+    let value = decimal(percentile)?;
+    if value <= 0.0 || value >= 100.0 {
+        return None;
+    }
+    let (whole, fraction) = percentile.split_once('.').unwrap_or((percentile, ""));
+    let whole = whole.trim_start_matches('0');
+    let digits = format!("{whole:0>2}{fraction}");
+    let digits = digits.trim_end_matches('0');
+    Some(format!("0.{digits}"))
+}
+
+/// Canary requests a check needs before it can pass: a whole number, 0 or more.
+pub fn parse_min_requests(text: &str) -> Result<u64, InvalidValue> {
+    whole_number(text.trim()).map_or_else(|| invalid("must be a whole number, 0 or more"), Ok)
+}
+
+/// Failed checks that abort a rollout: a whole number, 1 or more.
+pub fn parse_failure_limit(text: &str) -> Result<u32, InvalidValue> {
+    match whole_number(text.trim()).map(u32::try_from) {
+        Some(Ok(0)) => invalid("must be at least 1: with 0 no check could ever fail"),
+        Some(Ok(limit)) => Ok(limit),
+        Some(Err(_)) => invalid(format!("must be at most {}", u32::MAX)),
+        None => invalid("must be a whole number, 1 or more"),
+    }
+}
+
+/// Digits only (no sign, no spaces), as `u64`; `None` if not, or too large.
+fn whole_number(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// `digits` or `digits.digits`, nothing else: no sign, exponent, `inf` or `NaN`, which
+/// `f64::from_str` would accept.
+fn decimal(text: &str) -> Option<f64> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, "0"));
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    if digits(whole) && digits(fraction) {
+        text.parse().ok()
+    } else {
+        None
+    }
+}
