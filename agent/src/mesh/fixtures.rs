@@ -1,0 +1,145 @@
+//! Realistic objects for the mesh tests: Service `shop` in namespace `store`.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::{DestinationRule, VirtualService};
+use crate::spec::{self, Defaults, RolloutSpec, keys};
+
+pub const NAMESPACE: &str = "store";
+
+/// The spec of Service `shop` with these annotations besides `weir.dev/enabled`.
+pub fn spec(annotations: &[(&str, &str)]) -> RolloutSpec {
+    let mut all: BTreeMap<String, String> = annotations
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+        .collect();
+    all.insert(keys::ENABLED.to_owned(), "true".to_owned());
+    spec::parse("shop", &all, &Defaults::default()).expect("valid annotations")
+}
+
+/// A VirtualService the way people write them: several routes, a TCP route to the same
+/// Service, and a managed route (`main`, index 2) carrying retries, timeout, headers, a
+/// mirror, CORS and fault injection besides its stable and canary destinations.
+pub fn virtual_service() -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {
+            "name": "shop",
+            "namespace": NAMESPACE,
+            "resourceVersion": "4711",
+            "generation": 7,
+            "uid": "0b6f7a52-1d3c-4a57-9f8e-2f1a3c4d5e6f",
+            "labels": { "app.kubernetes.io/part-of": "store" },
+            "annotations": { "argocd.argoproj.io/tracking-id": "store:networking.istio.io/VirtualService:store/shop" }
+        },
+        "spec": {
+            "hosts": ["shop", "shop.example.com"],
+            "gateways": ["mesh", "istio-system/public"],
+            "http": [
+                {
+                    "name": "admin",
+                    "match": [{ "uri": { "prefix": "/admin" } }],
+                    "route": [{ "destination": { "host": "admin.store.svc.cluster.local", "port": { "number": 8080 } } }],
+                    "timeout": "5s"
+                },
+                {
+                    "name": "old-shop",
+                    "match": [{ "headers": { "x-legacy": { "exact": "1" } } }],
+                    "route": [{ "destination": { "host": "shop.legacy.svc.cluster.local" }, "weight": 100 }]
+                },
+                {
+                    "name": "main",
+                    "match": [{ "uri": { "prefix": "/" } }],
+                    "route": [
+                        {
+                            "destination": { "host": "shop.store.svc.cluster.local", "subset": "stable", "port": { "number": 8080 } },
+                            "weight": 90,
+                            "headers": { "request": { "set": { "x-release": "stable" } } }
+                        },
+                        {
+                            "destination": { "host": "shop.store.svc.cluster.local", "subset": "canary", "port": { "number": 8080 } },
+                            "weight": 10
+                        }
+                    ],
+                    "retries": { "attempts": 3, "perTryTimeout": "2s", "retryOn": "5xx,connect-failure" },
+                    "timeout": "10s",
+                    "headers": { "response": { "add": { "x-served-by": "shop" } } },
+                    "mirror": { "host": "shop-shadow.store.svc.cluster.local" },
+                    "mirrorPercentage": { "value": 5.0 },
+                    "corsPolicy": { "allowOrigins": [{ "exact": "https://shop.example.com" }], "allowMethods": ["GET", "POST"] },
+                    "fault": { "delay": { "percentage": { "value": 0.1 }, "fixedDelay": "1s" } }
+                },
+                {
+                    "name": "maintenance",
+                    "match": [{ "uri": { "prefix": "/maintenance" } }],
+                    "directResponse": { "status": 503, "body": { "string": "back soon" } }
+                }
+            ],
+            "tcp": [{ "match": [{ "port": 9000 }], "route": [{ "destination": { "host": "shop", "port": { "number": 9000 } } }] }]
+        }
+    })
+}
+
+/// The DestinationRule of `shop`, with a traffic policy and a third subset.
+pub fn destination_rule() -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": { "name": "shop", "namespace": NAMESPACE, "resourceVersion": "815", "generation": 2 },
+        "spec": {
+            "host": "shop.store.svc.cluster.local",
+            "trafficPolicy": {
+                "loadBalancer": { "simple": "LEAST_REQUEST" },
+                "connectionPool": { "http": { "h2UpgradePolicy": "UPGRADE", "http1MaxPendingRequests": 100 } },
+                "outlierDetection": { "consecutive5xxErrors": 5, "interval": "10s", "baseEjectionTime": "30s" }
+            },
+            "subsets": [
+                { "name": "stable", "labels": { "version": "v1", "app": "shop" } },
+                { "name": "canary", "labels": { "version": "v2", "app": "shop" }, "trafficPolicy": { "loadBalancer": { "simple": "ROUND_ROBIN" } } },
+                { "name": "debug", "labels": { "version": "debug" } }
+            ]
+        }
+    })
+}
+
+pub fn typed_virtual_service(value: &Value) -> VirtualService {
+    serde_json::from_value(value.clone()).expect("a valid VirtualService")
+}
+
+pub fn typed_destination_rule(value: &Value) -> DestinationRule {
+    serde_json::from_value(value.clone()).expect("a valid DestinationRule")
+}
+
+/// `value` with the member at `pointer` set (or added) to `new`.
+pub fn set(mut value: Value, pointer: &str, new: Value) -> Value {
+    let (parent, key) = pointer.rsplit_once('/').expect("a pointer below the root");
+    match value.pointer_mut(parent).expect("parent exists") {
+        Value::Object(map) => {
+            map.insert(key.replace("~1", "/").replace("~0", "~"), new);
+        }
+        Value::Array(items) => match key.parse::<usize>().expect("an index") {
+            end if end == items.len() => items.push(new),
+            index => items[index] = new,
+        },
+        other => panic!("cannot set {key} in {other}"),
+    }
+    value
+}
+
+/// `value` without the member or item at `pointer`.
+pub fn remove(mut value: Value, pointer: &str) -> Value {
+    let (parent, key) = pointer.rsplit_once('/').expect("a pointer below the root");
+    match value.pointer_mut(parent).expect("parent exists") {
+        Value::Object(map) => {
+            map.remove(key).expect("member exists");
+        }
+        Value::Array(items) => {
+            items.remove(key.parse::<usize>().expect("an index"));
+        }
+        other => panic!("cannot remove {key} from {other}"),
+    }
+    value
+}

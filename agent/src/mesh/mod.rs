@@ -1,0 +1,25 @@
+//! The user's VirtualService and DestinationRule: finding the route and subsets weir
+//! manages, and the only place that builds the JSON Patches weir writes to them. Pure.
+//!
+//! The controller lists both kinds in the namespace, calls [`resolve`] to get a
+//! [`Target`] (which also carries the live [`Traffic`](crate::plan::Traffic) and
+//! [`Subsets`](crate::plan::Subsets) for the planner), and turns each planned action into
+//! a patch with [`weight_patch`] or [`subset_version_patch`]. Each patch begins with
+//! `test` operations, so if someone reordered routes or subsets since the read, the
+//! apiserver rejects it and the controller re-reads and re-plans.
+
+mod error;
+pub mod istio;
+mod patch;
+mod target;
+
+#[cfg(test)]
+mod fixtures;
+
+pub use error::MeshError;
+pub use istio::{DestinationRule, VirtualService};
+pub use patch::{subset_version_patch, weight_patch};
+pub use target::{
+    ManagedDestination, ManagedRoute, ManagedSubset, ObjectVersion, Target, host_matches, resolve,
+    routes_to,
+};

@@ -1,0 +1,317 @@
+//! weir's JSON Patches against a real kube-apiserver with Istio's CRDs: the schema accepts
+//! every object weir writes, the `test` guards make the apiserver reject a patch built
+//! from a stale read, and edits made by others since the read survive.
+
+use std::collections::BTreeMap;
+
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use weir::mesh::{self, DestinationRule, Target, VirtualService};
+use weir::plan::{Subset, Subsets, Traffic};
+use weir::spec::{self, Defaults, keys};
+use weir_testbed::ControlPlane;
+
+const NAMESPACE: &str = "store";
+
+fn virtual_service() -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": { "name": "shop", "namespace": NAMESPACE },
+        "spec": {
+            "hosts": ["shop.store.svc.cluster.local"],
+            "http": [
+                {
+                    "name": "cart",
+                    "match": [{ "uri": { "prefix": "/cart" } }],
+                    "route": [{ "destination": { "host": "cart", "port": { "number": 80 } } }]
+                },
+                {
+                    "name": "main",
+                    "route": [{ "destination": { "host": "shop", "subset": "stable", "port": { "number": 8080 } } }],
+                    "retries": { "attempts": 3, "perTryTimeout": "2s", "retryOn": "5xx" },
+                    "timeout": "10s",
+                    "headers": { "request": { "set": { "x-shop": "1" } } },
+                    "mirror": { "host": "shop-shadow" },
+                    "mirrorPercentage": { "value": 2.5 }
+                }
+            ]
+        }
+    })
+}
+
+fn destination_rule() -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": { "name": "shop", "namespace": NAMESPACE },
+        "spec": {
+            "host": "shop.store.svc.cluster.local",
+            "trafficPolicy": { "loadBalancer": { "simple": "LEAST_REQUEST" } },
+            "subsets": [
+                { "name": "stable", "labels": { "app": "shop", "version": "v1" } },
+                { "name": "canary" }
+            ]
+        }
+    })
+}
+
+struct Mesh {
+    client: kube::Client,
+    spec: spec::RolloutSpec,
+    virtual_services: Api<DynamicObject>,
+    destination_rules: Api<DynamicObject>,
+}
+
+impl Mesh {
+    /// Lists both kinds with weir's own types and resolves the Service `shop`.
+    async fn resolve(&self) -> anyhow::Result<Target> {
+        let virtual_services = Api::<VirtualService>::namespaced(self.client.clone(), NAMESPACE)
+            .list(&ListParams::default())
+            .await?
+            .items;
+        let destination_rules = Api::<DestinationRule>::namespaced(self.client.clone(), NAMESPACE)
+            .list(&ListParams::default())
+            .await?
+            .items;
+        Ok(mesh::resolve(
+            &self.spec,
+            NAMESPACE,
+            &virtual_services,
+            &destination_rules,
+        )?)
+    }
+
+    async fn vs_spec(&self) -> anyhow::Result<Value> {
+        Ok(self.virtual_services.get("shop").await?.data["spec"].clone())
+    }
+
+    async fn dr_spec(&self) -> anyhow::Result<Value> {
+        Ok(self.destination_rules.get("shop").await?.data["spec"].clone())
+    }
+}
+
+fn traffic(stable: u8, canary: u8) -> Traffic {
+    Traffic { stable, canary }
+}
+
+/// Applies a JSON Patch the way the controller does.
+async fn patch(api: &Api<DynamicObject>, patch: json_patch::Patch) -> kube::Result<DynamicObject> {
+    api.patch("shop", &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+}
+
+/// A person's edit, also as a JSON Patch.
+async fn edit(api: &Api<DynamicObject>, ops: Value) -> anyhow::Result<()> {
+    patch(api, serde_json::from_value(ops)?).await?;
+    Ok(())
+}
+
+/// The apiserver answers a failed `test` operation with 422 Invalid, like any patch it
+/// cannot apply; the controller re-reads and re-plans on it.
+fn assert_rejected(result: kube::Result<DynamicObject>) {
+    match result {
+        Err(kube::Error::Api(status)) if status.code == 422 => {}
+        other => panic!("the apiserver should have rejected the patch with 422, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn patches_apply_to_istio_objects_and_guards_hold() -> anyhow::Result<()> {
+    let control_plane = ControlPlane::start().await?;
+    control_plane.create_namespace(NAMESPACE).await?;
+    let client = control_plane.client();
+    let resource = |kind| {
+        ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+            "networking.istio.io",
+            "v1",
+            kind,
+        ))
+    };
+    let mesh = Mesh {
+        client: client.clone(),
+        spec: spec::parse(
+            "shop",
+            &BTreeMap::from([(keys::ENABLED.to_owned(), "true".to_owned())]),
+            &Defaults::default(),
+        )?,
+        virtual_services: Api::namespaced_with(
+            client.clone(),
+            NAMESPACE,
+            &resource("VirtualService"),
+        ),
+        destination_rules: Api::namespaced_with(
+            client.clone(),
+            NAMESPACE,
+            &resource("DestinationRule"),
+        ),
+    };
+    let post = PostParams::default();
+    mesh.virtual_services
+        .create(&post, &serde_json::from_value(virtual_service())?)
+        .await?;
+    mesh.destination_rules
+        .create(&post, &serde_json::from_value(destination_rule())?)
+        .await?;
+
+    let first = mesh.resolve().await?;
+    assert_eq!(first.traffic, traffic(100, 0));
+    assert_eq!(first.canary_destination, None);
+    assert_eq!(
+        first.subsets,
+        Subsets {
+            stable: Some("v1".into()),
+            canary: None
+        }
+    );
+
+    // Someone edits the managed route after weir's read: adding the canary destination is
+    // guarded by the resourceVersion, so the stale patch is rejected; a fresh one applies.
+    edit(
+        &mesh.virtual_services,
+        json!([{ "op": "add", "path": "/spec/http/1/timeout", "value": "20s" }]),
+    )
+    .await?;
+    let stale = mesh::weight_patch(&first, traffic(90, 10))?;
+    assert_rejected(patch(&mesh.virtual_services, stale).await);
+    let before = mesh.vs_spec().await?;
+    let fresh = mesh.resolve().await?;
+    patch(
+        &mesh.virtual_services,
+        mesh::weight_patch(&fresh, traffic(90, 10))?,
+    )
+    .await?;
+    let mut want = before.clone();
+    want["http"][1]["route"][0]["weight"] = json!(90);
+    want["http"][1]["route"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "destination": { "host": "shop", "subset": "canary", "port": { "number": 8080 } }, "weight": 10 }));
+    assert_eq!(
+        mesh.vs_spec().await?,
+        want,
+        "only the stable weight and the canary destination changed"
+    );
+
+    // The canary subset has no labels map: it is created.
+    let before = mesh.dr_spec().await?;
+    patch(
+        &mesh.destination_rules,
+        mesh::subset_version_patch(&fresh, Subset::Canary, "version", "v2"),
+    )
+    .await?;
+    let mut want = before.clone();
+    want["subsets"][1]["labels"] = json!({ "version": "v2" });
+    assert_eq!(mesh.dr_spec().await?, want);
+
+    // Edits elsewhere after the read neither conflict nor get lost.
+    let target = mesh.resolve().await?;
+    assert_eq!(target.traffic, traffic(90, 10));
+    assert_eq!(
+        target.subsets,
+        Subsets {
+            stable: Some("v1".into()),
+            canary: Some("v2".into())
+        }
+    );
+    edit(
+        &mesh.virtual_services,
+        json!([
+            { "op": "replace", "path": "/spec/http/1/retries", "value": { "attempts": 5, "retryOn": "gateway-error" } },
+            { "op": "add", "path": "/spec/http/0/timeout", "value": "3s" },
+            { "op": "add", "path": "/spec/http/-", "value": { "name": "late", "route": [{ "destination": { "host": "cart" } }] } },
+        ]),
+    )
+    .await?;
+    let before = mesh.vs_spec().await?;
+    patch(
+        &mesh.virtual_services,
+        mesh::weight_patch(&target, traffic(75, 25))?,
+    )
+    .await?;
+    let mut want = before.clone();
+    want["http"][1]["route"][0]["weight"] = json!(75);
+    want["http"][1]["route"][1]["weight"] = json!(25);
+    assert_eq!(
+        mesh.vs_spec().await?,
+        want,
+        "the foreign edits survive the weight patch"
+    );
+
+    // Someone moves the managed route: the guards reject the stale patch.
+    let target = mesh.resolve().await?;
+    edit(
+        &mesh.virtual_services,
+        json!([{ "op": "move", "from": "/spec/http/1", "path": "/spec/http/0" }]),
+    )
+    .await?;
+    let before = mesh.vs_spec().await?;
+    let stale = mesh::weight_patch(&target, traffic(50, 50))?;
+    assert_rejected(patch(&mesh.virtual_services, stale).await);
+    assert_eq!(
+        mesh.vs_spec().await?,
+        before,
+        "a rejected patch changes nothing"
+    );
+    let target = mesh.resolve().await?;
+    assert_eq!(target.route.index, 0);
+    patch(
+        &mesh.virtual_services,
+        mesh::weight_patch(&target, traffic(50, 50))?,
+    )
+    .await?;
+
+    // Someone renames a subset: the subset patch is rejected.
+    edit(
+        &mesh.destination_rules,
+        json!([{ "op": "replace", "path": "/spec/subsets/0/name", "value": "primary" }]),
+    )
+    .await?;
+    let stale = mesh::subset_version_patch(&target, Subset::Stable, "version", "v2");
+    assert_rejected(patch(&mesh.destination_rules, stale).await);
+    edit(
+        &mesh.destination_rules,
+        json!([{ "op": "replace", "path": "/spec/subsets/0/name", "value": "stable" }]),
+    )
+    .await?;
+
+    // Promotion: the stable subset moves to v2, under a label key that needs escaping too.
+    let target = mesh.resolve().await?;
+    let before = mesh.dr_spec().await?;
+    patch(
+        &mesh.destination_rules,
+        mesh::subset_version_patch(&target, Subset::Stable, "version", "v2"),
+    )
+    .await?;
+    let target = mesh.resolve().await?;
+    patch(
+        &mesh.destination_rules,
+        mesh::subset_version_patch(
+            &target,
+            Subset::Stable,
+            "app.kubernetes.io/version",
+            "2.0.0",
+        ),
+    )
+    .await?;
+    patch(
+        &mesh.virtual_services,
+        mesh::weight_patch(&target, traffic(100, 0))?,
+    )
+    .await?;
+    let mut want = before.clone();
+    want["subsets"][0]["labels"]["version"] = json!("v2");
+    want["subsets"][0]["labels"]["app.kubernetes.io/version"] = json!("2.0.0");
+    assert_eq!(mesh.dr_spec().await?, want);
+
+    let last = mesh.resolve().await?;
+    assert_eq!(last.traffic, traffic(100, 0));
+    assert_eq!(
+        last.subsets,
+        Subsets {
+            stable: Some("v2".into()),
+            canary: Some("v2".into())
+        }
+    );
+    Ok(())
+}
