@@ -1,1 +1,21 @@
-//! weir analysis
+//! weir's SLO gates.
+//!
+//! The crate has a pure half and a thin I/O half:
+//! - [`verdict`]: what a check concluded and what it measured (plain data);
+//! - [`gates`]: the built-in gates a rollout is held to (plain data);
+//! - [`promql`]: the queries of the built-in gates, with every outside value escaped;
+//! - [`judge`]: measured values to a [`Verdict`], without any I/O;
+//! - [`prometheus`]: asks Prometheus or Grafana Mimir, then the judge.
+
+pub mod gates;
+pub mod judge;
+pub mod prometheus;
+pub mod promql;
+pub mod verdict;
+
+pub use gates::{Gates, Reporter};
+pub use prometheus::{
+    BasicAuth, CheckReport, CheckRequest, ConfigError, PrometheusApi, PrometheusConfig, QueryError,
+    RanQuery,
+};
+pub use verdict::{Bound, InconclusiveReason, Measurement, Verdict};
