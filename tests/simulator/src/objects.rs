@@ -1,0 +1,399 @@
+//! Kubernetes objects → the plain [`Mesh`] the simulator plans from.
+//!
+//! Only the fields the simulator needs are read. Istio objects arrive as
+//! [`DynamicObject`]s and are read through small serde structs, so the simulator does
+//! not depend on weir's own mesh types.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service as KubeService;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::annotations::{self, AnnotationError};
+use crate::mesh::{
+    Behaviour, DestinationRule, HttpRoute, Labels, Mesh, RouteDestination, RouteKey, Service,
+    Subset, Workload,
+};
+
+/// The version reported for a Deployment without the version label (as Istio does).
+pub const UNKNOWN_VERSION: &str = "unknown";
+
+/// `networking.istio.io/v1` VirtualService.
+pub fn virtual_service_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "networking.istio.io",
+        "v1",
+        "VirtualService",
+    ))
+}
+
+/// `networking.istio.io/v1` DestinationRule.
+pub fn destination_rule_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "networking.istio.io",
+        "v1",
+        "DestinationRule",
+    ))
+}
+
+/// An Istio object whose spec the simulator cannot read.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} {name}: spec does not have the shape Istio's schema requires: {source}")]
+pub struct SpecError {
+    /// `VirtualService` or `DestinationRule`.
+    pub kind: &'static str,
+    /// The object's name.
+    pub name: String,
+    /// Which field did not fit.
+    #[source]
+    pub source: serde_json::Error,
+}
+
+#[derive(Default, Deserialize)]
+struct VirtualServiceSpec {
+    #[serde(default)]
+    http: Vec<HttpRouteSpec>,
+}
+
+#[derive(Deserialize)]
+struct HttpRouteSpec {
+    #[serde(default)]
+    route: Vec<RouteDestinationSpec>,
+}
+
+#[derive(Deserialize)]
+struct RouteDestinationSpec {
+    destination: DestinationSpec,
+    weight: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct DestinationSpec {
+    host: String,
+    subset: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+struct DestinationRuleSpec {
+    #[serde(default)]
+    host: String,
+    #[serde(default)]
+    subsets: Vec<SubsetSpec>,
+}
+
+#[derive(Deserialize)]
+struct SubsetSpec {
+    name: String,
+    #[serde(default)]
+    labels: Labels,
+}
+
+fn spec<T: DeserializeOwned + Default>(
+    object: &DynamicObject,
+    kind: &'static str,
+) -> Result<T, SpecError> {
+    match object.data.get("spec") {
+        None => Ok(T::default()),
+        Some(spec) => T::deserialize(spec).map_err(|source| SpecError {
+            kind,
+            name: object.name_any(),
+            source,
+        }),
+    }
+}
+
+/// The HTTP routes of a VirtualService. Routes without a `route` list (redirects,
+/// direct responses, delegates) carry no destinations.
+pub fn http_routes(virtual_service: &DynamicObject) -> Result<Vec<HttpRoute>, SpecError> {
+    let spec: VirtualServiceSpec = spec(virtual_service, "VirtualService")?;
+    let name = virtual_service.name_any();
+    Ok(spec
+        .http
+        .into_iter()
+        .enumerate()
+        .map(|(index, route)| HttpRoute {
+            key: RouteKey {
+                virtual_service: name.clone(),
+                index,
+            },
+            destinations: route
+                .route
+                .into_iter()
+                .map(|d| RouteDestination {
+                    host: d.destination.host,
+                    subset: d.destination.subset,
+                    weight: d.weight.map(|w| u32::try_from(w).unwrap_or(0)),
+                })
+                .collect(),
+        })
+        .collect())
+}
+
+/// A DestinationRule's host and subsets.
+pub fn destination_rule(destination_rule: &DynamicObject) -> Result<DestinationRule, SpecError> {
+    let spec: DestinationRuleSpec = spec(destination_rule, "DestinationRule")?;
+    Ok(DestinationRule {
+        name: destination_rule.name_any(),
+        host: spec.host,
+        subsets: spec
+            .subsets
+            .into_iter()
+            .map(|s| Subset {
+                name: s.name,
+                labels: s.labels,
+            })
+            .collect(),
+    })
+}
+
+/// A Service's selector and request rate; a malformed rate annotation counts as absent.
+pub fn service(service: &KubeService) -> Service {
+    Service {
+        name: service.name_any(),
+        selector: service
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.clone())
+            .unwrap_or_default(),
+        rps: annotations::rps(service.annotations()).unwrap_or(None),
+    }
+}
+
+/// A Deployment as a version: its pod template labels, the value of `version_label`
+/// among them, and its behaviour; malformed annotations count as absent.
+pub fn workload(deployment: &Deployment, version_label: &str) -> Workload {
+    let pod_labels: Labels = deployment
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let defaults = Behaviour::default();
+    let annotations = deployment.annotations();
+    Workload {
+        name: deployment.name_any(),
+        version: pod_labels
+            .get(version_label)
+            .cloned()
+            .unwrap_or_else(|| UNKNOWN_VERSION.to_owned()),
+        pod_labels,
+        behaviour: Behaviour {
+            error_rate: annotations::error_rate(annotations).unwrap_or(defaults.error_rate),
+            mean_latency_ms: annotations::latency_ms(annotations)
+                .unwrap_or(defaults.mean_latency_ms),
+        },
+    }
+}
+
+/// Every malformed `sim.weir.dev/*` annotation on an object.
+pub fn annotation_problems(meta: &ObjectMeta) -> Vec<AnnotationError> {
+    let none = BTreeMap::new();
+    let annotations = meta.annotations.as_ref().unwrap_or(&none);
+    [
+        annotations::error_rate(annotations).err(),
+        annotations::latency_ms(annotations).err(),
+        annotations::rps(annotations).err(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// The objects of one namespace as a [`Mesh`], each list ordered by name. Istio objects
+/// whose spec cannot be read are left out.
+pub fn mesh(
+    namespace: &str,
+    virtual_services: &[Arc<DynamicObject>],
+    destination_rules: &[Arc<DynamicObject>],
+    services: &[Arc<KubeService>],
+    deployments: &[Arc<Deployment>],
+    version_label: &str,
+) -> Mesh {
+    let mut virtual_services: Vec<&DynamicObject> = virtual_services.iter().map(|o| &**o).collect();
+    virtual_services.sort_by_key(|o| o.name_any());
+    let mut mesh = Mesh {
+        namespace: namespace.to_owned(),
+        routes: virtual_services
+            .into_iter()
+            .filter_map(|vs| http_routes(vs).ok())
+            .flatten()
+            .collect(),
+        destination_rules: destination_rules
+            .iter()
+            .filter_map(|dr| destination_rule(dr).ok())
+            .collect(),
+        services: services.iter().map(|s| service(s)).collect(),
+        workloads: deployments
+            .iter()
+            .map(|d| workload(d, version_label))
+            .collect(),
+    };
+    mesh.destination_rules.sort_by(|a, b| a.name.cmp(&b.name));
+    mesh.services.sort_by(|a, b| a.name.cmp(&b.name));
+    mesh.workloads.sort_by(|a, b| a.name.cmp(&b.name));
+    mesh
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn istio(resource: &ApiResource, name: &str, spec: serde_json::Value) -> DynamicObject {
+        DynamicObject::new(name, resource)
+            .within("shop")
+            .data(json!({ "spec": spec }))
+    }
+
+    #[test]
+    fn virtual_service_routes_keep_their_order_hosts_subsets_and_weights() {
+        let vs = istio(
+            &virtual_service_resource(),
+            "checkout",
+            json!({
+                "hosts": ["checkout"],
+                "http": [
+                    { "name": "primary", "route": [
+                        { "destination": { "host": "checkout", "subset": "stable" }, "weight": 80 },
+                        { "destination": { "host": "checkout.shop.svc.cluster.local", "subset": "canary" }, "weight": 20 }
+                    ]},
+                    { "redirect": { "uri": "/elsewhere" } },
+                    { "route": [ { "destination": { "host": "checkout" } } ] }
+                ]
+            }),
+        );
+        let routes = http_routes(&vs).unwrap();
+        assert_eq!(routes.len(), 3);
+        assert_eq!(
+            routes[0].key,
+            RouteKey {
+                virtual_service: "checkout".to_owned(),
+                index: 0
+            }
+        );
+        assert_eq!(
+            routes[0].destinations,
+            vec![
+                RouteDestination {
+                    host: "checkout".to_owned(),
+                    subset: Some("stable".to_owned()),
+                    weight: Some(80)
+                },
+                RouteDestination {
+                    host: "checkout.shop.svc.cluster.local".to_owned(),
+                    subset: Some("canary".to_owned()),
+                    weight: Some(20),
+                },
+            ]
+        );
+        assert!(routes[1].destinations.is_empty());
+        assert_eq!(routes[2].key.index, 2);
+        assert_eq!(
+            routes[2].destinations,
+            vec![RouteDestination {
+                host: "checkout".to_owned(),
+                subset: None,
+                weight: None
+            }]
+        );
+    }
+
+    #[test]
+    fn malformed_istio_spec_is_an_error_naming_the_object() {
+        let vs = istio(
+            &virtual_service_resource(),
+            "broken",
+            json!({ "http": "not a list" }),
+        );
+        let err = http_routes(&vs).unwrap_err();
+        assert_eq!((err.kind, err.name.as_str()), ("VirtualService", "broken"));
+    }
+
+    #[test]
+    fn destination_rule_subsets_carry_their_labels() {
+        let dr = istio(
+            &destination_rule_resource(),
+            "checkout",
+            json!({
+                "host": "checkout",
+                "trafficPolicy": { "tls": { "mode": "ISTIO_MUTUAL" } },
+                "subsets": [
+                    { "name": "stable", "labels": { "version": "v1" } },
+                    { "name": "all" }
+                ]
+            }),
+        );
+        let rule = destination_rule(&dr).unwrap();
+        assert_eq!(rule.host, "checkout");
+        assert_eq!(
+            rule.subsets[0].labels,
+            Labels::from([("version".to_owned(), "v1".to_owned())])
+        );
+        assert!(rule.subsets[1].labels.is_empty());
+    }
+
+    #[test]
+    fn deployment_becomes_a_version_with_its_behaviour() {
+        let deployment: Deployment = serde_json::from_value(json!({
+            "metadata": {
+                "name": "checkout-v2",
+                "namespace": "shop",
+                "annotations": { "sim.weir.dev/error-rate": "10%", "sim.weir.dev/latency-ms": "250" }
+            },
+            "spec": {
+                "selector": { "matchLabels": { "app": "checkout" } },
+                "template": { "metadata": { "labels": { "app": "checkout", "track": "v2" } } }
+            }
+        }))
+        .unwrap();
+        let workload = workload(&deployment, "track");
+        assert_eq!(workload.name, "checkout-v2");
+        assert_eq!(workload.version, "v2");
+        assert_eq!(workload.behaviour.error_rate.parts_per_million(), 100_000);
+        assert_eq!(workload.behaviour.mean_latency_ms, 250.0);
+        assert_eq!(
+            super::workload(&deployment, "version").version,
+            UNKNOWN_VERSION
+        );
+    }
+
+    #[test]
+    fn malformed_annotations_fall_back_to_defaults_and_are_reported() {
+        let deployment: Deployment = serde_json::from_value(json!({
+            "metadata": {
+                "name": "checkout-v1",
+                "annotations": { "sim.weir.dev/error-rate": "often", "sim.weir.dev/latency-ms": "5" }
+            },
+            "spec": { "selector": {}, "template": {} }
+        }))
+        .unwrap();
+        let workload = workload(&deployment, "version");
+        assert_eq!(workload.behaviour.error_rate.parts_per_million(), 0);
+        assert_eq!(workload.behaviour.mean_latency_ms, 5.0);
+        let problems = annotation_problems(&deployment.metadata);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].annotation, annotations::ERROR_RATE);
+    }
+
+    #[test]
+    fn service_reads_selector_and_rate() {
+        let svc: KubeService = serde_json::from_value(json!({
+            "metadata": { "name": "checkout", "annotations": { "sim.weir.dev/rps": "0" } },
+            "spec": { "selector": { "app": "checkout" } }
+        }))
+        .unwrap();
+        let service = service(&svc);
+        assert_eq!(
+            service.selector,
+            Labels::from([("app".to_owned(), "checkout".to_owned())])
+        );
+        assert_eq!(service.rps, Some(0.0));
+    }
+}
