@@ -1,0 +1,30 @@
+# weir's entry points. `make test` sets up the test bed from nothing (cached after the
+# first run) and runs every test against it.
+
+CARGO ?= cargo
+
+.PHONY: testbed test demo fmt lint
+
+## Build/install the test bed: kube-apiserver, etcd, helm, CRDs, Prometheus.
+testbed:
+	tests/testbed/setup.sh
+
+## Set up the test bed, run every test, then check that no test left a server running.
+test: testbed
+	@status=0; \
+	$(CARGO) test --workspace --locked --no-fail-fast || status=$$?; \
+	tests/testbed/leftovers.sh || status=1; \
+	exit $$status
+
+## A local demo of a healthy release promoted and a bad one aborted.
+demo:
+	@echo "make demo: not yet" >&2
+	@exit 1
+
+## Check formatting.
+fmt:
+	$(CARGO) fmt --all --check
+
+## Formatting and clippy, warnings denied.
+lint: fmt
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Fails when a test left a test bed server running: a process whose executable is in the
+# test bed's bin directory, or a Prometheus the harness started (its TSDB lives in a
+# weir-prometheus-* directory). Run after the tests.
+set -euo pipefail
+
+bin="$("$(dirname "${BASH_SOURCE[0]}")/setup.sh" --dir)/bin/"
+found=0
+for proc in /proc/[0-9]*; do
+    # A process can exit while we look; zombies have no executable and are not running.
+    exe=$(readlink "$proc/exe" 2>/dev/null) || continue
+    cmdline=$(tr '\0' ' ' <"$proc/cmdline" 2>/dev/null) || continue
+    if [[ "$exe" == "$bin"* || ("$exe" == */prometheus && "$cmdline" == *weir-prometheus-*) ]]; then
+        echo "left running: pid ${proc#/proc/}: $cmdline" >&2
+        found=1
+    fi
+done
+if ((found)); then
+    echo "testbed: a test left servers running (see above): every ControlPlane and Prometheus must be dropped" >&2
+    exit 1
+fi
+echo "testbed: no test bed server left running"
