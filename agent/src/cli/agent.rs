@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -10,6 +11,7 @@ use clap::{Args, ValueEnum};
 use tracing::info;
 use weir_analysis::{BasicAuth, PrometheusApi, PrometheusConfig, Reporter};
 
+use crate::controller::lease::{self, LeaseConfig};
 use crate::controller::{self, AgentConfig};
 use crate::server;
 use crate::spec::{self, Defaults};
@@ -66,6 +68,19 @@ pub struct AgentArgs {
     /// This agent's name in Events (defaults to the pod name).
     #[arg(long, env = "POD_NAME", default_value = "weir")]
     pub instance: String,
+
+    /// Run the controller only while holding the Lease `--lease-name` in the namespace
+    /// (identity: `--instance`), so that several replicas can run and only one writes.
+    #[arg(long)]
+    pub leader_election: bool,
+    /// Name of the Lease used for leader election.
+    #[arg(long, default_value = "weir")]
+    pub lease_name: String,
+    /// How long the Lease stays valid after its holder last renewed it; a standby takes
+    /// over after that. The holder renews every third of it and stops writing after two
+    /// thirds without a renewal.
+    #[arg(long, default_value = "15s", value_parser = duration)]
+    pub lease_duration: Duration,
 }
 
 /// The default of every optional annotation (see docs/annotations.md).
@@ -122,6 +137,8 @@ impl DefaultArgs {
                 .map_err(|e| flag("latency-quantile", e))?,
             min_requests: spec::parse_min_requests(&self.default_min_requests)
                 .map_err(|e| flag("min-requests", e))?,
+            error_codes: Default::default(),
+            max_slow_share: None,
         };
         Ok(Defaults {
             stable_subset: spec::parse_subset_name(&self.default_stable_subset)
@@ -148,6 +165,23 @@ impl AgentArgs {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         init_logging(self.log_format);
         let defaults = self.defaults.parse()?;
+        // Defaults that contradict each other (a no-data timeout shorter than the check
+        // interval, say) would make every Service misconfigured: refuse them at start.
+        spec::parse("defaults", &Default::default(), &defaults)
+            .map_err(|e| anyhow::anyhow!("the --default-* flags contradict each other: {e}"))?;
+        let lease = self
+            .leader_election
+            .then(|| {
+                LeaseConfig {
+                    namespace: self.namespace.clone(),
+                    name: self.lease_name.clone(),
+                    holder: self.instance.clone(),
+                    duration: self.lease_duration,
+                }
+                .validated()
+            })
+            .transpose()?;
+
         let basic_auth = match (&self.prometheus_username, &self.prometheus_password) {
             (Some(username), Some(password)) => Some(BasicAuth {
                 username: username.clone(),
@@ -185,8 +219,18 @@ impl AgentArgs {
         };
         info!(namespace = %config.namespace, prometheus = %prometheus.endpoint(), dry_run = config.dry_run, "weir agent starting");
 
-        let admin = server::serve(self.listen).await?;
-        controller::run(client, config, prometheus, shutdown_signal()).await;
+        let metrics = Arc::new(server::Metrics::new());
+        let readiness = server::Readiness::default();
+        let admin = server::serve(self.listen, metrics.clone(), readiness.clone()).await?;
+        match lease {
+            Some(lease) => {
+                lease::lead(client.clone(), lease, shutdown_signal(), |shutdown| {
+                    controller::run(client.clone(), config.clone(), prometheus.clone(), shutdown)
+                })
+                .await
+            }
+            None => controller::run(client, config, prometheus, shutdown_signal()).await,
+        }
         admin.abort();
         Ok(ExitCode::SUCCESS)
     }

@@ -6,6 +6,7 @@
 //! [`crate::plan`] (pure) → [`apply`] (the only writes).
 
 mod apply;
+pub mod lease;
 mod observe;
 mod reconcile;
 
@@ -122,9 +123,14 @@ pub async fn run(
     info!("controller stopped");
 }
 
-/// Whether a Service has opted in.
+/// Whether a Service asks for weir: it carries `weir.dev/enabled` with any value but
+/// `false`. A malformed value (`yes`) is reconciled so that it is reported as
+/// misconfigured rather than silently ignored.
 fn opted_in(service: &Service) -> bool {
-    spec::is_enabled(service.annotations())
+    service
+        .annotations()
+        .get(spec::keys::ENABLED)
+        .is_some_and(|v| !v.trim().eq_ignore_ascii_case("false"))
 }
 
 fn service_ref(service: &Service) -> ObjectRef<Service> {

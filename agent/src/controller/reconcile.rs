@@ -172,5 +172,6 @@ fn check_request(ctx: &Context, spec: &RolloutSpec, due: &plan::CheckRequest, no
         min_window: ctx.config.scrape_interval * 4,
         gates: spec.gates.clone(),
         reporter: ctx.config.reporter,
+        custom: Vec::new(),
     }
 }

@@ -111,6 +111,8 @@ impl Default for Defaults {
                 max_latency: Duration::from_millis(500),
                 latency_quantile: 0.99,
                 min_requests: 50,
+                error_codes: Default::default(),
+                max_slow_share: None,
             },
             failure_limit: 2,
             no_data_timeout: Duration::from_secs(600),
@@ -166,6 +168,8 @@ pub fn parse(
         min_requests: reader
             .read(keys::MIN_REQUESTS, parse_min_requests)
             .unwrap_or(defaults.gates.min_requests),
+        error_codes: defaults.gates.error_codes.clone(),
+        max_slow_share: defaults.gates.max_slow_share,
     };
     let failure_limit = reader
         .read(keys::FAILURE_LIMIT, parse_failure_limit)

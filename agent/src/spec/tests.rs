@@ -106,6 +106,8 @@ fn every_annotation_set_is_read() {
                 max_latency: Duration::from_millis(250),
                 latency_quantile: 0.95,
                 min_requests: 0,
+                error_codes: Default::default(),
+                max_slow_share: None,
             },
             failure_limit: 1,
             no_data_timeout: Duration::from_secs(1200),

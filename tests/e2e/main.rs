@@ -1,0 +1,10 @@
+//! End-to-end tests of the `weir` agent on the test bed: a real kube-apiserver with
+//! Istio's CRDs, the traffic simulator standing in for the data plane, Prometheus
+//! scraping it, and the `weir` binary as a process.
+
+mod support;
+
+mod controls;
+mod faults;
+mod misconfigured;
+mod release;

@@ -1,0 +1,54 @@
+//! (e) Misconfiguration: status Misconfigured, an Event with the fix, no weight change.
+
+use std::time::Duration;
+
+use serde_json::json;
+use weir::plan::Phase;
+
+use crate::support::{App, Bed, Weights};
+
+async fn assert_misconfigured(bed: &Bed, service: &str, fragment: &str) -> anyhow::Result<()> {
+    let status = bed.wait_phase(service, Phase::Misconfigured).await?;
+    assert!(status.message.contains(fragment), "{:?} lacks {fragment:?}", status.message);
+    let note = bed.wait_event(service, "Misconfigured").await?;
+    assert!(note.contains(fragment), "{note:?} lacks {fragment:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn misconfigurations_are_reported_and_move_no_traffic() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    // A typo in an annotation, with a canary waiting: nothing may move.
+    bed.deploy_app(&App::new("typo").with("steps", "10,5,50")).await?;
+    bed.deploy_version("typo", "v2", 0.0).await?;
+    // A VirtualService name that does not exist.
+    bed.deploy_app(&App::new("novs").with("virtual-service", "missing")).await?;
+    // A route name that does not exist.
+    bed.deploy_app(&App::new("noroute").with("route", "nope")).await?;
+    // Two VirtualServices routing to the same host.
+    bed.deploy_app(&App::new("twice")).await?;
+    bed.create_dynamic(&json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "twice-again"},
+        "spec": {"hosts": ["twice.example.test"], "http": [{"route": [{"destination": {"host": "twice", "subset": "stable"}}]}]}
+    }))
+    .await?;
+
+    let _agent = bed.agent(&[])?;
+    assert_misconfigured(&bed, "typo", "strictly ascending").await?;
+    assert_misconfigured(&bed, "novs", "missing").await?;
+    assert_misconfigured(&bed, "noroute", "nope").await?;
+    assert_misconfigured(&bed, "twice", "twice-again").await?;
+
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for app in ["typo", "novs", "noroute", "twice"] {
+        assert_eq!(bed.route(app).await?.0, Weights { stable: 100, canary: 0 }, "{app}");
+        assert_eq!(bed.subset_version(app, "canary").await?.as_deref(), Some("v1"), "{app}");
+    }
+
+    // Fixing the annotation resumes: the waiting canary is released.
+    bed.annotate("typo", "weir.dev/steps", Some("10,50")).await?;
+    bed.wait_status("typo", "typo's v2 promoted", |s| s.stable.as_deref() == Some("v2")).await?;
+    Ok(())
+}

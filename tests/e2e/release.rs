@@ -1,0 +1,89 @@
+//! A healthy release is promoted; a bad one is aborted at its first step.
+
+use weir::plan::Phase;
+
+use crate::support::{App, Bed, Weights};
+
+/// (a) A healthy v2 goes 10 → 25 → 50 → promoted.
+#[tokio::test(flavor = "multi_thread")]
+async fn healthy_release_is_promoted_step_by_step() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    bed.deploy_app(&App::new("checkout")).await?;
+    let _agent = bed.agent(&[])?;
+    bed.wait_phase("checkout", Phase::Idle).await?;
+    let weights = bed.record_weights("checkout");
+
+    bed.deploy_version("checkout", "v2", 0.0).await?;
+    bed.wait_status("checkout", "v2 to be promoted", |s| {
+        s.phase == Phase::Idle && s.stable.as_deref() == Some("v2")
+    })
+    .await?;
+
+    assert_eq!(weights.canary(), vec![0, 10, 25, 50, 0], "canary weights over the release");
+    let (live, _) = bed.route("checkout").await?;
+    assert_eq!(live, Weights { stable: 100, canary: 0 });
+    assert_eq!(bed.subset_version("checkout", "stable").await?.as_deref(), Some("v2"));
+    let reasons: Vec<String> = bed.events("checkout").await?.into_iter().map(|(r, _)| r).collect();
+    for expected in ["RolloutStarted", "WeightChanged", "StepsPassed", "Promoted"] {
+        assert!(reasons.iter().any(|r| r == expected), "no {expected} event in {reasons:?}");
+    }
+    Ok(())
+}
+
+/// (b) A v3 with 20% errors is aborted at its first step, not retried until its pod
+/// template changes, then released again.
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_release_is_aborted_and_retried_only_after_a_new_build() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    bed.deploy_app(&App::new("checkout")).await?;
+    let _agent = bed.agent(&[])?;
+    bed.wait_phase("checkout", Phase::Idle).await?;
+    let weights = bed.record_weights("checkout");
+
+    bed.deploy_version("checkout", "v3", 0.2).await?;
+    let aborted = bed.wait_phase("checkout", Phase::Aborted).await?;
+    assert_eq!(aborted.canary.as_deref(), Some("v3"));
+    assert!(aborted.message.contains("error-rate"), "{}", aborted.message);
+    let note = bed.wait_event("checkout", "Aborted").await?;
+    assert!(note.contains("v3"), "{note}");
+    let (live, _) = bed.route("checkout").await?;
+    assert_eq!(live.canary, 0);
+    assert_eq!(weights.canary(), vec![0, 10, 0], "never beyond the first step");
+    assert_eq!(bed.subset_version("checkout", "stable").await?.as_deref(), Some("v1"));
+
+    // Not retried while its template is unchanged: well past several check intervals.
+    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+    let still = bed.status("checkout").await?.unwrap();
+    assert_eq!(still.phase, Phase::Aborted);
+    assert_eq!(weights.canary(), vec![0, 10, 0]);
+
+    // A fixed build of v3 is a new pod template: released again from step one.
+    bed.rebuild("checkout", "v3", "v3-fixed", 0.0).await?;
+    bed.wait_status("checkout", "fixed v3 to be promoted", |s| {
+        s.phase == Phase::Idle && s.stable.as_deref() == Some("v3")
+    })
+    .await?;
+    assert_eq!(weights.canary(), vec![0, 10, 0, 10, 25, 50, 0]);
+    Ok(())
+}
+
+/// (h) With zero traffic a step stays inconclusive and aborts at `no-data-timeout`;
+/// it never advances or promotes.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_traffic_is_inconclusive_and_aborts_at_the_timeout() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let app = App::new("checkout").with("no-data-timeout", "10s");
+    bed.deploy_app(&app).await?;
+    bed.annotate("checkout", "sim.weir.dev/rps", Some("0")).await?;
+    let _agent = bed.agent(&[])?;
+    bed.wait_phase("checkout", Phase::Idle).await?;
+    let weights = bed.record_weights("checkout");
+
+    bed.deploy_version("checkout", "v2", 0.0).await?;
+    bed.wait_event("checkout", "CheckInconclusive").await?;
+    let aborted = bed.wait_phase("checkout", Phase::Aborted).await?;
+    assert!(aborted.message.contains("no conclusive evidence"), "{}", aborted.message);
+    assert_eq!(weights.canary(), vec![0, 10, 0]);
+    assert_eq!(bed.subset_version("checkout", "stable").await?.as_deref(), Some("v1"));
+    Ok(())
+}

@@ -1,0 +1,440 @@
+//! The end-to-end fixture: a control plane, the traffic simulator, Prometheus scraping
+//! it, one namespace with an application, and the real `weir` binary as a process.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use weir::plan::{Phase, Status};
+use weir_simulator::{Simulator, SimulatorConfig};
+use weir_testbed::{ControlPlane, OwnedProcess, Prometheus, mark_deployment_available, wait_until};
+
+/// Generous: the machine may be a loaded 2-core box.
+pub const DEADLINE: Duration = Duration::from_secs(120);
+
+pub struct Bed {
+    pub control_plane: ControlPlane,
+    pub client: Client,
+    pub namespace: String,
+    pub simulator: Simulator,
+    pub prometheus: Prometheus,
+    pub logs: TempDir,
+}
+
+/// A Service opted in to weir, with its first version (v1) deployed and routed.
+pub struct App {
+    pub name: String,
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl App {
+    /// An application with the fast timings the end-to-end tests use.
+    pub fn new(name: &str) -> App {
+        let mut annotations = BTreeMap::new();
+        annotations.insert("weir.dev/enabled".into(), "true".into());
+        App {
+            name: name.into(),
+            annotations,
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: &str) -> App {
+        self.annotations.insert(format!("weir.dev/{key}"), value.into());
+        self
+    }
+}
+
+impl Bed {
+    pub async fn start() -> anyhow::Result<Bed> {
+        let control_plane = ControlPlane::start().await?;
+        let client = control_plane.client();
+        let namespace = "shop".to_string();
+        control_plane.create_namespace(&namespace).await?;
+        let simulator = Simulator::start(client.clone(), SimulatorConfig::new(&namespace)).await?;
+        let prometheus = Prometheus::start(&[simulator.metrics_addr()]).await?;
+        prometheus.wait_for_scrape().await?;
+        Ok(Bed {
+            control_plane,
+            client,
+            namespace,
+            simulator,
+            prometheus,
+            logs: tempfile::tempdir()?,
+        })
+    }
+
+    /// Creates the Service, Deployment v1, a VirtualService with the managed route at
+    /// 100/0 and a DestinationRule whose stable subset selects v1.
+    pub async fn deploy_app(&self, app: &App) -> anyhow::Result<()> {
+        let name = &app.name;
+        let service: Service = serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": app.annotations},
+            "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80}]}
+        }))?;
+        self.services().create(&PostParams::default(), &service).await?;
+        self.deploy_version(name, "v1", 0.0).await?;
+        let vs = json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {"name": name},
+            "spec": {
+                "hosts": [name],
+                "http": [{
+                    "name": "primary",
+                    "route": [{"destination": {"host": name, "subset": "stable"}, "weight": 100}]
+                }]
+            }
+        });
+        self.create_dynamic(&vs).await?;
+        let dr = json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": {"name": name},
+            "spec": {
+                "host": name,
+                "subsets": [
+                    {"name": "stable", "labels": {"version": "v1"}},
+                    {"name": "canary", "labels": {"version": "v1"}}
+                ]
+            }
+        });
+        self.create_dynamic(&dr).await?;
+        Ok(())
+    }
+
+    /// Deploys `version` of `app` (Deployment `<app>-<version>`) with the simulated
+    /// error rate, and marks it Available.
+    pub async fn deploy_version(&self, app: &str, version: &str, error_rate: f64) -> anyhow::Result<()> {
+        let deployment: Deployment = serde_json::from_value(json!({
+            "metadata": {
+                "name": format!("{app}-{version}"),
+                "annotations": {"sim.weir.dev/error-rate": error_rate.to_string(), "sim.weir.dev/latency-ms": "20"}
+            },
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": app, "version": version}},
+                "template": {
+                    "metadata": {"labels": {"app": app, "version": version}},
+                    "spec": {"containers": [{"name": "app", "image": format!("example.test/{app}:{version}")}]}
+                }
+            }
+        }))?;
+        self.deployments().create(&PostParams::default(), &deployment).await?;
+        mark_deployment_available(&self.client, &self.namespace, &format!("{app}-{version}")).await
+    }
+
+    /// Changes the pod template of a version (a new build), keeping it Available.
+    pub async fn rebuild(&self, app: &str, version: &str, image_tag: &str, error_rate: f64) -> anyhow::Result<()> {
+        let name = format!("{app}-{version}");
+        let patch = json!({
+            "metadata": {"annotations": {"sim.weir.dev/error-rate": error_rate.to_string()}},
+            "spec": {"template": {"spec": {"containers": [{"name": "app", "image": format!("example.test/{app}:{image_tag}")}]}}}
+        });
+        self.deployments()
+            .patch(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await?;
+        mark_deployment_available(&self.client, &self.namespace, &name).await
+    }
+
+    pub async fn delete_deployment(&self, name: &str) -> anyhow::Result<()> {
+        self.deployments().delete(name, &DeleteParams::default()).await?;
+        Ok(())
+    }
+
+    pub fn services(&self) -> Api<Service> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    pub fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    pub fn virtual_services(&self) -> Api<DynamicObject> {
+        let gvk = GroupVersionKind::gvk("networking.istio.io", "v1", "VirtualService");
+        Api::namespaced_with(self.client.clone(), &self.namespace, &ApiResource::from_gvk(&gvk))
+    }
+
+    pub fn destination_rules(&self) -> Api<DynamicObject> {
+        let gvk = GroupVersionKind::gvk("networking.istio.io", "v1", "DestinationRule");
+        Api::namespaced_with(self.client.clone(), &self.namespace, &ApiResource::from_gvk(&gvk))
+    }
+
+    pub async fn create_dynamic(&self, object: &Value) -> anyhow::Result<()> {
+        let kind = object["kind"].as_str().unwrap_or_default();
+        let obj: DynamicObject = serde_json::from_value(object.clone())?;
+        let api = match kind {
+            "VirtualService" => self.virtual_services(),
+            "DestinationRule" => self.destination_rules(),
+            other => bail!("unexpected kind {other}"),
+        };
+        api.create(&PostParams::default(), &obj).await?;
+        Ok(())
+    }
+
+    /// Sets (or with `None` removes) an annotation on a Service, as `kubectl annotate` would.
+    pub async fn annotate(&self, service: &str, key: &str, value: Option<&str>) -> anyhow::Result<()> {
+        let patch = json!({"metadata": {"annotations": {key: value}}});
+        self.services()
+            .patch(service, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+
+    /// The agent's status annotation on `service`.
+    pub async fn status(&self, service: &str) -> anyhow::Result<Option<Status>> {
+        let svc = self.services().get(service).await?;
+        match svc.annotations().get("weir.dev/status") {
+            None => Ok(None),
+            Some(raw) => Ok(Some(serde_json::from_str(raw).context("parsing weir.dev/status")?)),
+        }
+    }
+
+    /// Waits until the status of `service` satisfies `pred`.
+    pub async fn wait_status(
+        &self,
+        service: &str,
+        what: &str,
+        pred: impl Fn(&Status) -> bool,
+    ) -> anyhow::Result<Status> {
+        let pred = &pred;
+        wait_until(what, DEADLINE, || async move {
+            match self.status(service).await? {
+                Some(s) if pred(&s) => Ok(s),
+                Some(s) => Err(anyhow!("phase {:?}, weight {}, message {:?}", s.phase, s.weight, s.message)),
+                None => Err(anyhow!("no status yet")),
+            }
+        })
+        .await
+    }
+
+    pub async fn wait_phase(&self, service: &str, phase: Phase) -> anyhow::Result<Status> {
+        self.wait_status(service, &format!("{service} to be {phase:?}"), |s| s.phase == phase).await
+    }
+
+    /// The managed route's (stable, canary) weights and the whole VirtualService.
+    pub async fn route(&self, vs: &str) -> anyhow::Result<(Weights, Value)> {
+        let obj = self.virtual_services().get(vs).await?;
+        let value = serde_json::to_value(&obj)?;
+        Ok((weights_of(&value, "primary"), value))
+    }
+
+    /// The version label value of a subset.
+    pub async fn subset_version(&self, dr: &str, subset: &str) -> anyhow::Result<Option<String>> {
+        let obj = serde_json::to_value(self.destination_rules().get(dr).await?)?;
+        Ok(obj["spec"]["subsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == subset)
+            .and_then(|s| s["labels"]["version"].as_str().map(String::from)))
+    }
+
+    /// The (reason, note) of every Event about `service`, oldest first.
+    pub async fn events(&self, service: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        let mut events: Vec<Event> = api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(service))
+            .collect();
+        events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        Ok(events
+            .into_iter()
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect())
+    }
+
+    pub async fn wait_event(&self, service: &str, reason: &str) -> anyhow::Result<String> {
+        wait_until(&format!("a {reason} event on {service}"), DEADLINE, || async {
+            let events = self.events(service).await?;
+            events
+                .iter()
+                .find(|(r, _)| r == reason)
+                .map(|(_, note)| note.clone())
+                .ok_or_else(|| anyhow!("events so far: {events:?}"))
+        })
+        .await
+    }
+
+    /// Starts the real `weir agent` for this namespace with fast timings.
+    pub fn agent(&self, extra: &[&str]) -> anyhow::Result<Agent> {
+        Agent::start(self, extra)
+    }
+
+    /// Records every distinct (stable, canary) weight of `vs`'s managed route, sampled
+    /// every 50 ms, until dropped.
+    pub fn record_weights(&self, vs: &str) -> WeightLog {
+        let api = self.virtual_services();
+        let vs = vs.to_string();
+        let log = Arc::new(Mutex::new(Vec::<Weights>::new()));
+        let sink = log.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                if let Ok(obj) = api.get(&vs).await
+                    && let Ok(value) = serde_json::to_value(&obj)
+                {
+                    let w = weights_of(&value, "primary");
+                    let mut log = sink.lock().unwrap();
+                    if log.last() != Some(&w) {
+                        log.push(w);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        WeightLog { log, task }
+    }
+}
+
+/// (stable, canary) weights of a route; a missing canary destination is 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Weights {
+    pub stable: i64,
+    pub canary: i64,
+}
+
+pub fn weights_of(vs: &Value, route: &str) -> Weights {
+    let routes = vs["spec"]["http"].as_array().cloned().unwrap_or_default();
+    let Some(r) = routes.iter().find(|r| r["name"] == route) else {
+        return Weights { stable: -1, canary: -1 };
+    };
+    let mut w = Weights { stable: 0, canary: 0 };
+    let dests = r["route"].as_array().cloned().unwrap_or_default();
+    let sole = dests.len() == 1;
+    for d in dests {
+        let weight = d["weight"].as_i64().unwrap_or(if sole { 100 } else { 0 });
+        match d["destination"]["subset"].as_str() {
+            Some("stable") => w.stable = weight,
+            Some("canary") => w.canary = weight,
+            _ => {}
+        }
+    }
+    w
+}
+
+pub struct WeightLog {
+    log: Arc<Mutex<Vec<Weights>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WeightLog {
+    pub fn history(&self) -> Vec<Weights> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The canary weights seen, in order, without repeats.
+    pub fn canary(&self) -> Vec<i64> {
+        let mut out: Vec<i64> = Vec::new();
+        for w in self.history() {
+            if out.last() != Some(&w.canary) {
+                out.push(w.canary);
+            }
+        }
+        out
+    }
+}
+
+impl Drop for WeightLog {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The `weir agent` process.
+pub struct Agent {
+    process: Option<OwnedProcess>,
+    log: PathBuf,
+    args: Vec<String>,
+    kubeconfig: PathBuf,
+}
+
+impl Agent {
+    fn start(bed: &Bed, extra: &[&str]) -> anyhow::Result<Agent> {
+        let port = weir_testbed::free_port()?;
+        let mut args: Vec<String> = [
+            "agent",
+            "--namespace",
+            &bed.namespace,
+            "--prometheus-url",
+            &bed.prometheus.url(),
+            "--scrape-interval",
+            "1s",
+            "--query-timeout",
+            "2s",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--default-step-interval",
+            "4s",
+            "--default-check-interval",
+            "2s",
+            "--default-min-requests",
+            "10",
+            "--default-failure-limit",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let n = std::fs::read_dir(bed.logs.path())?.count();
+        let mut agent = Agent {
+            process: None,
+            log: bed.logs.path().join(format!("agent-{n}.log")),
+            args,
+            kubeconfig: bed.control_plane.kubeconfig_path().to_path_buf(),
+        };
+        agent.spawn()?;
+        Ok(agent)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let env = [
+            ("KUBECONFIG", self.kubeconfig.display().to_string()),
+            ("RUST_LOG", "info,weir=debug,kube=warn".to_string()),
+        ];
+        self.process = Some(OwnedProcess::spawn(
+            "weir-agent",
+            std::path::Path::new(env!("CARGO_BIN_EXE_weir")),
+            &self.args,
+            &env,
+            self.log.clone(),
+        )?);
+        Ok(())
+    }
+
+    /// SIGKILL: no graceful shutdown, as when a node dies.
+    pub fn kill(&mut self) {
+        self.process = None;
+    }
+
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.log = self.log.with_extension("restarted.log");
+        self.spawn()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- weir agent log ({}) ----\n{}", self.log.display(), self.log());
+        }
+    }
+}
