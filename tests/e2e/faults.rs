@@ -32,21 +32,22 @@ async fn a_killed_agent_resumes_the_same_step_without_a_jump() -> anyhow::Result
         assert_eq!(after.step, Some(2), "a step was skipped");
     }
     bed.wait_status("checkout", "v2 promoted", |s| s.stable.as_deref() == Some("v2")).await?;
-    assert_eq!(weights.canary(), vec![0, 10, 25, 50, 0]);
+    assert_eq!(weights.settled_canary().await?, vec![0, 10, 25, 50, 0]);
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn foreign_edits_survive_every_agent_write() -> anyhow::Result<()> {
     let bed = Bed::start().await?;
-    bed.deploy_app(&App::new("checkout")).await?;
+    bed.deploy_app(&App::new("checkout").with("route", "primary")).await?;
     let _agent = bed.agent(&[])?;
     bed.wait_phase("checkout", Phase::Idle).await?;
     bed.deploy_version("checkout", "v2", 0.0).await?;
     bed.wait_status("checkout", "v2 progressing", |s| s.phase == Phase::Progressing).await?;
 
     // Someone (GitOps, a person) adds a route in front and a retries block on the
-    // managed route, and a traffic policy in the DestinationRule.
+    // managed route, and a traffic policy in the DestinationRule. (With two routes to
+    // the Service, the route annotation is what keeps the choice unambiguous.)
     let vs_patch = json!([
         {"op": "add", "path": "/spec/http/0/retries", "value": {"attempts": 3, "perTryTimeout": "2s"}},
         {"op": "add", "path": "/spec/http/0", "value": {

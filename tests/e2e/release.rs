@@ -19,7 +19,7 @@ async fn healthy_release_is_promoted_step_by_step() -> anyhow::Result<()> {
     })
     .await?;
 
-    assert_eq!(weights.canary(), vec![0, 10, 25, 50, 0], "canary weights over the release");
+    assert_eq!(weights.settled_canary().await?, vec![0, 10, 25, 50, 0], "canary weights over the release");
     let (live, _) = bed.route("checkout").await?;
     assert_eq!(live, Weights { stable: 100, canary: 0 });
     assert_eq!(bed.subset_version("checkout", "stable").await?.as_deref(), Some("v2"));
@@ -48,7 +48,7 @@ async fn failing_release_is_aborted_and_retried_only_after_a_new_build() -> anyh
     assert!(note.contains("v3"), "{note}");
     let (live, _) = bed.route("checkout").await?;
     assert_eq!(live.canary, 0);
-    assert_eq!(weights.canary(), vec![0, 10, 0], "never beyond the first step");
+    assert_eq!(weights.settled_canary().await?, vec![0, 10, 0], "never beyond the first step");
     assert_eq!(bed.subset_version("checkout", "stable").await?.as_deref(), Some("v1"));
 
     // Not retried while its template is unchanged: well past several check intervals.
@@ -63,7 +63,7 @@ async fn failing_release_is_aborted_and_retried_only_after_a_new_build() -> anyh
         s.phase == Phase::Idle && s.stable.as_deref() == Some("v3")
     })
     .await?;
-    assert_eq!(weights.canary(), vec![0, 10, 0, 10, 25, 50, 0]);
+    assert_eq!(weights.settled_canary().await?, vec![0, 10, 0, 10, 25, 50, 0]);
     Ok(())
 }
 
@@ -83,7 +83,7 @@ async fn no_traffic_is_inconclusive_and_aborts_at_the_timeout() -> anyhow::Resul
     bed.wait_event("checkout", "CheckInconclusive").await?;
     let aborted = bed.wait_phase("checkout", Phase::Aborted).await?;
     assert!(aborted.message.contains("no conclusive evidence"), "{}", aborted.message);
-    assert_eq!(weights.canary(), vec![0, 10, 0]);
+    assert_eq!(weights.settled_canary().await?, vec![0, 10, 0]);
     assert_eq!(bed.subset_version("checkout", "stable").await?.as_deref(), Some("v1"));
     Ok(())
 }

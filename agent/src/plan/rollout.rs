@@ -285,14 +285,20 @@ impl<'a> Draft<'a> {
         ));
     }
 
-    /// The versions that may be released now, newest first.
+    /// The versions that may be released now, newest first: Available, newer than the
+    /// stable version (an older Deployment left running after a promotion is not a
+    /// candidate: weir never rolls back by itself), and not aborted in this build.
     fn candidates(&self) -> Vec<&'a Version> {
         let stable = self.status.stable.as_deref();
+        let stable_key = stable
+            .and_then(|s| self.find(s))
+            .map(|v| (v.created, v.name.as_str()));
         let mut found: Vec<&Version> = self
             .observed
             .versions
             .iter()
             .filter(|v| v.available && Some(v.name.as_str()) != stable)
+            .filter(|v| stable_key.is_none_or(|key| (v.created, v.name.as_str()) > key))
             .filter(|v| !self.status.has_failed(&v.name, &v.template))
             .collect();
         found.sort_by(|a, b| (b.created, &b.name).cmp(&(a.created, &a.name)));

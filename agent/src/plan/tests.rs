@@ -338,6 +338,11 @@ fn healthy_release_goes_through_every_step_and_is_promoted() {
     assert_eq!(status.stable.as_deref(), Some("v2"));
     assert_eq!(w.subsets.stable.as_deref(), Some("v2"));
     assert!(w.events.iter().any(|e| e.reason == "Promoted"));
+    // v1's Deployment is still there: it is older than the new stable, so it is not
+    // released again.
+    w.tick(600);
+    let plan = w.reconcile(None, None);
+    assert!(plan.actions.is_empty(), "{plan:?}");
 }
 
 #[test]

@@ -347,6 +347,21 @@ impl WeightLog {
     }
 }
 
+impl WeightLog {
+    /// The canary weights seen, once the log has caught up with a canary weight of 0
+    /// (where every finished rollout ends): the log samples, so it lags the route.
+    pub async fn settled_canary(&self) -> anyhow::Result<Vec<i64>> {
+        wait_until("the weight log to record canary weight 0", DEADLINE, || async {
+            let canary = self.canary();
+            match canary.last() {
+                Some(0) => Ok(canary),
+                _ => Err(anyhow!("canary weights so far: {canary:?}")),
+            }
+        })
+        .await
+    }
+}
+
 impl Drop for WeightLog {
     fn drop(&mut self) {
         self.task.abort();
