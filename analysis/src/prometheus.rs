@@ -5,8 +5,9 @@
 //! Transient failures (connection errors, HTTP 5xx and 429, Prometheus's `timeout` and
 //! `unavailable`) are retried with exponential backoff until the check's deadline. A
 //! request that Prometheus or a proxy refuses (`bad_data`, any other 4xx, an answer that
-//! is not the Prometheus API) is a [`QueryError::Refused`] at once: retrying would not
-//! fix a wrong URL, tenant or credential.
+//! is not the Prometheus API, a server certificate that is not trusted) is a
+//! [`QueryError::Refused`] at once: retrying would not fix a wrong URL, tenant, credential
+//! or CA. A check reports it as [`crate::InconclusiveReason::Misconfigured`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,13 +26,17 @@ use reqwest::{Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::custom::{MetricTemplate, TemplateValues};
 use crate::gates::{Gates, Reporter};
-use crate::judge::{self, Observations, QueryFailure, QueryOutcome, Series};
+use crate::judge::{self, CustomObservation, Observations, QueryFailure, QueryOutcome, Series};
 use crate::promql::{BuiltinQueries, Target, Window};
 use crate::verdict::Verdict;
 
 /// The header Grafana Mimir reads the tenant from.
 const TENANT_HEADER: &str = "X-Scope-OrgID";
+
+/// The metric name in [`RanQuery`] of the bucket query behind the slow-share gate.
+pub const SLOW_SHARE_QUERY: &str = "slower-than";
 
 /// How Prometheus (or Mimir) is reached. Usually filled from the agent's flags.
 #[derive(Clone, Debug)]
@@ -162,14 +167,22 @@ pub struct CheckRequest {
     pub gates: Gates,
     /// Which proxy's reports to read.
     pub reporter: Reporter,
+    /// Custom metrics, from the ConfigMap named by `weir.dev/metrics`
+    /// ([`crate::custom::parse_metrics`]); empty when there is none.
+    pub custom: Vec<MetricTemplate>,
 }
 
 /// One query a check ran.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RanQuery {
-    /// The metric it measures: `request-count`, `error-rate` (the error count behind it)
-    /// or `latency`.
-    pub metric: &'static str,
+    /// The metric it measures: `request-count`, `error-rate` (the error count behind it),
+    /// `latency`, `slower-than` (the latency buckets behind the slow-share gate), or a
+    /// custom metric's name.
+    pub metric: String,
+    /// For a custom metric, the version the template was evaluated for; the built-in
+    /// queries measure both versions at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// The PromQL, as sent.
     pub promql: String,
 }
@@ -276,7 +289,10 @@ impl PrometheusApi {
         &self.endpoint
     }
 
-    /// Evaluates the built-in gates for `request` and judges them.
+    /// Evaluates the gates of `request` (built-in and custom) and judges them.
+    ///
+    /// Runs every query at once: three for the built-in gates, a fourth when the
+    /// slow-share gate is on, and two per custom metric (canary and stable).
     ///
     /// Never fails: a query that cannot be answered before the check's deadline makes the
     /// verdict [`Verdict::Inconclusive`] with the error in its detail.
@@ -293,18 +309,63 @@ impl PrometheusApi {
             canary_version: &request.canary_version,
             stable_version: &request.stable_version,
         };
-        let queries = BuiltinQueries::new(&target, window, request.gates.latency_quantile);
+        let builtin = BuiltinQueries::new(&target, window, &request.gates);
+        let ran = |metric: &str, version: Option<&str>, promql: String| RanQuery {
+            metric: metric.to_string(),
+            version: version.map(str::to_string),
+            promql,
+        };
+        let mut queries = vec![
+            ran(judge::REQUEST_COUNT, None, builtin.request_count),
+            ran(judge::ERROR_RATE, None, builtin.error_count),
+            ran(judge::LATENCY, None, builtin.latency),
+        ];
+        if let Some(promql) = builtin.slow_share {
+            queries.push(ran(SLOW_SHARE_QUERY, None, promql));
+        }
+        for template in &request.custom {
+            for version in [&request.canary_version, &request.stable_version] {
+                let promql = template.render(&TemplateValues {
+                    namespace: &request.namespace,
+                    service: &request.service,
+                    version,
+                    stable_version: &request.stable_version,
+                    window,
+                });
+                queries.push(ran(&template.name, Some(version), promql));
+            }
+        }
+
         let deadline = Instant::now() + self.check_timeout;
         let at = request.evaluate_at;
-        let (request_count, error_count, latency) = tokio::join!(
-            self.outcome(&queries.request_count, at, deadline),
-            self.outcome(&queries.error_count, at, deadline),
-            self.outcome(&queries.latency, at, deadline),
-        );
+        let mut outcomes = futures::future::join_all(
+            queries
+                .iter()
+                .map(|query| self.outcome(&query.promql, at, deadline)),
+        )
+        .await
+        .into_iter();
+        let mut next = || outcomes.next().expect("one outcome per query");
+        let request_count = next();
+        let error_count = next();
+        let latency = next();
+        let slow_share = request.gates.max_slow_share.map(|_| next());
+        let custom = request
+            .custom
+            .iter()
+            .map(|template| CustomObservation {
+                name: template.name.clone(),
+                bound: template.bound,
+                canary: next(),
+                stable: next(),
+            })
+            .collect();
         let observations = Observations {
             request_count,
             error_count,
             latency,
+            slow_share,
+            custom,
         };
         let verdict = judge::judge(
             &observations,
@@ -315,20 +376,7 @@ impl PrometheusApi {
         CheckReport {
             verdict,
             window_seconds: window.duration().as_secs(),
-            queries: vec![
-                RanQuery {
-                    metric: judge::REQUEST_COUNT,
-                    promql: queries.request_count,
-                },
-                RanQuery {
-                    metric: judge::ERROR_RATE,
-                    promql: queries.error_count,
-                },
-                RanQuery {
-                    metric: judge::LATENCY,
-                    promql: queries.latency,
-                },
-            ],
+            queries,
         }
     }
 
@@ -348,7 +396,10 @@ impl PrometheusApi {
             let detail = format!("{error} (after {attempts} attempt{})", plural(attempts));
             match error {
                 QueryError::Timeout { .. } => QueryFailure::Timeout(detail),
-                _ => QueryFailure::Error(detail),
+                QueryError::Refused { .. } | QueryError::TokenFile { .. } => {
+                    QueryFailure::Refused(detail)
+                }
+                QueryError::Unavailable { .. } => QueryFailure::Error(detail),
             }
         })
     }
@@ -456,6 +507,16 @@ impl PrometheusApi {
                 endpoint: self.endpoint.clone(),
                 status: "request not sent".to_string(),
                 message,
+            }
+        } else if message.contains("certificate") {
+            // The TLS library's own words are the only sign of a rejected certificate;
+            // retrying would meet the same certificate.
+            QueryError::Refused {
+                endpoint: self.endpoint.clone(),
+                status: "TLS handshake failed".to_string(),
+                message: format!(
+                    "{message}; if a private CA issued the server's certificate, set the CA file"
+                ),
             }
         } else {
             QueryError::Unavailable {

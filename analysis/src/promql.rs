@@ -1,8 +1,9 @@
 //! PromQL for the built-in gates. Pure: builds strings, talks to nobody.
 //!
 //! Every value that comes from outside weir's code (namespace, service and version names,
-//! response-code patterns) reaches PromQL only through [`quote`], the one escaping
-//! function. Versions are matched with `=` on exact strings, never with a regular
+//! response-code patterns, and the values substituted into custom metric templates by
+//! [`crate::custom`]) reaches PromQL only through [`escape`] (or [`quote`], which wraps
+//! it), the one escaping function. Versions are matched with `=` on exact strings, never with a regular
 //! expression, so that a version name cannot change what a matcher selects.
 
 use std::fmt;
@@ -11,10 +12,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::gates::Reporter;
-
-/// The `response_code` pattern of the error-rate gate: every 5xx response.
-pub const SERVER_ERRORS: &str = "5..";
+use crate::gates::{Gates, Reporter, ResponseCodes};
 
 /// The label Istio puts the version of the serving workload in.
 pub const VERSION_LABEL: &str = "destination_version";
@@ -84,6 +82,11 @@ impl Window {
     pub fn duration(self) -> Duration {
         Duration::from_secs(self.seconds)
     }
+
+    /// The window as a PromQL duration, without brackets: `300s`.
+    pub fn promql_duration(self) -> String {
+        format!("{}s", self.seconds)
+    }
 }
 
 impl fmt::Display for Window {
@@ -132,25 +135,30 @@ impl Target<'_> {
 }
 
 /// The PromQL of the built-in gates for one check: one query per metric, each grouped by
-/// version so that canary and stable come back together.
+/// version so that canary and stable come back together. Three queries, and a fourth when
+/// the slow-share gate is on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BuiltinQueries {
     /// Requests served per version over the window.
     pub request_count: String,
-    /// Requests answered with a server error per version over the window. A version
+    /// Requests answered with an error code per version over the window. A version
     /// without any such response has no series at all.
     pub error_count: String,
     /// Latency in milliseconds at the gate's quantile per version over the window.
     pub latency: String,
+    /// Requests per latency bucket per version over the window, when the slow-share gate
+    /// is on.
+    pub slow_share: Option<String>,
 }
 
 impl BuiltinQueries {
-    /// The queries for `target` over `window`, reading latency at `latency_quantile`.
-    pub fn new(target: &Target<'_>, window: Window, latency_quantile: f64) -> BuiltinQueries {
+    /// The queries of `gates` for `target` over `window`.
+    pub fn new(target: &Target<'_>, window: Window, gates: &Gates) -> BuiltinQueries {
         BuiltinQueries {
             request_count: request_count(target, window),
-            error_count: error_count(target, window, SERVER_ERRORS),
-            latency: latency(target, window, latency_quantile),
+            error_count: error_count(target, window, &gates.error_codes),
+            latency: latency(target, window, gates.latency_quantile),
+            slow_share: gates.max_slow_share.map(|_| bucket_counts(target, window)),
         }
     }
 }
@@ -161,10 +169,10 @@ pub fn request_count(target: &Target<'_>, window: Window) -> String {
     format!("sum by ({VERSION_LABEL}) ({requests})")
 }
 
-/// Like [`request_count`], counting only responses whose code matches the regular
-/// expression `response_codes` (anchored, as every PromQL regex matcher is).
-pub fn error_count(target: &Target<'_>, window: Window, response_codes: &str) -> String {
-    let codes = format!(",response_code=~{}", quote(response_codes));
+/// Like [`request_count`], counting only responses whose code matches `response_codes`
+/// (a checked pattern, anchored as every PromQL regex matcher is).
+pub fn error_count(target: &Target<'_>, window: Window, response_codes: &ResponseCodes) -> String {
+    let codes = format!(",response_code=~{}", quote(response_codes.as_str()));
     let errors = target.both_versions("increase", REQUESTS, &codes, window);
     format!("sum by ({VERSION_LABEL}) ({errors})")
 }
@@ -173,6 +181,17 @@ pub fn error_count(target: &Target<'_>, window: Window, response_codes: &str) ->
 pub fn latency(target: &Target<'_>, window: Window, quantile: f64) -> String {
     let buckets = target.both_versions("rate", DURATION_BUCKETS, "", window);
     format!("histogram_quantile({quantile}, sum by ({VERSION_LABEL}, le) ({buckets}))")
+}
+
+/// `sum by (destination_version, le) (increase(…_bucket{…}[window]))`: every bucket of
+/// the latency histogram, counted over the window.
+///
+/// All buckets rather than a matcher on one `le`: the bucket bounds a mesh uses are
+/// configurable, and `le` is written `250` by Istio's proxies but `250.0` by other
+/// exposition formats. The judge picks the bucket by the number `le` stands for.
+pub fn bucket_counts(target: &Target<'_>, window: Window) -> String {
+    let buckets = target.both_versions("increase", DURATION_BUCKETS, "", window);
+    format!("sum by ({VERSION_LABEL}, le) ({buckets})")
 }
 
 #[cfg(test)]
@@ -261,7 +280,18 @@ mod tests {
 
     #[test]
     fn builds_the_three_builtin_queries() {
-        let queries = BuiltinQueries::new(&target("v2", "v1"), Window { seconds: 300 }, 0.99);
+        let gates = Gates {
+            max_error_rate: 0.01,
+            max_latency: Duration::from_millis(500),
+            latency_quantile: 0.99,
+            min_requests: 50,
+            error_codes: ResponseCodes::default(),
+            max_slow_share: Some(crate::gates::SlowShare {
+                threshold: Duration::from_millis(250),
+                max_share: 0.05,
+            }),
+        };
+        let queries = BuiltinQueries::new(&target("v2", "v1"), Window { seconds: 300 }, &gates);
         let sel = |metric: &str, version: &str, extra: &str| {
             format!(
                 r#"{metric}{{reporter="destination",destination_workload_namespace="shop",destination_service_name="checkout",destination_version="{version}"{extra}}}[300s]"#
@@ -294,6 +324,26 @@ mod tests {
                 buckets("v1")
             )
         );
+        assert_eq!(
+            queries.slow_share.as_deref(),
+            Some(
+                format!(
+                    "sum by (destination_version, le) (increase({}) or increase({}))",
+                    buckets("v2"),
+                    buckets("v1")
+                )
+                .as_str()
+            )
+        );
+        let without = BuiltinQueries::new(
+            &target("v2", "v1"),
+            Window { seconds: 300 },
+            &Gates {
+                max_slow_share: None,
+                ..gates
+            },
+        );
+        assert_eq!(without.slow_share, None);
     }
 
     #[test]
@@ -376,9 +426,10 @@ mod tests {
     }
 
     #[test]
-    fn error_codes_pattern_is_escaped_once() {
-        let query = error_count(&target("v2", "v1"), Window { seconds: 60 }, r#"5..|4"9"#);
-        assert!(query.contains(r#"response_code=~"5..|4\"9""#), "{query}");
+    fn error_codes_pattern_is_quoted() {
+        let codes = "5..|429".parse().unwrap();
+        let query = error_count(&target("v2", "v1"), Window { seconds: 60 }, &codes);
+        assert!(query.contains(r#"response_code=~"5..|429""#), "{query}");
     }
 
     fn ts(second: i64, nanos: i32) -> Timestamp {

@@ -61,6 +61,11 @@ pub enum InconclusiveReason {
     QueryTimeout,
     /// A query returned several series where one was expected.
     SeveralSeries,
+    /// Prometheus, or a proxy in front of it, refused a query (HTTP 4xx, `bad_data`, an
+    /// unreadable token file, an untrusted certificate), or a gate cannot be measured as
+    /// configured (a slow-share threshold above every histogram bucket). Retrying will
+    /// not help until someone fixes the configuration; the detail says what to fix.
+    Misconfigured,
 }
 
 /// The limit one metric is held to.
@@ -76,7 +81,9 @@ pub enum Bound {
 /// One metric measured for canary and stable over the check's window.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Measurement {
-    /// The metric's name: `request-count`, `error-rate`, `latency`, or a custom metric's name.
+    /// The metric's name: `request-count`, `error-rate`, `latency`,
+    /// `slower-than-<bound>ms` (naming the histogram bucket bound used), or a custom
+    /// metric's name.
     pub metric: String,
     /// The canary's value; `None` when there was none.
     pub canary: Option<f64>,

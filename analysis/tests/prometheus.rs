@@ -3,169 +3,18 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use jiff::{SignedDuration, Timestamp};
-use support::{Load, Period, Series, remote_write, version_series};
+use jiff::Timestamp;
+use support::Load;
+use support::fixtures::*;
 use weir_analysis::judge::Series as Sample;
 use weir_analysis::{
-    CheckReport, CheckRequest, Gates, InconclusiveReason, PrometheusApi, PrometheusConfig,
-    QueryError, Reporter, Verdict, promql,
+    Bound, CheckRequest, InconclusiveReason, MetricTemplate, PrometheusApi, PrometheusConfig,
+    QueryError, SlowShare, Verdict, parse_metrics, promql,
 };
 use weir_testbed::Prometheus;
-
-const NAMESPACE: &str = "shop";
-const CANARY: &str = "v2";
-const STABLE: &str = "v1";
-/// The step under test began this long before the evaluation time.
-const STEP_AGE: SignedDuration = SignedDuration::from_secs(300);
-
-/// The fixed evaluation time: a whole minute, far enough back that every sample written
-/// (up to five minutes after it) is in the past.
-fn evaluate_at() -> Timestamp {
-    let now = Timestamp::now().as_second();
-    Timestamp::from_second(now - now % 60 - 900).unwrap()
-}
-
-fn gates() -> Gates {
-    Gates {
-        max_error_rate: 0.01,
-        max_latency: Duration::from_millis(500),
-        latency_quantile: 0.99,
-        min_requests: 50,
-    }
-}
-
-fn config(url: String) -> PrometheusConfig {
-    PrometheusConfig {
-        url,
-        tenant: None,
-        bearer_token_file: None,
-        basic_auth: None,
-        ca_file: None,
-        query_timeout: Duration::from_secs(10),
-        check_timeout: Duration::from_secs(30),
-    }
-}
-
-fn request(service: &str, canary: &str, at: Timestamp) -> CheckRequest {
-    CheckRequest {
-        namespace: NAMESPACE.to_string(),
-        service: service.to_string(),
-        canary_version: canary.to_string(),
-        stable_version: STABLE.to_string(),
-        step_started_at: at - STEP_AGE,
-        evaluate_at: at,
-        min_window: Duration::from_secs(60),
-        gates: gates(),
-        reporter: Reporter::Destination,
-    }
-}
-
-/// 100 requests a step (20 steps in the 300 s window: 2000): 94.05 OK, 5 not found (not
-/// a server error) and 0.95 server errors; 99% of them within 250 ms.
-fn canary_load(server_errors: f64) -> Load {
-    Load {
-        responses: vec![
-            ("200", 95.0 - server_errors),
-            ("404", 5.0),
-            ("503", server_errors),
-        ],
-        buckets: vec![
-            ("100", 50.0),
-            ("250", 100.0),
-            ("500", 100.0),
-            ("600", 100.0),
-        ],
-    }
-}
-
-/// A stable version serving 1000 requests a step with one server error, fast.
-fn stable_load() -> Load {
-    Load {
-        responses: vec![("200", 999.0), ("500", 1.0)],
-        buckets: vec![
-            ("100", 900.0),
-            ("250", 1000.0),
-            ("500", 1000.0),
-            ("600", 1000.0),
-        ],
-    }
-}
-
-/// A burst after the evaluation time, which a check evaluated at that time must not see.
-fn burst() -> Load {
-    Load {
-        responses: vec![("200", 10.0), ("503", 90.0)],
-        buckets: vec![("100", 0.0), ("250", 0.0), ("500", 0.0), ("600", 0.0)],
-    }
-}
-
-/// `service`'s stable and canary series: ten minutes of `canary` and `stable_load` up to
-/// `at`, then five minutes of a burst of errors.
-fn service_series(
-    service: &str,
-    canary_version: &str,
-    canary: Option<Load>,
-    at: Timestamp,
-) -> Vec<Series> {
-    let periods = |load: Load| {
-        [
-            Period {
-                from: at - SignedDuration::from_secs(600),
-                to: at,
-                load,
-            },
-            Period {
-                from: at,
-                to: at + STEP_AGE,
-                load: burst(),
-            },
-        ]
-    };
-    let mut series = version_series(NAMESPACE, service, STABLE, &periods(stable_load()));
-    if let Some(load) = canary {
-        series.extend(version_series(
-            NAMESPACE,
-            service,
-            canary_version,
-            &periods(load),
-        ));
-    }
-    series
-}
-
-async fn prometheus_with(series: &[Series]) -> Prometheus {
-    let prometheus = Prometheus::start(&[])
-        .await
-        .expect("start Prometheus (`make testbed` installs it)");
-    remote_write(&prometheus.url(), series)
-        .await
-        .expect("write the test series");
-    prometheus
-}
-
-async fn check(prometheus: &Prometheus, request: &CheckRequest) -> CheckReport {
-    let api = PrometheusApi::new(&config(prometheus.url())).unwrap();
-    api.check(request).await
-}
-
-fn value(verdict: &Verdict, metric: &str) -> (Option<f64>, Option<f64>) {
-    let m = verdict
-        .measurements()
-        .iter()
-        .find(|m| m.metric == metric)
-        .unwrap_or_else(|| panic!("no {metric} in {verdict:?}"));
-    (m.canary, m.stable)
-}
-
-fn assert_close(actual: Option<f64>, expected: f64, what: &str) {
-    let actual = actual.unwrap_or_else(|| panic!("{what}: not measured"));
-    assert!(
-        (actual - expected).abs() <= expected.abs() * 1e-9,
-        "{what}: measured {actual}, expected {expected}"
-    );
-}
 
 #[tokio::test]
 async fn error_rate_just_under_the_bound_passes_and_just_over_fails() {
@@ -342,8 +191,14 @@ async fn hostile_names_are_matched_literally() {
         Some(hostile)
     );
 
-    // A version with that name is measured like any other...
-    let report = api.check(&request("hostile", hostile, at)).await;
+    // A version with that name is measured like any other, by the built-in gates and
+    // through a custom template...
+    let report = api
+        .check(&with_custom(
+            request("hostile", hostile, at),
+            error_ratio("max: stable * 10"),
+        ))
+        .await;
     assert!(
         matches!(report.verdict, Verdict::Pass { .. }),
         "{report:#?}"
@@ -352,6 +207,11 @@ async fn hostile_names_are_matched_literally() {
         value(&report.verdict, "request-count").0,
         2000.0,
         "canary requests",
+    );
+    assert_close(
+        value(&report.verdict, "error-ratio").0,
+        0.0095,
+        "canary error ratio",
     );
     // ...and a look-alike name matches nothing rather than injecting `vector(1)`.
     let report = api
@@ -403,7 +263,7 @@ async fn a_wrong_base_path_is_a_configuration_error_naming_the_url() {
     let Verdict::Inconclusive { reason, detail, .. } = &report.verdict else {
         panic!("expected inconclusive: {report:#?}");
     };
-    assert_eq!(*reason, InconclusiveReason::QueryError);
+    assert_eq!(*reason, InconclusiveReason::Misconfigured);
     assert!(
         detail.contains(&format!("{url}/api/v1/query refused the query")),
         "{detail}"
@@ -496,4 +356,241 @@ async fn queries_return_series_with_their_labels() {
             row("v2", "503", 20.0),
         ]
     );
+}
+
+/// `istio_requests_total` of one version of the Service, with extra matchers, in a
+/// custom template: `{namespace}`, `{service}` and `{version}` inside their literals.
+fn requests_of_version(extra: &str) -> String {
+    format!(
+        r#"increase(istio_requests_total{{destination_workload_namespace="{{namespace}}",destination_service_name="{{service}}",destination_version="{{version}}"{extra}}}[{{window}}])"#
+    )
+}
+
+fn template(name: &str, yaml: &str) -> MetricTemplate {
+    let data = BTreeMap::from([(name.to_string(), yaml.to_string())]);
+    parse_metrics("extra-metrics", &data)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .remove(0)
+}
+
+/// The error ratio as a custom metric, held to `bound`.
+fn error_ratio(bound: &str) -> MetricTemplate {
+    let query = format!(
+        "sum({}) / sum({})",
+        requests_of_version(r#",response_code=~"5..""#),
+        requests_of_version("")
+    );
+    template("error-ratio", &format!("query: '{query}'\n{bound}\n"))
+}
+
+fn with_custom(mut request: CheckRequest, custom: MetricTemplate) -> CheckRequest {
+    request.custom = vec![custom];
+    request
+}
+
+#[tokio::test]
+async fn custom_metric_relative_to_stable_passes_and_fails_on_exact_values() {
+    let at = evaluate_at();
+    let prometheus = prometheus_with(&service_series(
+        "custom",
+        CANARY,
+        Some(canary_load(0.95)),
+        at,
+    ))
+    .await;
+    let api = PrometheusApi::new(&config(prometheus.url())).unwrap();
+
+    // Canary 19 errors in 2000 requests (0.0095), stable 20 in 20000 (0.001).
+    let report = api
+        .check(&with_custom(
+            request("custom", CANARY, at),
+            error_ratio("max: stable * 10"),
+        ))
+        .await;
+    assert!(
+        matches!(report.verdict, Verdict::Pass { .. }),
+        "{report:#?}"
+    );
+    let measured = report
+        .verdict
+        .measurements()
+        .iter()
+        .find(|m| m.metric == "error-ratio")
+        .unwrap();
+    assert_close(measured.canary, 0.0095, "canary error ratio");
+    assert_close(measured.stable, 0.001, "stable error ratio");
+    let Some(Bound::Max(bound)) = measured.bound else {
+        panic!("{measured:?}");
+    };
+    assert_close(Some(bound), 0.01, "bound stable × 10");
+    // Three built-in queries, then the template for each version, values substituted.
+    let custom: Vec<_> = report.queries.iter().skip(3).collect();
+    assert_eq!(report.queries.len(), 5, "{:#?}", report.queries);
+    assert_eq!(custom[0].version.as_deref(), Some(CANARY));
+    assert_eq!(custom[1].version.as_deref(), Some(STABLE));
+    assert!(
+        custom[0].promql.contains(r#"destination_version="v2""#)
+            && custom[0].promql.contains("[300s]")
+            && custom[1].promql.contains(r#"destination_version="v1""#),
+        "{custom:#?}"
+    );
+
+    let report = api
+        .check(&with_custom(
+            request("custom", CANARY, at),
+            error_ratio("max: stable * 9"),
+        ))
+        .await;
+    let Verdict::Fail { failed, .. } = &report.verdict else {
+        panic!("expected a failure: {report:#?}");
+    };
+    assert_eq!(failed, &["error-ratio"]);
+    let measured = report.verdict.measurements().last().unwrap();
+    assert_eq!(
+        measured.bound.as_ref().map(|b| format!("{b:?}")),
+        Some(format!("{:?}", Bound::Max(0.001 * 9.0)))
+    );
+}
+
+#[tokio::test]
+async fn custom_metric_returning_nan_is_inconclusive() {
+    let at = evaluate_at();
+    // The canary's 503 counter exists but never moves: 0 / 0.
+    let prometheus =
+        prometheus_with(&service_series("calm", CANARY, Some(canary_load(0.0)), at)).await;
+    let query = format!(
+        "sum({0}) / sum({0})",
+        requests_of_version(r#",response_code="503""#)
+    );
+    let nan = template("share-of-503", &format!("query: '{query}'\nmax: 0.5\n"));
+    let api = PrometheusApi::new(&config(prometheus.url())).unwrap();
+
+    let report = api
+        .check(&with_custom(request("calm", CANARY, at), nan))
+        .await;
+    let Verdict::Inconclusive { reason, detail, .. } = &report.verdict else {
+        panic!("expected inconclusive: {report:#?}");
+    };
+    assert_eq!(*reason, InconclusiveReason::NotANumber, "{detail}");
+    assert!(
+        detail.contains("share-of-503: canary v2 measured NaN"),
+        "{detail}"
+    );
+    // The built-in gates were measured and met; only the custom metric lacks evidence.
+    assert_close(
+        value(&report.verdict, "request-count").0,
+        2000.0,
+        "canary requests",
+    );
+}
+
+#[tokio::test]
+async fn custom_metric_returning_two_series_is_inconclusive() {
+    let at = evaluate_at();
+    let prometheus =
+        prometheus_with(&service_series("split", CANARY, Some(canary_load(1.0)), at)).await;
+    let query = format!("sum by (response_code) ({})", requests_of_version(""));
+    let by_code = template("requests-by-code", &format!("query: '{query}'\nmin: 1\n"));
+    let api = PrometheusApi::new(&config(prometheus.url())).unwrap();
+
+    let report = api
+        .check(&with_custom(request("split", CANARY, at), by_code))
+        .await;
+    let Verdict::Inconclusive { reason, detail, .. } = &report.verdict else {
+        panic!("expected inconclusive: {report:#?}");
+    };
+    assert_eq!(*reason, InconclusiveReason::SeveralSeries, "{detail}");
+    // Canary: 200, 404 and 503; stable: 200 and 500.
+    assert!(detail.contains("3 series for canary v2"), "{detail}");
+    assert!(detail.contains("2 series for stable v1"), "{detail}");
+    assert!(detail.contains(r#""response_code": "404""#), "{detail}");
+}
+
+/// 100 requests a step, `within_250` of them within 250 ms and 99 within 500 ms, with
+/// the 250 ms bucket's `le` written as `le_250`.
+fn latency_load(within_250: f64, le_250: &'static str) -> Load {
+    Load {
+        responses: vec![("200", 100.0)],
+        buckets: vec![
+            ("100", 50.0),
+            (le_250, within_250),
+            ("500", 99.0),
+            ("1000", 100.0),
+        ],
+    }
+}
+
+fn slow_share_request(service: &str, threshold_ms: u64, at: Timestamp) -> CheckRequest {
+    let mut request = request(service, CANARY, at);
+    request.gates.max_slow_share = Some(SlowShare {
+        threshold: Duration::from_millis(threshold_ms),
+        max_share: 0.05,
+    });
+    request
+}
+
+#[tokio::test]
+async fn slow_share_just_under_the_bound_passes_and_just_over_fails() {
+    let at = evaluate_at();
+    let mut series = service_series("brisk", CANARY, Some(latency_load(96.0, "250")), at);
+    series.extend(service_series(
+        "sluggish",
+        CANARY,
+        Some(latency_load(94.0, "250")),
+        at,
+    ));
+    // As OpenMetrics and Prometheus 3 write bounds: `le="250.0"`.
+    series.extend(service_series(
+        "openmetrics",
+        CANARY,
+        Some(latency_load(94.0, "250.0")),
+        at,
+    ));
+    let prometheus = prometheus_with(&series).await;
+    let api = PrometheusApi::new(&config(prometheus.url())).unwrap();
+
+    let brisk = api.check(&slow_share_request("brisk", 250, at)).await;
+    assert!(matches!(brisk.verdict, Verdict::Pass { .. }), "{brisk:#?}");
+    assert_close(
+        value(&brisk.verdict, "slower-than-250ms").0,
+        0.04,
+        "4% slower than 250 ms",
+    );
+    // Stable: 1000 of 1000 within 250 ms.
+    assert_eq!(
+        value(&brisk.verdict, "slower-than-250ms").1,
+        Some(0.0),
+        "stable"
+    );
+    assert_eq!(brisk.queries.len(), 4, "one more query for the buckets");
+    assert_eq!(brisk.queries[3].metric, "slower-than");
+
+    for service in ["sluggish", "openmetrics"] {
+        let report = api.check(&slow_share_request(service, 250, at)).await;
+        let Verdict::Fail { failed, .. } = &report.verdict else {
+            panic!("{service}: expected a failure: {report:#?}");
+        };
+        assert_eq!(failed, &["slower-than-250ms"], "{service}");
+        assert_close(value(&report.verdict, "slower-than-250ms").0, 0.06, service);
+    }
+
+    // 300 ms is no bucket bound: the share is read at the next one up, and says so.
+    let report = api.check(&slow_share_request("sluggish", 300, at)).await;
+    assert!(
+        matches!(report.verdict, Verdict::Pass { .. }),
+        "{report:#?}"
+    );
+    assert_close(
+        value(&report.verdict, "slower-than-500ms").0,
+        0.01,
+        "1% slower than 500 ms",
+    );
+
+    // Above every finite bound there is nothing to measure.
+    let report = api.check(&slow_share_request("brisk", 2000, at)).await;
+    let Verdict::Inconclusive { reason, detail, .. } = &report.verdict else {
+        panic!("expected inconclusive: {report:#?}");
+    };
+    assert_eq!(*reason, InconclusiveReason::Misconfigured, "{detail}");
+    assert!(detail.contains("at most 1000ms"), "{detail}");
 }

@@ -3,6 +3,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
+use crate::custom::{Limit, TemplateBound};
+use crate::gates::SlowShare;
 
 const CANARY: &str = "v2";
 const STABLE: &str = "v1";
@@ -13,6 +15,8 @@ fn gates() -> Gates {
         max_latency: Duration::from_millis(500),
         latency_quantile: 0.99,
         min_requests: 50,
+        error_codes: Default::default(),
+        max_slow_share: None,
     }
 }
 
@@ -32,6 +36,8 @@ fn observations(
         request_count: series(counts),
         error_count: series(errors),
         latency: series(latencies),
+        slow_share: None,
+        custom: Vec::new(),
     }
 }
 
@@ -314,6 +320,8 @@ fn verdicts_follow_the_rules() {
                 request_count: series(&[]),
                 error_count: error("HTTP 500"),
                 latency: series(&[]),
+                slow_share: None,
+                custom: Vec::new(),
             },
             gates(),
             Expect::Inconclusive(QueryError),
@@ -493,7 +501,75 @@ fn any_gates() -> impl Strategy<Value = Gates> {
         max_latency: Duration::from_millis(ms),
         latency_quantile: 0.99,
         min_requests,
+        error_codes: Default::default(),
+        max_slow_share: None,
     })
+}
+
+/// Bucket counts for both versions: cumulative, sometimes not, sometimes malformed.
+fn bucket_outcome() -> impl Strategy<Value = QueryOutcome> {
+    let le = prop_oneof![
+        Just("100"),
+        Just("250"),
+        Just("250.0"),
+        Just("500"),
+        Just("+Inf"),
+        Just("x")
+    ];
+    let one = (prop_oneof![Just(CANARY), Just(STABLE)], le, value())
+        .prop_map(|(v, le, n)| histogram(v, &[(le, n)]).remove(0));
+    let cumulative = (0.0..1000.0f64, 0.0..1.0f64, 0.0..1.0f64).prop_map(|(total, a, b)| {
+        let (low, high) = (a.min(b) * total, a.max(b) * total);
+        let mut buckets = histogram(CANARY, &[("100", low), ("250", high), ("+Inf", total)]);
+        buckets.extend(histogram(
+            STABLE,
+            &[("100", 1.0), ("250", 2.0), ("+Inf", 3.0)],
+        ));
+        Ok(buckets)
+    });
+    prop_oneof![
+        1 => Just(Err(QueryFailure::Refused("refused".into()))),
+        3 => prop::collection::vec(one, 0..6).prop_map(Ok),
+        6 => cumulative,
+    ]
+}
+
+fn any_custom() -> impl Strategy<Value = CustomObservation> {
+    let limit = prop_oneof![
+        (0.0..100.0f64).prop_map(Limit::Absolute),
+        (0.1..3.0f64, -1.0..1.0f64)
+            .prop_map(|(factor, offset)| Limit::RelativeToStable { factor, offset }),
+    ];
+    let bound = (any::<bool>(), limit).prop_map(|(max, limit)| {
+        if max {
+            TemplateBound::Max(limit)
+        } else {
+            TemplateBound::Min(limit)
+        }
+    });
+    let single_outcome = || {
+        prop_oneof![
+            1 => Just(Err(QueryFailure::Timeout("slow".into()))),
+            1 => Just(Ok(vec![])),
+            1 => Just(Ok(vec![Series::of_version("a", 1.0), Series::of_version("b", 1.0)])),
+            6 => value().prop_map(single),
+        ]
+    };
+    (Just("custom"), bound, single_outcome(), single_outcome()).prop_map(
+        |(name, bound, canary, stable)| CustomObservation {
+            name: name.into(),
+            bound,
+            canary,
+            stable,
+        },
+    )
+}
+
+fn within(value: f64, bound: &Bound) -> bool {
+    match bound {
+        Bound::Max(max) => value <= *max,
+        Bound::Min(min) => value >= *min,
+    }
 }
 
 proptest! {
@@ -505,33 +581,59 @@ proptest! {
         error_count in outcome(),
         latency in outcome(),
         gates in any_gates(),
+        slow in prop::option::of((1u64..600, 0.0..0.5f64, bucket_outcome())),
+        custom in prop::collection::vec(any_custom(), 0..3),
     ) {
-        let obs = Observations { request_count, error_count, latency };
+        let gates = Gates {
+            max_slow_share: slow.as_ref().map(|(ms, share, _)| SlowShare {
+                threshold: Duration::from_millis(*ms),
+                max_share: *share,
+            }),
+            ..gates
+        };
+        let obs = Observations {
+            request_count,
+            error_count,
+            latency,
+            slow_share: slow.map(|(_, _, outcome)| outcome),
+            // Names are ConfigMap keys: unique.
+            custom: custom
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| CustomObservation { name: format!("custom-{i}"), ..c })
+                .collect(),
+        };
         let verdict = judge(&obs, CANARY, STABLE, &gates);
         for m in verdict.measurements() {
             prop_assert!(m.canary.is_none_or(f64::is_finite), "{m:?}");
             prop_assert!(m.stable.is_none_or(f64::is_finite), "{m:?}");
         }
+        let gate_count = 3 + usize::from(obs.slow_share.is_some()) + obs.custom.len();
+        prop_assert_eq!(verdict.measurements().len(), gate_count);
         let value = |metric: &str| verdict.measurements().iter().find(|m| m.metric == metric).and_then(|m| m.canary);
         let requests = value("request-count");
         match &verdict {
             Verdict::Pass { measurements } => {
-                prop_assert_eq!(measurements.len(), 3);
                 for m in measurements {
                     let v = m.canary;
                     prop_assert!(v.is_some(), "{m:?}");
                     let v = v.unwrap();
-                    match m.bound {
-                        Some(Bound::Max(max)) => prop_assert!(v <= max, "{m:?}"),
-                        Some(Bound::Min(min)) => prop_assert!(v >= min && v > 0.0, "{m:?}"),
+                    match &m.bound {
+                        Some(bound @ Bound::Max(_)) => prop_assert!(within(v, bound), "{m:?}"),
+                        Some(bound @ Bound::Min(_)) => prop_assert!(within(v, bound), "{m:?}"),
                         None => prop_assert!(false, "a gate without bound: {m:?}"),
                     }
                 }
+                prop_assert!(requests.is_some_and(|r| r > 0.0));
                 // The inputs agree: exactly one finite canary series in every query but errors.
                 for outcome in [&obs.request_count, &obs.latency] {
                     let canary: Vec<_> = outcome.as_ref().unwrap().iter().filter(|s| s.version() == Some(CANARY)).collect();
                     prop_assert_eq!(canary.len(), 1);
                     prop_assert!(canary[0].value.is_finite());
+                }
+                for c in &obs.custom {
+                    prop_assert!(matches!(&c.canary, Ok(s) if s.len() == 1 && s[0].value.is_finite()));
+                    prop_assert!(matches!(&c.stable, Ok(s) if s.len() <= 1));
                 }
             }
             Verdict::Fail { failed, measurements } => {
@@ -539,8 +641,8 @@ proptest! {
                 prop_assert!(requests.is_some_and(|r| r > 0.0 && r >= gates.min_requests as f64));
                 for metric in failed {
                     let m = measurements.iter().find(|m| &m.metric == metric).unwrap();
-                    let Some(Bound::Max(max)) = m.bound else { panic!("{m:?}") };
-                    prop_assert!(m.canary.is_some_and(|v| v > max), "{m:?}");
+                    let bound = m.bound.as_ref().unwrap();
+                    prop_assert!(m.canary.is_some_and(|v| !within(v, bound)), "{m:?}");
                 }
             }
             Verdict::Inconclusive { detail, .. } => prop_assert!(!detail.is_empty()),
@@ -557,6 +659,8 @@ fn one_cause_of_several_failures_is_told_once() {
         latency: Err(QueryFailure::Timeout(
             "http://p/api/v1/query: no answer within 5.0s".into(),
         )),
+        slow_share: None,
+        custom: Vec::new(),
     };
     let Verdict::Inconclusive { reason, detail, .. } = judge(&obs, CANARY, STABLE, &gates()) else {
         panic!("expected inconclusive");
@@ -566,5 +670,386 @@ fn one_cause_of_several_failures_is_told_once() {
         detail,
         "request-count, error-rate: http://p/api/v1/query: connection refused (after 4 attempts); \
          latency: http://p/api/v1/query: no answer within 5.0s"
+    );
+}
+
+/// Cumulative bucket counts for one version, `le` written as given.
+fn histogram(version: &str, buckets: &[(&str, f64)]) -> Vec<Series> {
+    buckets
+        .iter()
+        .map(|(le, n)| Series {
+            labels: [(VERSION_LABEL, version), ("le", le)]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+            value: *n,
+        })
+        .collect()
+}
+
+fn slow_gates(threshold_ms: u64, max_share: f64) -> Gates {
+    Gates {
+        max_slow_share: Some(SlowShare {
+            threshold: Duration::from_millis(threshold_ms),
+            max_share,
+        }),
+        ..gates()
+    }
+}
+
+/// Canary: 1000 requests, 960 within 250 ms, 990 within 500 ms. Stable: 9000 requests,
+/// 8910 within 250 ms.
+fn with_buckets() -> Observations {
+    let mut buckets = histogram(
+        CANARY,
+        &[
+            ("100", 500.0),
+            ("250", 960.0),
+            ("500", 990.0),
+            ("+Inf", 1000.0),
+        ],
+    );
+    buckets.extend(histogram(
+        STABLE,
+        &[
+            ("100", 8000.0),
+            ("250", 8910.0),
+            ("500", 9000.0),
+            ("+Inf", 9000.0),
+        ],
+    ));
+    with(healthy(), |o| o.slow_share = Some(Ok(buckets)))
+}
+
+fn slow(verdict: &Verdict) -> &Measurement {
+    verdict
+        .measurements()
+        .iter()
+        .find(|m| m.metric.starts_with(SLOW_SHARE_PREFIX))
+        .unwrap_or_else(|| panic!("no slow share in {verdict:?}"))
+}
+
+#[test]
+fn slow_share_is_read_at_the_bucket_at_or_above_the_threshold() {
+    use InconclusiveReason::*;
+    let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-12);
+    // (threshold ms, max share, expected verdict, metric, canary share, stable share)
+    let cases = [
+        (250, 0.04, Expect::Pass, "slower-than-250ms", 0.04, 0.01),
+        (
+            250,
+            0.039,
+            fails(&["slower-than-250ms"]),
+            "slower-than-250ms",
+            0.04,
+            0.01,
+        ),
+        (300, 0.01, Expect::Pass, "slower-than-500ms", 0.01, 0.0),
+        (
+            500,
+            0.009,
+            fails(&["slower-than-500ms"]),
+            "slower-than-500ms",
+            0.01,
+            0.0,
+        ),
+        (101, 0.05, Expect::Pass, "slower-than-250ms", 0.04, 0.01),
+        (
+            1,
+            0.5,
+            Expect::Pass,
+            "slower-than-100ms",
+            0.5,
+            1000.0 / 9000.0,
+        ),
+    ];
+    for (threshold, max_share, expected, metric, canary, stable) in cases {
+        let verdict = judge(
+            &with_buckets(),
+            CANARY,
+            STABLE,
+            &slow_gates(threshold, max_share),
+        );
+        assert_eq!(summary(&verdict), expected, "{threshold}ms: {verdict:#?}");
+        let m = slow(&verdict);
+        assert_eq!(m.metric, metric);
+        assert!(close(m.canary, canary), "{threshold}ms canary: {m:?}");
+        assert!(close(m.stable, stable), "{threshold}ms stable: {m:?}");
+        assert_eq!(m.bound, Some(Bound::Max(max_share)));
+    }
+
+    let verdict = judge(&with_buckets(), CANARY, STABLE, &slow_gates(600, 0.5));
+    let Verdict::Inconclusive { reason, detail, .. } = &verdict else {
+        panic!("{verdict:#?}");
+    };
+    assert_eq!(*reason, Misconfigured);
+    assert!(
+        detail.contains(
+            "slower-than-600ms: the threshold 600ms is above the largest latency bucket bound 500ms: \
+             choose a threshold of at most 500ms"
+        ),
+        "{detail}"
+    );
+}
+
+#[test]
+fn slow_share_adds_up_buckets_written_250_and_250_point_0() {
+    // An exposition-format change inside the window leaves the same bucket under two
+    // spellings; together they are the bucket.
+    let mut buckets = histogram(CANARY, &[("250", 900.0), ("+Inf", 950.0)]);
+    buckets.extend(histogram(CANARY, &[("250.0", 40.0), ("+Inf", 50.0)]));
+    let obs = with(healthy(), |o| o.slow_share = Some(Ok(buckets)));
+    let verdict = judge(&obs, CANARY, STABLE, &slow_gates(250, 0.06));
+    assert_eq!(summary(&verdict), Expect::Pass, "{verdict:#?}");
+    assert_eq!(slow(&verdict).canary, Some(60.0 / 1000.0));
+    assert_eq!(slow(&verdict).stable, None);
+}
+
+#[test]
+fn slow_share_without_evidence_is_inconclusive() {
+    use InconclusiveReason::*;
+    let nan = f64::NAN;
+    let cases: Vec<(&str, QueryOutcome, Expect)> = vec![
+        (
+            "no buckets at all",
+            Ok(vec![]),
+            Expect::Inconclusive(NoData),
+        ),
+        (
+            "only the stable's buckets",
+            Ok(histogram(STABLE, &[("250", 1.0), ("+Inf", 1.0)])),
+            Expect::Inconclusive(NoData),
+        ),
+        (
+            "no +Inf bucket",
+            Ok(histogram(CANARY, &[("250", 1.0), ("500", 1.0)])),
+            Expect::Inconclusive(NoData),
+        ),
+        (
+            "zero requests in the histogram",
+            Ok(histogram(CANARY, &[("250", 0.0), ("+Inf", 0.0)])),
+            Expect::Inconclusive(NotANumber),
+        ),
+        (
+            "a NaN bucket",
+            Ok(histogram(CANARY, &[("250", nan), ("+Inf", 10.0)])),
+            Expect::Inconclusive(NotANumber),
+        ),
+        (
+            "a bucket without a numeric le",
+            Ok(histogram(CANARY, &[("fast", 1.0), ("+Inf", 10.0)])),
+            Expect::Inconclusive(NotANumber),
+        ),
+        (
+            "only +Inf",
+            Ok(histogram(CANARY, &[("+Inf", 10.0)])),
+            Expect::Inconclusive(Misconfigured),
+        ),
+        (
+            "the bucket query refused",
+            Err(QueryFailure::Refused("HTTP 400".into())),
+            Expect::Inconclusive(Misconfigured),
+        ),
+        (
+            "the bucket query timed out",
+            Err(QueryFailure::Timeout("5s".into())),
+            Expect::Inconclusive(QueryTimeout),
+        ),
+    ];
+    for (name, outcome, expected) in cases {
+        let obs = with(healthy(), |o| o.slow_share = Some(outcome));
+        let verdict = judge(&obs, CANARY, STABLE, &slow_gates(250, 0.05));
+        assert_eq!(summary(&verdict), expected, "{name}: {verdict:#?}");
+        assert_eq!(verdict.measurements().len(), 4, "{name}");
+    }
+}
+
+fn custom(bound: TemplateBound, canary: QueryOutcome, stable: QueryOutcome) -> CustomObservation {
+    CustomObservation {
+        name: "queue-depth".into(),
+        bound,
+        canary,
+        stable,
+    }
+}
+
+fn single(value: f64) -> QueryOutcome {
+    Ok(vec![Series {
+        labels: Default::default(),
+        value,
+    }])
+}
+
+#[test]
+fn custom_metrics_are_held_to_absolute_and_relative_bounds() {
+    use InconclusiveReason::*;
+    let max = |v| TemplateBound::Max(Limit::Absolute(v));
+    let min = |v| TemplateBound::Min(Limit::Absolute(v));
+    let times = |factor, offset| TemplateBound::Max(Limit::RelativeToStable { factor, offset });
+    let nan = f64::NAN;
+    let two = Ok(vec![
+        Series::of_version("a", 1.0),
+        Series::of_version("b", 2.0),
+    ]);
+    let cases: Vec<(&str, CustomObservation, Expect, Option<Bound>)> = vec![
+        (
+            "under an absolute max",
+            custom(max(5.0), single(5.0), single(50.0)),
+            Expect::Pass,
+            Some(Bound::Max(5.0)),
+        ),
+        (
+            "over an absolute max",
+            custom(max(5.0), single(5.5), single(1.0)),
+            fails(&["queue-depth"]),
+            Some(Bound::Max(5.0)),
+        ),
+        (
+            "under an absolute min",
+            custom(min(5.0), single(4.0), single(1.0)),
+            fails(&["queue-depth"]),
+            Some(Bound::Min(5.0)),
+        ),
+        (
+            "absolute bound, no stable",
+            custom(max(5.0), single(1.0), Ok(vec![])),
+            Expect::Pass,
+            Some(Bound::Max(5.0)),
+        ),
+        (
+            "absolute bound, NaN stable",
+            custom(max(5.0), single(1.0), single(nan)),
+            Expect::Pass,
+            Some(Bound::Max(5.0)),
+        ),
+        (
+            "at stable × 1.2",
+            custom(times(1.2, 0.0), single(12.0), single(10.0)),
+            Expect::Pass,
+            Some(Bound::Max(12.0)),
+        ),
+        (
+            "over stable × 1.2",
+            custom(times(1.2, 0.0), single(12.001), single(10.0)),
+            fails(&["queue-depth"]),
+            Some(Bound::Max(12.0)),
+        ),
+        (
+            "stable 0 with slack",
+            custom(times(1.2, 0.5), single(0.5), single(0.0)),
+            Expect::Pass,
+            Some(Bound::Max(0.5)),
+        ),
+        (
+            "relative bound, no stable",
+            custom(times(1.2, 0.0), single(1.0), Ok(vec![])),
+            Expect::Inconclusive(NoData),
+            None,
+        ),
+        (
+            "relative bound, NaN stable",
+            custom(times(1.2, 0.0), single(1.0), single(nan)),
+            Expect::Inconclusive(NotANumber),
+            None,
+        ),
+        (
+            "NaN canary",
+            custom(max(5.0), single(nan), single(1.0)),
+            Expect::Inconclusive(NotANumber),
+            Some(Bound::Max(5.0)),
+        ),
+        (
+            "no canary series",
+            custom(max(5.0), Ok(vec![]), single(1.0)),
+            Expect::Inconclusive(NoData),
+            Some(Bound::Max(5.0)),
+        ),
+        (
+            "two canary series",
+            custom(max(5.0), two.clone(), single(1.0)),
+            Expect::Inconclusive(SeveralSeries),
+            Some(Bound::Max(5.0)),
+        ),
+        (
+            "two stable series",
+            custom(max(5.0), single(1.0), two),
+            Expect::Inconclusive(SeveralSeries),
+            Some(Bound::Max(5.0)),
+        ),
+        (
+            "refused",
+            custom(
+                max(5.0),
+                Err(QueryFailure::Refused("bad_data".into())),
+                single(1.0),
+            ),
+            Expect::Inconclusive(Misconfigured),
+            Some(Bound::Max(5.0)),
+        ),
+        (
+            "stable query error, relative",
+            custom(times(1.0, 0.0), single(1.0), error("HTTP 503")),
+            Expect::Inconclusive(QueryError),
+            None,
+        ),
+    ];
+    for (name, observation, expected, bound) in cases {
+        let obs = with(healthy(), |o| o.custom = vec![observation]);
+        let verdict = judge(&obs, CANARY, STABLE, &gates());
+        assert_eq!(summary(&verdict), expected, "{name}: {verdict:#?}");
+        let m = verdict.measurements().last().unwrap();
+        assert_eq!(m.metric, "queue-depth", "{name}");
+        assert_eq!(m.bound, bound, "{name}");
+        assert!(m.canary.is_none_or(f64::is_finite) && m.stable.is_none_or(f64::is_finite));
+    }
+}
+
+#[test]
+fn custom_failures_need_enough_requests_and_name_every_metric() {
+    let bad = || {
+        custom(
+            TemplateBound::Max(Limit::Absolute(1.0)),
+            single(2.0),
+            single(0.0),
+        )
+    };
+    let few = with(healthy(), |o| {
+        o.request_count = series(&[(CANARY, 10.0)]);
+        o.custom = vec![bad()];
+    });
+    assert_eq!(
+        summary(&judge(&few, CANARY, STABLE, &gates())),
+        Expect::Inconclusive(InconclusiveReason::TooFewRequests)
+    );
+    let many = with(healthy(), |o| {
+        o.latency = series(&[(CANARY, 900.0)]);
+        o.custom = vec![
+            bad(),
+            CustomObservation {
+                name: "other".into(),
+                ..bad()
+            },
+        ];
+    });
+    assert_eq!(
+        summary(&judge(&many, CANARY, STABLE, &gates())),
+        fails(&["latency", "queue-depth", "other"])
+    );
+}
+
+#[test]
+fn a_refused_query_is_a_misconfiguration_and_says_so() {
+    let obs = with(healthy(), |o| {
+        o.request_count = Err(QueryFailure::Refused(
+            "http://p/api/v1/query refused the query (HTTP 401)".into(),
+        ));
+        o.latency = error("connection refused");
+    });
+    let Verdict::Inconclusive { reason, detail, .. } = judge(&obs, CANARY, STABLE, &gates()) else {
+        panic!("expected inconclusive");
+    };
+    assert_eq!(reason, InconclusiveReason::Misconfigured);
+    assert!(
+        detail.starts_with("request-count: http://p/api/v1/query refused"),
+        "{detail}"
     );
 }

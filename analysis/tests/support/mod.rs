@@ -5,6 +5,11 @@
 //! format. Both are encoded here by hand, for the few message fields and the one snappy
 //! element (literals) they need, rather than with a protobuf and a compression crate.
 
+// Each test binary uses its own part of the support code.
+#![allow(dead_code)]
+
+pub mod fixtures;
+
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;

@@ -8,6 +8,7 @@
 
 mod control_plane;
 mod deployment;
+pub mod nginx;
 mod process;
 mod prometheus;
 
