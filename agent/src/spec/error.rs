@@ -25,7 +25,8 @@ pub struct SpecError {
     /// What is wrong with it.
     pub problem: String,
     /// A valid annotation line, e.g. `weir.dev/steps: "10,25,50"`. For an unknown key,
-    /// a line of the key it most likely meant.
+    /// a line of the key it most likely meant; for a key that lacks its partner (one
+    /// half of the slow-share gate), a line of the partner.
     pub example: &'static str,
 }
 

@@ -11,8 +11,11 @@ pub const STEPS: &str = "weir.dev/steps";
 pub const STEP_INTERVAL: &str = "weir.dev/step-interval";
 pub const CHECK_INTERVAL: &str = "weir.dev/check-interval";
 pub const MAX_ERROR_RATE: &str = "weir.dev/max-error-rate";
+pub const ERROR_CODES: &str = "weir.dev/error-codes";
 pub const MAX_LATENCY: &str = "weir.dev/max-latency";
 pub const LATENCY_QUANTILE: &str = "weir.dev/latency-quantile";
+pub const MAX_SLOW_SHARE: &str = "weir.dev/max-slow-share";
+pub const SLOW_THRESHOLD: &str = "weir.dev/slow-threshold";
 pub const MIN_REQUESTS: &str = "weir.dev/min-requests";
 pub const FAILURE_LIMIT: &str = "weir.dev/failure-limit";
 pub const NO_DATA_TIMEOUT: &str = "weir.dev/no-data-timeout";
@@ -44,8 +47,11 @@ pub const ALL: &[(&str, &str)] = &[
     (STEP_INTERVAL, r#"weir.dev/step-interval: "2m""#),
     (CHECK_INTERVAL, r#"weir.dev/check-interval: "30s""#),
     (MAX_ERROR_RATE, r#"weir.dev/max-error-rate: "0.5%""#),
+    (ERROR_CODES, r#"weir.dev/error-codes: "5..|429""#),
     (MAX_LATENCY, r#"weir.dev/max-latency: "250ms""#),
     (LATENCY_QUANTILE, r#"weir.dev/latency-quantile: "0.99""#),
+    (MAX_SLOW_SHARE, r#"weir.dev/max-slow-share: "5%""#),
+    (SLOW_THRESHOLD, r#"weir.dev/slow-threshold: "250ms""#),
     (MIN_REQUESTS, r#"weir.dev/min-requests: "100""#),
     (FAILURE_LIMIT, r#"weir.dev/failure-limit: "3""#),
     (NO_DATA_TIMEOUT, r#"weir.dev/no-data-timeout: "15m""#),

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use weir_analysis::Gates;
+use weir_analysis::{Gates, SlowShare};
 
 use crate::plan::Controls;
 
@@ -34,8 +34,8 @@ pub use names::{
 };
 pub use values::{
     InvalidValue, MAX_INTERVAL, MAX_LATENCY, MAX_STEPS, MIN_INTERVAL, MIN_LATENCY, parse_bool,
-    parse_duration, parse_failure_limit, parse_interval, parse_latency, parse_min_requests,
-    parse_percent, parse_quantile, parse_steps,
+    parse_duration, parse_error_codes, parse_failure_limit, parse_interval, parse_latency,
+    parse_min_requests, parse_percent, parse_quantile, parse_steps,
 };
 
 /// A traffic weight in percent, 0..=100.
@@ -80,9 +80,10 @@ pub struct RolloutSpec {
 ///
 /// Build each field with the parser of its annotation ([`parse_subset_name`],
 /// [`parse_steps`], [`parse_interval`], [`parse_percent`], [`parse_latency`],
-/// [`parse_quantile`], [`parse_min_requests`], [`parse_failure_limit`],
-/// [`parse_label_key`]). The checks between fields (the subsets differ, no-data timeout
-/// ≥ check interval) are made by [`parse`] on the values in effect for each Service.
+/// [`parse_quantile`], [`parse_min_requests`], [`parse_error_codes`],
+/// [`parse_failure_limit`], [`parse_label_key`]). The checks between fields (the subsets
+/// differ, no-data timeout ≥ check interval, both halves of the slow-share gate) are
+/// made by [`parse`] on the values in effect for each Service.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Defaults {
     pub stable_subset: String,
@@ -168,8 +169,10 @@ pub fn parse(
         min_requests: reader
             .read(keys::MIN_REQUESTS, parse_min_requests)
             .unwrap_or(defaults.gates.min_requests),
-        error_codes: defaults.gates.error_codes.clone(),
-        max_slow_share: defaults.gates.max_slow_share,
+        error_codes: reader
+            .read(keys::ERROR_CODES, parse_error_codes)
+            .unwrap_or_else(|| defaults.gates.error_codes.clone()),
+        max_slow_share: reader.slow_share(defaults.gates.max_slow_share),
     };
     let failure_limit = reader
         .read(keys::FAILURE_LIMIT, parse_failure_limit)
@@ -280,6 +283,52 @@ impl<'a> Reader<'a> {
                     .push(SpecError::new(key, value, problem, keys::example(key)));
             })
             .ok()
+    }
+
+    /// The slow-share gate: on with both `max-slow-share` and `slow-threshold`. A
+    /// Service that sets one takes the other from the agent's default; with no default,
+    /// the one it set is blamed for lacking its partner.
+    fn slow_share(&mut self, default: Option<SlowShare>) -> Option<SlowShare> {
+        let max_share = self.read(keys::MAX_SLOW_SHARE, parse_percent);
+        let threshold = self.read(keys::SLOW_THRESHOLD, parse_latency);
+        match (max_share, threshold, default) {
+            (Some(max_share), Some(threshold), _) => Some(SlowShare {
+                threshold,
+                max_share,
+            }),
+            (max_share, threshold, Some(default)) => Some(SlowShare {
+                threshold: threshold.unwrap_or(default.threshold),
+                max_share: max_share.unwrap_or(default.max_share),
+            }),
+            (Some(_), None, None) => {
+                self.missing(keys::MAX_SLOW_SHARE, keys::SLOW_THRESHOLD);
+                None
+            }
+            (None, Some(_), None) => {
+                self.missing(keys::SLOW_THRESHOLD, keys::MAX_SLOW_SHARE);
+                None
+            }
+            (None, None, None) => None,
+        }
+    }
+
+    /// `key`, one half of the slow-share gate, is set but means nothing without
+    /// `partner`, the other half, which is absent (not merely invalid: then its own
+    /// error says what to fix) and has no default.
+    fn missing(&mut self, key: &'static str, partner: &'static str) {
+        if self.annotations.contains_key(partner) {
+            return;
+        }
+        let value = self.annotations.get(key).map_or("", String::as_str);
+        self.errors.push(SpecError::new(
+            key,
+            value,
+            format!(
+                "it needs {partner} as well: the slow-share gate is on only with both, \
+                 and the agent sets no default for {partner}"
+            ),
+            keys::example(partner),
+        ));
     }
 
     /// Two values that are each valid but not together. Blames the first of `keys` the

@@ -49,6 +49,8 @@ fn absent_annotations_take_the_defaults() {
     assert_eq!(defaults.gates.max_latency, Duration::from_millis(500));
     assert_eq!(defaults.gates.latency_quantile, 0.99);
     assert_eq!(defaults.gates.min_requests, 50);
+    assert_eq!(defaults.gates.error_codes.as_str(), "5..");
+    assert_eq!(defaults.gates.max_slow_share, None);
 }
 
 #[test]
@@ -68,6 +70,82 @@ fn defaults_come_from_the_agent_not_from_constants() {
     assert_eq!(spec.failure_limit, 7);
 }
 
+fn agent_with_slow_share(max_share: f64, threshold_ms: u64) -> Defaults {
+    let mut defaults = Defaults::default();
+    defaults.gates.error_codes = "5..|429".parse().unwrap();
+    defaults.gates.max_slow_share = Some(SlowShare {
+        threshold: Duration::from_millis(threshold_ms),
+        max_share,
+    });
+    defaults
+}
+
+#[test]
+fn the_agent_can_set_error_codes_and_turn_the_slow_share_gate_on() {
+    let defaults = agent_with_slow_share(0.05, 250);
+    let spec = parse("web", &annotations(&[(keys::ENABLED, "true")]), &defaults).unwrap();
+    assert_eq!(spec.gates, defaults.gates);
+    assert_eq!(spec.gates.error_codes.as_str(), "5..|429");
+
+    // Annotations override the agent's gate, each half on its own.
+    let read = |pairs: &[(&str, &str)]| {
+        parse("web", &annotations(pairs), &defaults)
+            .unwrap_or_else(|errors| panic!("{pairs:?}:\n{errors}"))
+            .gates
+    };
+    let gates = read(&[(keys::ERROR_CODES, "50[0-4]")]);
+    assert_eq!(gates.error_codes.as_str(), "50[0-4]");
+    assert_eq!(gates.max_slow_share, defaults.gates.max_slow_share);
+    let gates = read(&[(keys::MAX_SLOW_SHARE, "1%")]);
+    assert_eq!(
+        gates.max_slow_share,
+        Some(SlowShare {
+            threshold: Duration::from_millis(250),
+            max_share: 0.01
+        })
+    );
+    let gates = read(&[(keys::SLOW_THRESHOLD, "1s")]);
+    assert_eq!(
+        gates.max_slow_share,
+        Some(SlowShare {
+            threshold: Duration::from_secs(1),
+            max_share: 0.05
+        })
+    );
+    let gates = read(&[
+        (keys::SLOW_THRESHOLD, "100ms"),
+        (keys::MAX_SLOW_SHARE, "0%"),
+    ]);
+    assert_eq!(
+        gates.max_slow_share,
+        Some(SlowShare {
+            threshold: Duration::from_millis(100),
+            max_share: 0.0
+        })
+    );
+}
+
+#[test]
+fn half_a_slow_share_gate_names_the_missing_half() {
+    let errors = parse_pairs(&[(keys::ENABLED, "true"), (keys::MAX_SLOW_SHARE, "5%")]).unwrap_err();
+    assert_eq!(
+        errors.to_string(),
+        r#"weir.dev/max-slow-share: "5%" is not valid: it needs weir.dev/slow-threshold as well: the slow-share gate is on only with both, and the agent sets no default for weir.dev/slow-threshold; for example weir.dev/slow-threshold: "250ms""#
+    );
+    let errors = parse_pairs(&[(keys::SLOW_THRESHOLD, "300ms")]).unwrap_err();
+    let error = errors.get(keys::SLOW_THRESHOLD).unwrap();
+    assert!(
+        error.problem.contains("needs weir.dev/max-slow-share"),
+        "{error}"
+    );
+    assert_eq!(error.example, keys::example(keys::MAX_SLOW_SHARE));
+    // A bad partner is reported for itself, not as missing.
+    let errors =
+        parse_pairs(&[(keys::MAX_SLOW_SHARE, "5%"), (keys::SLOW_THRESHOLD, "soon")]).unwrap_err();
+    assert_eq!(errors.as_slice().len(), 1, "{errors}");
+    assert!(errors.get(keys::SLOW_THRESHOLD).is_some(), "{errors}");
+}
+
 #[test]
 fn every_annotation_set_is_read() {
     let spec = spec_with(&[
@@ -81,8 +159,11 @@ fn every_annotation_set_is_read() {
         (keys::STEP_INTERVAL, "1h30m"),
         (keys::CHECK_INTERVAL, "30s"),
         (keys::MAX_ERROR_RATE, "0.5%"),
+        (keys::ERROR_CODES, "5..|429"),
         (keys::MAX_LATENCY, "250ms"),
         (keys::LATENCY_QUANTILE, "0.95"),
+        (keys::MAX_SLOW_SHARE, "5%"),
+        (keys::SLOW_THRESHOLD, "300ms"),
         (keys::MIN_REQUESTS, "0"),
         (keys::FAILURE_LIMIT, "1"),
         (keys::NO_DATA_TIMEOUT, "20m"),
@@ -106,8 +187,11 @@ fn every_annotation_set_is_read() {
                 max_latency: Duration::from_millis(250),
                 latency_quantile: 0.95,
                 min_requests: 0,
-                error_codes: Default::default(),
-                max_slow_share: None,
+                error_codes: "5..|429".parse().unwrap(),
+                max_slow_share: Some(SlowShare {
+                    threshold: Duration::from_millis(300),
+                    max_share: 0.05,
+                }),
             },
             failure_limit: 1,
             no_data_timeout: Duration::from_secs(1200),
@@ -151,6 +235,31 @@ fn valid_forms_of_each_value() {
         );
     }
 
+    // A threshold between bucket bounds is accepted: analysis measures it at the next
+    // bound up (docs/metrics.md).
+    for (text, millis) in latencies.iter().chain(&[("300ms", 300), ("2.5s", 2_500)]) {
+        let spec = spec_with(&[(keys::SLOW_THRESHOLD, text), (keys::MAX_SLOW_SHARE, "5%")]);
+        let slow_share = spec.gates.max_slow_share.unwrap();
+        assert_eq!(
+            slow_share.threshold,
+            Duration::from_millis(*millis),
+            "{text}"
+        );
+        assert_eq!(slow_share.max_share, 0.05);
+    }
+
+    for text in [
+        "5..",
+        " 5..|429 ",
+        "50[0-4]",
+        "5[0-9][0-9]|408",
+        "503",
+        "[45]..",
+    ] {
+        let spec = spec_with(&[(keys::ERROR_CODES, text)]);
+        assert_eq!(spec.gates.error_codes.as_str(), text.trim());
+    }
+
     let percents: &[(&str, f64)] = &[
         ("1%", 0.01),
         ("0.5%", 0.005),
@@ -167,6 +276,9 @@ fn valid_forms_of_each_value() {
             "{text}: {}",
             spec.gates.max_error_rate
         );
+        let spec = spec_with(&[(keys::MAX_SLOW_SHARE, text), (keys::SLOW_THRESHOLD, "1s")]);
+        let max_share = spec.gates.max_slow_share.unwrap().max_share;
+        assert!((max_share - fraction).abs() < 1e-12, "{text}: {max_share}");
     }
 
     for (text, quantile) in [
@@ -452,6 +564,83 @@ const BAD: &[BadCase] = &[
         "not a percentage",
     ),
     (
+        &[(keys::ERROR_CODES, "5xx")],
+        keys::ERROR_CODES,
+        "(write 5..: `.` stands for any digit)",
+    ),
+    (
+        &[(keys::ERROR_CODES, "5XX|429")],
+        keys::ERROR_CODES,
+        "write 5..|429: `.` stands for any digit",
+    ),
+    (
+        &[(keys::ERROR_CODES, "5.. | 429")],
+        keys::ERROR_CODES,
+        "write 5..|429, without spaces",
+    ),
+    (&[(keys::ERROR_CODES, "")], keys::ERROR_CODES, "it is empty"),
+    (
+        &[(keys::ERROR_CODES, "5..|")],
+        keys::ERROR_CODES,
+        "it has an empty alternative",
+    ),
+    (
+        &[(keys::ERROR_CODES, "6..")],
+        keys::ERROR_CODES,
+        "matches no HTTP status code",
+    ),
+    (
+        &[(keys::ERROR_CODES, "5.*")],
+        keys::ERROR_CODES,
+        "a class such as [0-4]",
+    ),
+    (
+        &[(keys::ERROR_CODES, "5\"}..")],
+        keys::ERROR_CODES,
+        "is not three digits",
+    ),
+    (
+        &[(keys::MAX_SLOW_SHARE, "5%")],
+        keys::MAX_SLOW_SHARE,
+        "it needs weir.dev/slow-threshold as well",
+    ),
+    (
+        &[(keys::SLOW_THRESHOLD, "250ms")],
+        keys::SLOW_THRESHOLD,
+        "it needs weir.dev/max-slow-share as well",
+    ),
+    (
+        &[
+            (keys::MAX_SLOW_SHARE, "0.05"),
+            (keys::SLOW_THRESHOLD, "250ms"),
+        ],
+        keys::MAX_SLOW_SHARE,
+        "needs a % sign",
+    ),
+    (
+        &[(keys::MAX_SLOW_SHARE, "5")],
+        keys::MAX_SLOW_SHARE,
+        "needs a % sign",
+    ),
+    (
+        &[(keys::MAX_SLOW_SHARE, "5%"), (keys::SLOW_THRESHOLD, "250")],
+        keys::SLOW_THRESHOLD,
+        "needs a unit",
+    ),
+    (
+        &[(keys::MAX_SLOW_SHARE, "5%"), (keys::SLOW_THRESHOLD, "2h")],
+        keys::SLOW_THRESHOLD,
+        "at most 1h",
+    ),
+    (
+        &[
+            (keys::MAX_SLOW_SHARE, "5%"),
+            (keys::SLOW_THRESHOLD, "500us"),
+        ],
+        keys::SLOW_THRESHOLD,
+        "at least 1ms",
+    ),
+    (
         &[(keys::LATENCY_QUANTILE, "p99")],
         keys::LATENCY_QUANTILE,
         "as a fraction: 0.99",
@@ -699,6 +888,31 @@ const BAD: &[BadCase] = &[
         "did you mean weir.dev/step-interval?",
     ),
     (
+        &[("weir.dev/error-code", "5..")],
+        "weir.dev/error-code",
+        "did you mean weir.dev/error-codes?",
+    ),
+    (
+        &[("weir.dev/slow-share", "5%")],
+        "weir.dev/slow-share",
+        "did you mean weir.dev/max-slow-share?",
+    ),
+    (
+        &[("weir.dev/threshold", "250ms")],
+        "weir.dev/threshold",
+        "did you mean weir.dev/slow-threshold?",
+    ),
+    (
+        &[("weir.dev/max-slow-rate", "5%")],
+        "weir.dev/max-slow-rate",
+        "did you mean weir.dev/max-slow-share?",
+    ),
+    (
+        &[("weir.dev/status-codes", "5..")],
+        "weir.dev/status-codes",
+        "the nearest is weir.dev/error-codes",
+    ),
+    (
         &[("weir.dev/", "x")],
         "weir.dev/",
         "unknown annotation (not one weir reads",
@@ -856,7 +1070,13 @@ fn every_example_is_itself_valid() {
             .strip_prefix(&format!("{key}: \""))
             .and_then(|rest| rest.strip_suffix('"'))
             .unwrap_or_else(|| panic!("{line} should quote its value"));
-        let pairs = [(keys::ENABLED, "true"), (*key, value)];
+        // The slow-share gate's halves are valid only together.
+        let partner = match *key {
+            keys::MAX_SLOW_SHARE => (keys::SLOW_THRESHOLD, "250ms"),
+            keys::SLOW_THRESHOLD => (keys::MAX_SLOW_SHARE, "5%"),
+            _ => (keys::ENABLED, "true"),
+        };
+        let pairs = [(keys::ENABLED, "true"), partner, (*key, value)];
         parse_pairs(&pairs).unwrap_or_else(|errors| panic!("{line}:\n{errors}"));
         controls(&annotations(&pairs)).unwrap_or_else(|errors| panic!("{line}:\n{errors}"));
     }
@@ -952,6 +1172,10 @@ fn the_shared_parsers_serve_flags_too() {
     assert_eq!(parse_percent("1%"), Ok(0.01));
     assert_eq!(parse_quantile("0.99"), Ok(0.99));
     assert_eq!(parse_min_requests("50"), Ok(50));
+    assert_eq!(
+        parse_error_codes("5..|429").map(|codes| codes.to_string()),
+        Ok("5..|429".to_string())
+    );
     assert_eq!(parse_failure_limit("2"), Ok(2));
     assert_eq!(parse_bool("false"), Ok(false));
     assert_eq!(parse_subset_name("stable").as_deref(), Ok("stable"));
@@ -1016,8 +1240,13 @@ fn plausible_annotation() -> impl Strategy<Value = (String, String)> {
             "[0-9]{1,5}(ms|s|m|h)".boxed()
         ),
         pair(
-            vec![keys::MAX_ERROR_RATE],
+            vec![keys::MAX_ERROR_RATE, keys::MAX_SLOW_SHARE],
             "[0-9]{1,3}(\\.[0-9]{1,2})?%".boxed()
+        ),
+        pair(vec![keys::SLOW_THRESHOLD], "[0-9]{1,5}(ms|s|m|h)".boxed()),
+        pair(
+            vec![keys::ERROR_CODES],
+            "[0-9.xX]{2,4}(\\|([0-9.]|\\[[0-9]-[0-9]\\]){3}){0,2}".boxed()
         ),
         pair(vec![keys::LATENCY_QUANTILE], "0\\.[0-9]{1,3}|0|1".boxed()),
         pair(
@@ -1077,6 +1306,20 @@ fn check_accepted(spec: &RolloutSpec, map: &BTreeMap<String, String>) -> Result<
     if let Some(rate) = map.get(keys::MAX_ERROR_RATE) {
         prop_assert_eq!(Ok(spec.gates.max_error_rate), parse_percent(rate));
     }
+    if let Some(codes) = map.get(keys::ERROR_CODES) {
+        prop_assert_eq!(Ok(spec.gates.error_codes.clone()), parse_error_codes(codes));
+    }
+    // The default gate is off: it is on exactly when a Service sets both halves.
+    let share = map.get(keys::MAX_SLOW_SHARE);
+    let threshold = map.get(keys::SLOW_THRESHOLD);
+    prop_assert_eq!(spec.gates.max_slow_share.is_some(), share.is_some());
+    prop_assert_eq!(share.is_some(), threshold.is_some());
+    if let (Some(gate), Some(share), Some(threshold)) =
+        (spec.gates.max_slow_share, share, threshold)
+    {
+        prop_assert_eq!(Ok(gate.max_share), parse_percent(share));
+        prop_assert_eq!(Ok(gate.threshold), parse_latency(threshold));
+    }
     Ok(())
 }
 
@@ -1126,6 +1369,7 @@ proptest! {
         let _ = parse_percent(&text);
         let _ = parse_quantile(&text);
         let _ = parse_min_requests(&text);
+        let _ = parse_error_codes(&text);
         let _ = parse_failure_limit(&text);
         let _ = parse_bool(&text);
         let _ = parse_object_name(&text);

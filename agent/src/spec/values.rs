@@ -3,13 +3,14 @@
 //! The annotations and the agent's flags share these, so that `--steps` and
 //! `weir.dev/steps` accept exactly the same text. Each returns an [`InvalidValue`]
 //! saying what is wrong in words a user can act on; the caller adds which annotation
-//! or flag it was. Surrounding whitespace is ignored for numbers, durations, shares and
-//! booleans; names are taken exactly as written, since a name with a space in it is
-//! a different (and invalid) name.
+//! or flag it was. Surrounding whitespace is ignored for numbers, durations, shares,
+//! response-code patterns and booleans; names are taken exactly as written, since a
+//! name with a space in it is a different (and invalid) name.
 
 use std::time::Duration;
 
 use thiserror::Error;
+use weir_analysis::{InvalidResponseCodes, ResponseCodes};
 
 use super::Weight;
 
@@ -27,7 +28,8 @@ pub const MAX_STEPS: usize = 20;
 /// Bounds of step-interval, check-interval and no-data-timeout.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
-/// Bounds of max-latency: Istio's latency histogram has millisecond buckets up to 1h.
+/// Bounds of max-latency and slow-threshold: Istio's latency histogram has millisecond
+/// buckets up to 1h.
 pub const MIN_LATENCY: Duration = Duration::from_millis(1);
 pub const MAX_LATENCY: Duration = Duration::from_secs(60 * 60);
 
@@ -129,8 +131,9 @@ pub fn parse_interval(text: &str) -> Result<Duration, InvalidValue> {
     Ok(duration)
 }
 
-/// A latency limit: a duration with a unit, a whole number of milliseconds, in
-/// [`MIN_LATENCY`]..=[`MAX_LATENCY`] (1ms to 1h). `250ms`, `1s`, `1.5s`.
+/// A latency limit (max-latency, slow-threshold): a duration with a unit, a whole number
+/// of milliseconds, in [`MIN_LATENCY`]..=[`MAX_LATENCY`] (1ms to 1h). `250ms`, `1s`,
+/// `1.5s`.
 pub fn parse_latency(text: &str) -> Result<Duration, InvalidValue> {
     let duration = parse_duration(text)?;
     if duration < MIN_LATENCY {
@@ -161,6 +164,36 @@ pub fn parse_percent(text: &str) -> Result<f64, InvalidValue> {
         Some(percent) if percent <= 100.0 => Ok(percent / 100.0),
         Some(_) => invalid("must be at most 100%"),
         None => invalid("not a percentage: write a number and %, like 1% or 0.5%"),
+    }
+}
+
+/// The response codes the error-rate gate counts as errors: alternatives separated by
+/// `|`, each three positions, each a digit, `.` (any digit) or a bracketed class of
+/// digits (`5..`, `5..|429`, `50[0-4]`), checked by [`ResponseCodes`]. A pattern that is
+/// one slip away from valid (`5xx`, `5.. | 429`) is refused with the pattern it means.
+pub fn parse_error_codes(text: &str) -> Result<ResponseCodes, InvalidValue> {
+    let text = text.trim();
+    let with_fix = |InvalidResponseCodes { problem, .. }| {
+        InvalidValue(format!("{problem} ({})", error_codes_fix(text)))
+    };
+    text.parse().map_err(with_fix)
+}
+
+/// How to write `refused`: the pattern it is one slip away from, or else the format.
+fn error_codes_fix(refused: &str) -> String {
+    let meant: String = refused
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .map(|c| if c.eq_ignore_ascii_case(&'x') { '.' } else { c })
+        .collect();
+    if meant == refused || meant.parse::<ResponseCodes>().is_err() {
+        "write alternatives separated by |, each of three positions: a digit, \
+         `.` for any digit, or a class such as [0-4]"
+            .to_string()
+    } else if refused.contains(['x', 'X']) {
+        format!("write {meant}: `.` stands for any digit")
+    } else {
+        format!("write {meant}, without spaces")
     }
 }
 
