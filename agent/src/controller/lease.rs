@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::apply::FIELD_MANAGER;
+use crate::server::Readiness;
 
 /// The shortest lease duration accepted: below it the renewal period would be shorter
 /// than one round trip to a loaded apiserver.
@@ -137,8 +138,10 @@ pub struct Elector {
     stop: watch::Sender<bool>,
 }
 
-/// Starts campaigning for the Lease in the background.
-pub fn elect(client: Client, config: LeaseConfig) -> (Leadership, Elector) {
+/// Starts campaigning for the Lease in the background. `readiness` is set after the
+/// first successful look at the Lease: a standby is ready too (ready to take over), or
+/// a rolling upgrade would wait forever for a new replica that does not lead.
+pub fn elect(client: Client, config: LeaseConfig, readiness: Readiness) -> (Leadership, Elector) {
     let (leading_tx, leading) = watch::channel(false);
     let (stop, stop_rx) = watch::channel(false);
     let candidate = Candidate {
@@ -146,7 +149,7 @@ pub fn elect(client: Client, config: LeaseConfig) -> (Leadership, Elector) {
         config,
         observed: None,
     };
-    let task = tokio::spawn(campaign(candidate, leading_tx, stop_rx));
+    let task = tokio::spawn(campaign(candidate, leading_tx, stop_rx, readiness));
     (Leadership { leading }, Elector { task, stop })
 }
 
@@ -360,6 +363,7 @@ async fn campaign(
     mut candidate: Candidate,
     leading: watch::Sender<bool>,
     mut stop: watch::Receiver<bool>,
+    readiness: Readiness,
 ) {
     let config = candidate.config.clone();
     // When the last successful renewal was sent: the deadline counts from the sending,
@@ -375,6 +379,9 @@ async fn campaign(
                 .await
                 .ok(),
         };
+        if matches!(outcome, Some(Ok(_))) {
+            readiness.set_ready();
+        }
         let next = match outcome {
             Some(Ok(true)) => {
                 if renewed_at.is_none() {
@@ -429,7 +436,7 @@ async fn campaign(
 pub type Shutdown = Shared<BoxFuture<'static, ()>>;
 
 /// Runs `controller` only while this agent holds the Lease, until `shutdown` resolves;
-/// then releases the Lease if held.
+/// then releases the Lease if held. `readiness` is set as [`elect`] says.
 ///
 /// Losing the Lease drops the running controller at once: every reconcile in flight is
 /// cancelled at its next await, so no write starts after leadership is lost. When the
@@ -438,13 +445,14 @@ pub type Shutdown = Shared<BoxFuture<'static, ()>>;
 pub async fn lead<C, F>(
     client: Client,
     lease: LeaseConfig,
+    readiness: Readiness,
     shutdown: impl Future<Output = ()> + Send + 'static,
     mut controller: C,
 ) where
     C: FnMut(Shutdown) -> F,
     F: Future<Output = ()>,
 {
-    let (mut leadership, elector) = elect(client, lease.clone());
+    let (mut leadership, elector) = elect(client, lease.clone(), readiness);
     let shutdown: Shutdown = shutdown.boxed().shared();
     info!(lease = %lease.name, holder = %lease.holder, "waiting to lead");
     loop {
