@@ -199,8 +199,12 @@ pub struct Event {
 /// One write, in the order the plan lists them.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
-    /// Write the status annotation (and remove the named consumed controls).
-    WriteStatus { status: Status, consumed: Vec<&'static str> },
+    /// Write the status annotation (and remove the named consumed controls). Boxed: a
+    /// status is large next to the other actions.
+    WriteStatus {
+        status: Box<Status>,
+        consumed: Vec<&'static str>,
+    },
     /// Set the managed route's weights. `stable + canary == 100`.
     SetWeights(Traffic),
     /// Point a subset at a version by its version label.

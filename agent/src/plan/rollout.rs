@@ -77,7 +77,7 @@ pub fn misconfigured(status: Option<&Status>, reason: &str, now: Timestamp) -> P
     Plan {
         actions: vec![
             Action::WriteStatus {
-                status: next,
+                status: Box::new(next),
                 consumed: Vec::new(),
             },
             Action::Emit(warning("Misconfigured", reason.to_string())),
@@ -245,10 +245,11 @@ impl<'a> Draft<'a> {
                     "Retrying",
                     format!("{}={v}: {v} may be released again", keys::RETRY),
                 ));
-                if self.status.phase == Phase::Aborted && canary.as_ref() == Some(v) {
-                    if let Some(version) = self.find(v).filter(|v| v.available).cloned() {
-                        self.start(&version, format!("retrying {v} by {}", keys::RETRY));
-                    }
+                if self.status.phase == Phase::Aborted
+                    && canary.as_ref() == Some(v)
+                    && let Some(version) = self.find(v).filter(|v| v.available).cloned()
+                {
+                    self.start(&version, format!("retrying {v} by {}", keys::RETRY));
                 }
             } else {
                 self.ignore_control(keys::RETRY, v);
@@ -547,7 +548,7 @@ impl<'a> Draft<'a> {
                 self.status.last_transition_at = self.now;
             }
             actions.push(Action::WriteStatus {
-                status: self.status.clone(),
+                status: Box::new(self.status.clone()),
                 consumed: self.consumed,
             });
         }

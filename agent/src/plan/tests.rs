@@ -180,7 +180,7 @@ impl World {
     fn apply(&mut self, action: &Action) {
         match action {
             Action::WriteStatus { status, consumed } => {
-                self.status = Some(status.clone());
+                self.status = Some(status.as_ref().clone());
                 for key in consumed {
                     match *key {
                         crate::spec::keys::ABORT => self.controls.abort = None,
