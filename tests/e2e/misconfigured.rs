@@ -35,14 +35,18 @@ async fn misconfigurations_are_reported_and_move_no_traffic() -> anyhow::Result<
     }))
     .await?;
 
+    // A metrics ConfigMap that does not exist.
+    bed.deploy_app(&App::new("nometrics").with("metrics", "absent-metrics")).await?;
+
     let _agent = bed.agent(&[])?;
     assert_misconfigured(&bed, "typo", "strictly ascending").await?;
+    assert_misconfigured(&bed, "nometrics", "absent-metrics").await?;
     assert_misconfigured(&bed, "novs", "missing").await?;
     assert_misconfigured(&bed, "noroute", "nope").await?;
     assert_misconfigured(&bed, "twice", "twice-again").await?;
 
     tokio::time::sleep(Duration::from_secs(5)).await;
-    for app in ["typo", "novs", "noroute", "twice"] {
+    for app in ["typo", "novs", "noroute", "twice", "nometrics"] {
         assert_eq!(bed.route(app).await?.0, Weights { stable: 100, canary: 0 }, "{app}");
         assert_eq!(bed.subset_version(app, "canary").await?.as_deref(), Some("v1"), "{app}");
     }

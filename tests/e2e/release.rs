@@ -87,3 +87,25 @@ async fn no_traffic_is_inconclusive_and_aborts_at_the_timeout() -> anyhow::Resul
     assert_eq!(bed.subset_version("checkout", "stable").await?.as_deref(), Some("v1"));
     Ok(())
 }
+
+/// A custom metric from `weir.dev/metrics` gates the release too: v2 meets every
+/// built-in gate but its mean latency (300 ms) breaks the custom bound (100 ms).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_custom_metric_gate_aborts_a_release_the_built_ins_would_pass() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    let selector = r#"destination_workload_namespace="{namespace}",destination_service_name="{service}",destination_version="{version}""#;
+    let query = format!(
+        "query: sum(rate(istio_request_duration_milliseconds_sum{{{selector}}}[{{window}}])) / sum(rate(istio_request_duration_milliseconds_count{{{selector}}}[{{window}}]))\nmax: 100\n"
+    );
+    bed.create_config_map("checkout-metrics", &[("mean-latency", &query)]).await?;
+    bed.deploy_app(&App::new("checkout").with("metrics", "checkout-metrics")).await?;
+    let _agent = bed.agent(&[])?;
+    bed.wait_phase("checkout", Phase::Idle).await?;
+
+    bed.deploy_version("checkout", "v2", 0.0).await?;
+    bed.set_latency("checkout", "v2", 300).await?;
+    let aborted = bed.wait_phase("checkout", Phase::Aborted).await?;
+    assert!(aborted.message.contains("mean-latency"), "{}", aborted.message);
+    assert_eq!(bed.subset_version("checkout", "stable").await?.as_deref(), Some("v1"));
+    Ok(())
+}

@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use weir_analysis::{PrometheusApi, Reporter};
 
 use crate::mesh::{DestinationRule, VirtualService};
+use crate::server::{Metrics, Readiness, Telemetry};
 use crate::spec::{self, Defaults};
 
 pub use reconcile::Error;
@@ -57,6 +58,8 @@ pub struct Context {
     pub deployments: Store<Deployment>,
     pub virtual_services: Store<VirtualService>,
     pub destination_rules: Store<DestinationRule>,
+    /// The agent's own metrics (`/metrics`).
+    pub metrics: Arc<Metrics>,
     /// When the gates of each Service's current step were last evaluated. Memory only:
     /// see [`crate::plan::Observed::last_check_at`].
     pub last_checks: Mutex<HashMap<String, Timestamp>>,
@@ -67,6 +70,7 @@ pub async fn run(
     client: Client,
     config: AgentConfig,
     prometheus: PrometheusApi,
+    telemetry: Telemetry,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ns = config.namespace.clone();
@@ -93,7 +97,9 @@ pub async fn run(
             instance: Some(config.instance.clone()),
         },
     );
+    let caches = (deployments.clone(), virtual_services.clone(), destination_rules.clone());
     let context = Arc::new(Context {
+        metrics: telemetry.metrics,
         config,
         client,
         prometheus,
@@ -106,6 +112,7 @@ pub async fn run(
 
     let controller = Controller::new(services, watch);
     let store = controller.store();
+    tokio::spawn(ready_when_synced(store.clone(), caches, telemetry.readiness));
     let (s1, s2, s3) = (store.clone(), store.clone(), store);
     controller
         .watches_stream(deployment_events, move |d| observe::services_selecting(&s1, &d))
@@ -121,6 +128,24 @@ pub async fn run(
         })
         .await;
     info!("controller stopped");
+}
+
+/// Reports the agent ready once every watch cache holds its first full list.
+async fn ready_when_synced(
+    services: Store<Service>,
+    (deployments, virtual_services, destination_rules): (Store<Deployment>, Store<VirtualService>, Store<DestinationRule>),
+    readiness: Readiness,
+) {
+    let synced = tokio::try_join!(
+        services.wait_until_ready(),
+        deployments.wait_until_ready(),
+        virtual_services.wait_until_ready(),
+        destination_rules.wait_until_ready(),
+    );
+    if synced.is_ok() {
+        readiness.set_ready();
+        info!("watch caches synced: ready");
+    }
 }
 
 /// Whether a Service asks for weir: it carries `weir.dev/enabled` with any value but

@@ -4,12 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::ListParams;
 use kube::runtime::controller::Action as Requeue;
 use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
-use weir_analysis::CheckRequest;
+use weir_analysis::{CheckRequest, MetricTemplate};
 
 use super::apply::Writer;
 use super::{Context, observe, opted_in};
@@ -34,10 +34,21 @@ pub(super) struct Reads {
     pub service: Service,
     pub virtual_services: Vec<VirtualService>,
     pub destination_rules: Vec<DestinationRule>,
+    /// The ConfigMap `weir.dev/metrics` names, if it names a valid one that exists.
+    pub metrics: Option<ConfigMap>,
+}
+
+/// A Service whose configuration is valid: what the planner and the gates need.
+struct Valid {
+    spec: RolloutSpec,
+    observed: Observed,
+    target: mesh::Target,
+    custom: Vec<MetricTemplate>,
 }
 
 pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     if !opted_in(&cached) {
+        ctx.metrics.forget(&cached.name_any());
         return Ok(Requeue::await_change());
     }
     let name = cached.name_any();
@@ -49,7 +60,7 @@ pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeu
     let status = stored_status(&reads.service);
     let mut writer = Writer::new(&ctx, &reads);
 
-    let (spec, observed, target) = match validate(&ctx, &reads, status.clone()) {
+    let Valid { spec, observed, target, custom } = match validate(&ctx, &reads, status.clone()) {
         Ok(valid) => valid,
         Err(reason) => {
             let plan = plan::misconfigured(status.as_ref(), &reason, now);
@@ -57,6 +68,7 @@ pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeu
                 warn!(service = %name, %reason, "misconfigured");
             }
             writer.apply(None, &plan.actions).await?;
+            ctx.metrics.observe_applied(&name, status.as_ref(), &plan.actions, now);
             return Ok(Requeue::await_change());
         }
     };
@@ -64,7 +76,7 @@ pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeu
     let check = plan::check_due(&spec, &observed, now);
     let verdict = match &check {
         Some(request) => {
-            let report = ctx.prometheus.check(&check_request(&ctx, &spec, request, now)).await;
+            let report = ctx.metrics.timed_check(&name, ctx.prometheus.check(&check_request(&ctx, &spec, request, custom, now))).await;
             info!(
                 service = %name, canary = %request.canary, verdict = report.verdict.kind(),
                 window_s = report.window_seconds, "gates evaluated"
@@ -78,19 +90,21 @@ pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeu
     let plan = plan::plan(&spec, &observed, check.as_ref().zip(verdict.as_ref()), now);
     debug!(service = %name, actions = plan.actions.len(), "planned");
     writer.apply(Some((&spec, target)), &plan.actions).await?;
+    ctx.metrics.observe_applied(&name, status.as_ref(), &plan.actions, now);
     Ok(match plan.requeue_after {
         Some(after) => Requeue::requeue(after),
         None => Requeue::await_change(),
     })
 }
 
-pub fn error_policy(service: Arc<Service>, error: &Error, _ctx: Arc<Context>) -> Requeue {
+pub fn error_policy(service: Arc<Service>, error: &Error, ctx: Arc<Context>) -> Requeue {
     match error {
         Error::Conflict { .. } => {
             debug!(service = %service.name_any(), %error, "conflict");
             Requeue::requeue(Duration::from_millis(200))
         }
         _ => {
+            ctx.metrics.reconcile_error(&service.name_any());
             warn!(service = %service.name_any(), %error, "reconcile failed");
             Requeue::requeue(Duration::from_secs(5))
         }
@@ -108,10 +122,17 @@ async fn read(ctx: &Context, name: &str) -> Result<Reads, Error> {
     let all = ListParams::default();
     let (service, vs_list, dr_list) =
         tokio::try_join!(services.get(name), vss.list(&all), drs.list(&all))?;
+    let metrics = match service.annotations().get(keys::METRICS) {
+        Some(cm) if spec::parse_object_name(cm).is_ok() => {
+            Api::<ConfigMap>::namespaced(ctx.client.clone(), ns).get_opt(cm).await?
+        }
+        _ => None,
+    };
     Ok(Reads {
         service,
         virtual_services: vs_list.items,
         destination_rules: dr_list.items,
+        metrics,
     })
 }
 
@@ -130,16 +151,26 @@ fn stored_status(service: &Service) -> Option<Status> {
 
 /// The pure half of reading: annotations, versions and the mesh objects → the spec, the
 /// planner's view and the patch target; or the reason the Service is misconfigured.
-fn validate(
-    ctx: &Context,
-    reads: &Reads,
-    status: Option<Status>,
-) -> Result<(RolloutSpec, Observed, mesh::Target), String> {
+fn validate(ctx: &Context, reads: &Reads, status: Option<Status>) -> Result<Valid, String> {
     let service = &reads.service;
     let name = service.name_any();
     let annotations = service.annotations();
     let spec = spec::parse(&name, annotations, &ctx.config.defaults).map_err(|e| e.to_string())?;
     let controls = spec::controls(annotations).map_err(|e| e.to_string())?;
+    let custom = match (&spec.metrics_config_map, &reads.metrics) {
+        (None, _) => Vec::new(),
+        (Some(cm), None) => {
+            return Err(format!(
+                "ConfigMap {cm:?} named by {} does not exist in namespace {:?}; create it or remove the annotation",
+                keys::METRICS,
+                ctx.config.namespace
+            ));
+        }
+        (Some(cm), Some(map)) => {
+            let data = map.data.clone().unwrap_or_default();
+            weir_analysis::parse_metrics(cm, &data).map_err(|e| e.to_string())?
+        }
+    };
     let deployments = ctx.deployments.state();
     let versions = observe::versions(service, &deployments, &spec.version_label)?;
     let target = mesh::resolve(
@@ -158,10 +189,21 @@ fn validate(
         controls,
         last_check_at,
     };
-    Ok((spec, observed, target))
+    Ok(Valid {
+        spec,
+        observed,
+        target,
+        custom,
+    })
 }
 
-fn check_request(ctx: &Context, spec: &RolloutSpec, due: &plan::CheckRequest, now: Timestamp) -> CheckRequest {
+fn check_request(
+    ctx: &Context,
+    spec: &RolloutSpec,
+    due: &plan::CheckRequest,
+    custom: Vec<MetricTemplate>,
+    now: Timestamp,
+) -> CheckRequest {
     CheckRequest {
         namespace: ctx.config.namespace.clone(),
         service: spec.service.clone(),
@@ -172,6 +214,6 @@ fn check_request(ctx: &Context, spec: &RolloutSpec, due: &plan::CheckRequest, no
         min_window: ctx.config.scrape_interval * 4,
         gates: spec.gates.clone(),
         reporter: ctx.config.reporter,
-        custom: Vec::new(),
+        custom,
     }
 }
