@@ -1,11 +1,10 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use weir::cli::Cli;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match Cli::parse().run().await {
+    match Cli::from_env().run().await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -4,7 +4,11 @@
 
 mod support;
 
+mod cli;
 mod controls;
+mod demo;
 mod faults;
+mod install;
+mod leader;
 mod misconfigured;
 mod release;

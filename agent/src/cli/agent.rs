@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -100,10 +99,19 @@ pub struct DefaultArgs {
     pub default_check_interval: String,
     #[arg(long, default_value = "1%")]
     pub default_max_error_rate: String,
+    #[arg(long, default_value = weir_analysis::gates::SERVER_ERRORS)]
+    pub default_error_codes: String,
     #[arg(long, default_value = "500ms")]
     pub default_max_latency: String,
     #[arg(long, default_value = "0.99")]
     pub default_latency_quantile: String,
+    /// Default weir.dev/max-slow-share (`5%`). The slow-share gate is on by default
+    /// only when this and --default-slow-threshold are both set; empty or absent: off.
+    #[arg(long)]
+    pub default_max_slow_share: Option<String>,
+    /// Default weir.dev/slow-threshold (`250ms`); see --default-max-slow-share.
+    #[arg(long)]
+    pub default_slow_threshold: Option<String>,
     #[arg(long, default_value = "50")]
     pub default_min_requests: String,
     #[arg(long, default_value = "2")]
@@ -129,16 +137,37 @@ impl DefaultArgs {
     /// flag accepts exactly what the annotation accepts.
     pub fn parse(&self) -> anyhow::Result<Defaults> {
         let flag = |name: &str, e: spec::InvalidValue| anyhow::anyhow!("--default-{name}: {e}");
+        // The slow-share gate is on with both flags and off with neither (empty or absent).
+        let max_share = self.default_max_slow_share.as_deref().map(str::trim);
+        let threshold = self.default_slow_threshold.as_deref().map(str::trim);
+        let max_slow_share = match (
+            max_share.filter(|v| !v.is_empty()),
+            threshold.filter(|v| !v.is_empty()),
+        ) {
+            (None, None) => None,
+            (Some(max_share), Some(threshold)) => Some(weir_analysis::SlowShare {
+                max_share: spec::parse_percent(max_share).map_err(|e| flag("max-slow-share", e))?,
+                threshold: spec::parse_latency(threshold).map_err(|e| flag("slow-threshold", e))?,
+            }),
+            (Some(_), None) => anyhow::bail!(
+                "--default-max-slow-share needs --default-slow-threshold: set both to turn the slow-share gate on, or neither"
+            ),
+            (None, Some(_)) => anyhow::bail!(
+                "--default-slow-threshold needs --default-max-slow-share: set both to turn the slow-share gate on, or neither"
+            ),
+        };
         let gates = weir_analysis::Gates {
             max_error_rate: spec::parse_percent(&self.default_max_error_rate)
                 .map_err(|e| flag("max-error-rate", e))?,
-            max_latency: spec::parse_latency(&self.default_max_latency).map_err(|e| flag("max-latency", e))?,
+            max_latency: spec::parse_latency(&self.default_max_latency)
+                .map_err(|e| flag("max-latency", e))?,
             latency_quantile: spec::parse_quantile(&self.default_latency_quantile)
                 .map_err(|e| flag("latency-quantile", e))?,
             min_requests: spec::parse_min_requests(&self.default_min_requests)
                 .map_err(|e| flag("min-requests", e))?,
-            error_codes: Default::default(),
-            max_slow_share: None,
+            error_codes: spec::parse_error_codes(&self.default_error_codes)
+                .map_err(|e| flag("error-codes", e))?,
+            max_slow_share,
         };
         Ok(Defaults {
             stable_subset: spec::parse_subset_name(&self.default_stable_subset)
@@ -219,17 +248,28 @@ impl AgentArgs {
         };
         info!(namespace = %config.namespace, prometheus = %prometheus.endpoint(), dry_run = config.dry_run, "weir agent starting");
 
-        let metrics = Arc::new(server::Metrics::new());
-        let readiness = server::Readiness::default();
-        let admin = server::serve(self.listen, metrics.clone(), readiness.clone()).await?;
+        let telemetry = server::Telemetry::default();
+        let admin = server::serve(self.listen, telemetry.clone()).await?;
         match lease {
             Some(lease) => {
-                lease::lead(client.clone(), lease, shutdown_signal(), |shutdown| {
-                    controller::run(client.clone(), config.clone(), prometheus.clone(), shutdown)
-                })
+                lease::lead(
+                    client.clone(),
+                    lease,
+                    telemetry.readiness.clone(),
+                    shutdown_signal(),
+                    |shutdown| {
+                        controller::run(
+                            client.clone(),
+                            config.clone(),
+                            prometheus.clone(),
+                            telemetry.clone(),
+                            shutdown,
+                        )
+                    },
+                )
                 .await
             }
-            None => controller::run(client, config, prometheus, shutdown_signal()).await,
+            None => controller::run(client, config, prometheus, telemetry, shutdown_signal()).await,
         }
         admin.abort();
         Ok(ExitCode::SUCCESS)
@@ -243,7 +283,9 @@ fn duration(text: &str) -> Result<Duration, String> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -378,6 +378,10 @@ pub struct Agent {
 
 impl Agent {
     fn start(bed: &Bed, extra: &[&str]) -> anyhow::Result<Agent> {
+        Agent::start_as(bed, bed.control_plane.kubeconfig_path(), extra)
+    }
+
+    fn start_as(bed: &Bed, kubeconfig: &std::path::Path, extra: &[&str]) -> anyhow::Result<Agent> {
         let port = weir_testbed::free_port()?;
         let mut args: Vec<String> = [
             "agent",
@@ -409,7 +413,7 @@ impl Agent {
             process: None,
             log: bed.logs.path().join(format!("agent-{n}.log")),
             args,
-            kubeconfig: bed.control_plane.kubeconfig_path().to_path_buf(),
+            kubeconfig: kubeconfig.to_path_buf(),
         };
         agent.spawn()?;
         Ok(agent)
@@ -451,5 +455,121 @@ impl Drop for Agent {
         if std::thread::panicking() {
             eprintln!("---- weir agent log ({}) ----\n{}", self.log.display(), self.log());
         }
+    }
+}
+
+impl Bed {
+    /// Starts the real `weir agent` like [`Bed::agent`], but authenticating with
+    /// `kubeconfig` (for example one for a ServiceAccount token) instead of as the admin.
+    pub fn agent_with_kubeconfig(
+        &self,
+        kubeconfig: &std::path::Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Agent> {
+        Agent::start_as(self, kubeconfig, extra)
+    }
+}
+
+/// How one run of the `weir` CLI ended, and what it printed.
+#[derive(Debug)]
+pub struct CliRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Bed {
+    /// Runs the `weir` CLI as a person would: with the bed's kubeconfig in `KUBECONFIG`
+    /// and `-n <namespace>` after `args`.
+    pub async fn cli(&self, args: &[&str]) -> anyhow::Result<CliRun> {
+        let program = std::path::Path::new(env!("CARGO_BIN_EXE_weir"));
+        self.cli_as(program, self.control_plane.kubeconfig_path(), args).await
+    }
+
+    /// Runs `program` (the `weir` binary, or a link to it) with `kubeconfig` and `args`
+    /// followed by `-n <namespace>`.
+    pub async fn cli_as(
+        &self,
+        program: &std::path::Path,
+        kubeconfig: &std::path::Path,
+        args: &[&str],
+    ) -> anyhow::Result<CliRun> {
+        let output = tokio::process::Command::new(program)
+            .args(args)
+            .args(["-n", &self.namespace])
+            .env("KUBECONFIG", kubeconfig)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(DEADLINE * 2, output)
+            .await
+            .with_context(|| format!("weir {args:?} did not exit"))??;
+        Ok(CliRun {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
+    }
+}
+
+impl Agent {
+    /// The base URL of the agent's admin server (`/metrics`, `/healthz`, `/readyz`).
+    pub fn admin_url(&self) -> String {
+        let listen = self
+            .args
+            .iter()
+            .skip_while(|arg| *arg != "--listen")
+            .nth(1)
+            .expect("the agent is started with --listen");
+        format!("http://{listen}")
+    }
+
+    /// The agent's `/metrics` text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(reqwest::get(format!("{}/metrics", self.admin_url()))
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+}
+
+/// The value of the series `series` (name and labels exactly as exposed) in `text`.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+impl Bed {
+    /// Sets a version's simulated mean latency (ms) on its Deployment. (An annotation
+    /// change bumps a Deployment's generation, so it is marked Available again, as its
+    /// controller would.)
+    pub async fn set_latency(&self, app: &str, version: &str, latency_ms: u32) -> anyhow::Result<()> {
+        let name = format!("{app}-{version}");
+        let patch = json!({"metadata": {"annotations": {"sim.weir.dev/latency-ms": latency_ms.to_string()}}});
+        self.deployments()
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        mark_deployment_available(&self.client, &self.namespace, &name).await
+    }
+
+    /// Creates a ConfigMap in the namespace.
+    pub async fn create_config_map(&self, name: &str, data: &[(&str, &str)]) -> anyhow::Result<()> {
+        let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "data": data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+        }))?;
+        Api::namespaced(self.client.clone(), &self.namespace)
+            .create(&PostParams::default(), &cm)
+            .await?;
+        Ok(())
+    }
+}
+
+impl Agent {
+    /// The agent's process id while it runs (`None` after [`Agent::kill`]).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(OwnedProcess::pid)
     }
 }

@@ -1,0 +1,616 @@
+//! The agent's own metrics: where each Service's release is, what the gates concluded,
+//! how rollouts ended, and how the agent itself fares.
+//!
+//! Series (all prefixed `weir_`; the Grafana dashboard in `deploy/grafana/` reads them):
+//!
+//! | series | type | labels |
+//! |---|---|---|
+//! | `weir_rollout_phase` | gauge, 1 for the current phase and 0 for the others | `service`, `phase` |
+//! | `weir_canary_weight` | gauge, percent | `service` |
+//! | `weir_rollout_step` | gauge, 1-based, 0 outside a rollout | `service` |
+//! | `weir_checks_total` | counter | `service`, `verdict` (`pass`, `fail`, `inconclusive`) |
+//! | `weir_rollouts_total` | counter | `service`, `outcome` (`promoted`, `aborted`) |
+//! | `weir_rollout_duration_seconds` | histogram, from the rollout's start to its end | `outcome` |
+//! | `weir_reconcile_errors_total` | counter, write conflicts excluded | `service` |
+//! | `weir_prometheus_query_duration_seconds` | histogram, one check's queries (run in parallel, retries included) | — |
+//! | `weir_build_info` | gauge, always 1 | `version` |
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use weir_analysis::{CheckReport, Verdict};
+
+use crate::plan::{Action, Phase, Status};
+use crate::spec::Weight;
+
+/// The Content-Type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Every phase, in lifecycle order: the one-hot phase gauge has a series for each.
+const PHASES: [Phase; 6] = [
+    Phase::Idle,
+    Phase::Progressing,
+    Phase::Paused,
+    Phase::Promoting,
+    Phase::Aborted,
+    Phase::Misconfigured,
+];
+
+/// How a rollout ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The canary became the stable version.
+    Promoted,
+    /// The canary's traffic went back to stable and the version is remembered as failed.
+    Aborted,
+}
+
+impl Outcome {
+    /// The value of the `outcome` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Promoted => "promoted",
+            Outcome::Aborted => "aborted",
+        }
+    }
+}
+
+/// The value of the `phase` label.
+pub fn phase_label(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Idle => "idle",
+        Phase::Progressing => "progressing",
+        Phase::Paused => "paused",
+        Phase::Promoting => "promoting",
+        Phase::Aborted => "aborted",
+        Phase::Misconfigured => "misconfigured",
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    service: String,
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    service: String,
+    verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RolloutLabels {
+    service: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// 30s to about 4h: rollouts last minutes to hours.
+fn rollout_duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(30.0, 2.0, 10))
+}
+
+/// The agent's registry and the handles the controller records through. Shared as an
+/// `Arc<Metrics>` between the controller and the admin server.
+pub struct Metrics {
+    registry: Registry,
+    phase: Family<PhaseLabels, Gauge>,
+    canary_weight: Family<ServiceLabels, Gauge>,
+    step: Family<ServiceLabels, Gauge>,
+    checks: Family<CheckLabels, Counter>,
+    rollouts: Family<RolloutLabels, Counter>,
+    rollout_duration: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
+    reconcile_errors: Family<ServiceLabels, Counter>,
+    query_duration: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every series, empty (but `weir_build_info`).
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("weir");
+        let phase = Family::<PhaseLabels, Gauge>::default();
+        let canary_weight = Family::<ServiceLabels, Gauge>::default();
+        let step = Family::<ServiceLabels, Gauge>::default();
+        let checks = Family::<CheckLabels, Counter>::default();
+        let rollouts = Family::<RolloutLabels, Counter>::default();
+        let rollout_duration =
+            Family::new_with_constructor(rollout_duration_histogram as fn() -> Histogram);
+        let reconcile_errors = Family::<ServiceLabels, Counter>::default();
+        // 5ms to about 20s: a check is a few instant queries, retried up to its deadline.
+        let query_duration = Histogram::new(exponential_buckets(0.005, 2.0, 13));
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+
+        // The encoder appends `_total` to counters.
+        registry.register(
+            "rollout_phase",
+            "Where each Service's release is: 1 for the current phase, 0 for the others",
+            phase.clone(),
+        );
+        registry.register(
+            "canary_weight",
+            "The canary weight, in percent, the agent holds each Service's route at",
+            canary_weight.clone(),
+        );
+        registry.register(
+            "rollout_step",
+            "The current step of each Service's rollout, from 1; 0 outside a rollout",
+            step.clone(),
+        );
+        registry.register(
+            "checks",
+            "Evaluations of the gates, by verdict",
+            checks.clone(),
+        );
+        registry.register(
+            "rollouts",
+            "Rollouts that ended, by outcome",
+            rollouts.clone(),
+        );
+        registry.register(
+            "rollout_duration_seconds",
+            "Time from a rollout's start to its promotion or abort",
+            rollout_duration.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed with an API error or a refused patch (write conflicts, re-planned at once, are not counted)",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "prometheus_query_duration_seconds",
+            "Time one check's Prometheus queries took (run in parallel, retries included)",
+            query_duration.clone(),
+        );
+        registry.register("build_info", "The running weir's version", build_info);
+        Metrics {
+            registry,
+            phase,
+            canary_weight,
+            step,
+            checks,
+            rollouts,
+            rollout_duration,
+            reconcile_errors,
+            query_duration,
+        }
+    }
+
+    /// Sets `service`'s phase (one-hot) and canary weight.
+    pub fn observe_phase(&self, service: &str, phase: Phase, weight: Weight) {
+        for candidate in PHASES {
+            let labels = PhaseLabels {
+                service: service.to_owned(),
+                phase: phase_label(candidate),
+            };
+            self.phase
+                .get_or_create(&labels)
+                .set(i64::from(candidate == phase));
+        }
+        self.canary_weight
+            .get_or_create(&service_labels(service))
+            .set(i64::from(weight));
+    }
+
+    /// Sets `service`'s phase, canary weight and step from its status.
+    pub fn observe_status(&self, service: &str, status: &Status) {
+        self.observe_phase(service, status.phase, status.weight);
+        let step = status.step.map_or(0, |index| index as i64 + 1);
+        self.step.get_or_create(&service_labels(service)).set(step);
+    }
+
+    /// Records what one reconcile applied: the status it wrote (if any) and, when that
+    /// status ends a rollout, its outcome and duration. `before` is the status the
+    /// reconcile read; call this after the actions were applied.
+    pub fn observe_applied(
+        &self,
+        service: &str,
+        before: Option<&Status>,
+        actions: &[Action],
+        now: Timestamp,
+    ) {
+        let written = actions.iter().rev().find_map(|action| match action {
+            Action::WriteStatus { status, .. } => Some(status.as_ref()),
+            _ => None,
+        });
+        let Some(after) = written.or(before) else {
+            return;
+        };
+        self.observe_status(service, after);
+        if let Some(outcome) = written.and_then(|after| ended(before, after)) {
+            let duration = after
+                .rollout_started_at
+                .map(|start| now.duration_since(start))
+                .and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or_default();
+            self.rollout_finished(service, outcome, duration);
+        }
+    }
+
+    /// Counts one evaluation of `service`'s gates.
+    pub fn check(&self, service: &str, verdict: &Verdict) {
+        self.checks
+            .get_or_create(&CheckLabels {
+                service: service.to_owned(),
+                verdict: verdict.kind(),
+            })
+            .inc();
+    }
+
+    /// Records how long one check's Prometheus queries took.
+    pub fn query_latency(&self, elapsed: Duration) {
+        self.query_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Awaits a check of `service`'s gates, recording its latency and verdict.
+    pub async fn timed_check(
+        &self,
+        service: &str,
+        check: impl Future<Output = CheckReport>,
+    ) -> CheckReport {
+        let started = Instant::now();
+        let report = check.await;
+        self.query_latency(started.elapsed());
+        self.check(service, &report.verdict);
+        report
+    }
+
+    /// Counts a rollout that ended, and how long it took.
+    pub fn rollout_finished(&self, service: &str, outcome: Outcome, duration: Duration) {
+        self.rollouts
+            .get_or_create(&RolloutLabels {
+                service: service.to_owned(),
+                outcome: outcome.label(),
+            })
+            .inc();
+        self.rollout_duration
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.label(),
+            })
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Counts a failed reconcile of `service`.
+    pub fn reconcile_error(&self, service: &str) {
+        self.reconcile_errors
+            .get_or_create(&service_labels(service))
+            .inc();
+    }
+
+    /// Drops `service`'s gauges: it was deleted or opted out, and a phase or weight
+    /// would otherwise stay on dashboards forever. Counters are kept (they only grow).
+    pub fn forget(&self, service: &str) {
+        for phase in PHASES {
+            self.phase.remove(&PhaseLabels {
+                service: service.to_owned(),
+                phase: phase_label(phase),
+            });
+        }
+        self.canary_weight.remove(&service_labels(service));
+        self.step.remove(&service_labels(service));
+    }
+
+    /// Every series in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+fn service_labels(service: &str) -> ServiceLabels {
+    ServiceLabels {
+        service: service.to_owned(),
+    }
+}
+
+/// The outcome when the move from `before` to `after` ends a rollout.
+fn ended(before: Option<&Status>, after: &Status) -> Option<Outcome> {
+    let was = before.map(|s| s.phase);
+    match after.phase {
+        Phase::Aborted if was != Some(Phase::Aborted) => Some(Outcome::Aborted),
+        Phase::Idle
+            if was == Some(Phase::Promoting)
+                && after.stable.is_some()
+                && after.stable == before.and_then(|s| s.canary.clone()) =>
+        {
+            Some(Outcome::Promoted)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_analysis::{Bound, Measurement};
+
+    use super::*;
+
+    fn at(second: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + second).unwrap()
+    }
+
+    fn status(phase: Phase, canary: Option<&str>, step: Option<usize>, weight: Weight) -> Status {
+        Status {
+            phase,
+            stable: Some("v1".into()),
+            canary: canary.map(String::from),
+            step,
+            weight,
+            rollout_started_at: Some(at(0)),
+            ..Status::new(at(0))
+        }
+    }
+
+    fn write(status: Status) -> Vec<Action> {
+        vec![Action::WriteStatus {
+            status: Box::new(status),
+            consumed: Vec::new(),
+        }]
+    }
+
+    /// The lines of `text` that start with `prefix`.
+    fn lines<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+        text.lines().filter(|l| l.starts_with(prefix)).collect()
+    }
+
+    #[test]
+    fn phase_is_one_hot_and_weight_and_step_follow_the_status() {
+        let metrics = Metrics::new();
+        metrics.observe_status(
+            "checkout",
+            &status(Phase::Progressing, Some("v2"), Some(1), 25),
+        );
+        let text = metrics.encode();
+        let phases = lines(&text, "weir_rollout_phase{");
+        assert_eq!(phases.len(), 6, "{text}");
+        assert!(
+            phases.contains(&r#"weir_rollout_phase{service="checkout",phase="progressing"} 1"#)
+        );
+        assert_eq!(
+            phases.iter().filter(|l| l.ends_with(" 1")).count(),
+            1,
+            "{phases:?}"
+        );
+        assert!(
+            text.contains(r#"weir_canary_weight{service="checkout"} 25"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"weir_rollout_step{service="checkout"} 2"#),
+            "{text}"
+        );
+
+        metrics.observe_status("checkout", &status(Phase::Aborted, Some("v2"), None, 0));
+        let text = metrics.encode();
+        assert!(text.contains(r#"weir_rollout_phase{service="checkout",phase="aborted"} 1"#));
+        assert!(text.contains(r#"weir_rollout_phase{service="checkout",phase="progressing"} 0"#));
+        assert!(text.contains(r#"weir_canary_weight{service="checkout"} 0"#));
+        assert!(text.contains(r#"weir_rollout_step{service="checkout"} 0"#));
+    }
+
+    #[test]
+    fn an_abort_is_counted_once_with_its_duration() {
+        let metrics = Metrics::new();
+        let before = status(Phase::Progressing, Some("v3"), Some(0), 10);
+        let after = status(Phase::Aborted, Some("v3"), None, 0);
+        metrics.observe_applied("checkout", Some(&before), &write(after.clone()), at(90));
+        // The next reconcile reads the aborted status and writes nothing new.
+        metrics.observe_applied("checkout", Some(&after), &[], at(95));
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"weir_rollouts_total{service="checkout",outcome="aborted"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"weir_rollout_duration_seconds_sum{outcome="aborted"} 90.0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"weir_rollout_duration_seconds_count{outcome="aborted"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"weir_rollout_phase{service="checkout",phase="aborted"} 1"#));
+        assert!(!text.contains(r#"outcome="promoted""#), "{text}");
+    }
+
+    #[test]
+    fn a_promotion_counts_when_the_canary_becomes_stable() {
+        let metrics = Metrics::new();
+        let promoting = status(Phase::Promoting, Some("v2"), Some(2), 50);
+        let idle = Status {
+            stable: Some("v2".into()),
+            ..status(Phase::Idle, None, None, 0)
+        };
+        metrics.observe_applied("checkout", Some(&promoting), &write(idle), at(300));
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"weir_rollouts_total{service="checkout",outcome="promoted"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"weir_rollout_duration_seconds_sum{outcome="promoted"} 300.0"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn going_idle_without_a_promotion_is_not_an_outcome() {
+        let metrics = Metrics::new();
+        let progressing = status(Phase::Progressing, Some("v2"), Some(0), 10);
+        // The canary's Deployment was deleted: back to idle, stable unchanged.
+        let idle = status(Phase::Idle, None, None, 0);
+        metrics.observe_applied("checkout", Some(&progressing), &write(idle), at(30));
+        assert!(!metrics.encode().contains("weir_rollouts_total{"));
+    }
+
+    #[test]
+    fn a_status_read_but_not_rewritten_still_sets_the_gauges() {
+        // A restarted agent must show the phase at once, before anything changes.
+        let metrics = Metrics::new();
+        let paused = status(Phase::Paused, Some("v2"), Some(0), 10);
+        metrics.observe_applied("checkout", Some(&paused), &[], at(5));
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"weir_rollout_phase{service="checkout",phase="paused"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"weir_canary_weight{service="checkout"} 10"#));
+    }
+
+    #[tokio::test]
+    async fn checks_count_by_verdict_and_time_their_queries() {
+        let metrics = Metrics::new();
+        let report = |verdict| CheckReport {
+            verdict,
+            window_seconds: 60,
+            queries: Vec::new(),
+        };
+        let pass = Verdict::Pass {
+            measurements: vec![Measurement {
+                metric: "error-rate".into(),
+                canary: Some(0.0),
+                stable: Some(0.0),
+                bound: Some(Bound::Max(0.01)),
+            }],
+        };
+        let fail = Verdict::Fail {
+            failed: vec!["error-rate".into()],
+            measurements: Vec::new(),
+        };
+        for verdict in [pass.clone(), pass, fail] {
+            metrics
+                .timed_check("checkout", async { report(verdict) })
+                .await;
+        }
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"weir_checks_total{service="checkout",verdict="pass"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"weir_checks_total{service="checkout",verdict="fail"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("weir_prometheus_query_duration_seconds_count 3"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn reconcile_errors_count_per_service_and_forget_drops_gauges_only() {
+        let metrics = Metrics::new();
+        metrics.reconcile_error("checkout");
+        metrics.reconcile_error("checkout");
+        metrics.observe_phase("checkout", Phase::Idle, 0);
+        metrics.forget("checkout");
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"weir_reconcile_errors_total{service="checkout"} 2"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"weir_rollout_phase{service="checkout""#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"weir_canary_weight{service="checkout"}"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_grafana_dashboard_shows_every_series_and_only_those() {
+        let dashboard = include_str!("../../../deploy/grafana/weir-dashboard.json");
+        let metrics = Metrics::new();
+        metrics.observe_status(
+            "checkout",
+            &status(Phase::Progressing, Some("v2"), Some(0), 10),
+        );
+        metrics.check(
+            "checkout",
+            &Verdict::Pass {
+                measurements: Vec::new(),
+            },
+        );
+        metrics.query_latency(Duration::from_millis(20));
+        metrics.rollout_finished("checkout", Outcome::Promoted, Duration::from_secs(60));
+        metrics.reconcile_error("checkout");
+        let text = metrics.encode();
+        let exposed: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let read: Vec<&str> = dashboard
+            .match_indices("weir_")
+            .map(|(at, _)| {
+                let rest = &dashboard[at..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .collect();
+        for name in &read {
+            // A histogram is named by its base name in descriptions.
+            let bucket = format!("{name}_bucket");
+            assert!(
+                exposed.contains(name) || exposed.contains(&bucket.as_str()),
+                "the dashboard reads {name}, which the agent does not expose"
+            );
+        }
+        for family in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+            let name = family.split(' ').next().unwrap();
+            assert!(
+                read.iter().any(|r| r.starts_with(name)),
+                "the dashboard does not show {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn build_info_names_the_version() {
+        let text = Metrics::new().encode();
+        let expected = format!(
+            r#"weir_build_info{{version="{}"}} 1"#,
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&expected), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
