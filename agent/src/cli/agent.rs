@@ -1,15 +1,14 @@
 //! `weir agent`: flags → configuration → the controller and the admin server.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use tracing::info;
-use weir_analysis::{BasicAuth, PrometheusApi, PrometheusConfig, Reporter};
 
+use super::prometheus::PrometheusArgs;
 use crate::controller::lease::{self, LeaseConfig};
 use crate::controller::{self, AgentConfig};
 use crate::server;
@@ -22,35 +21,9 @@ pub struct AgentArgs {
     #[arg(long, env = "WEIR_NAMESPACE")]
     pub namespace: String,
 
-    /// Base URL of the Prometheus HTTP API, or of Mimir's (`http://mimir/prometheus`).
-    #[arg(long, env = "WEIR_PROMETHEUS_URL")]
-    pub prometheus_url: String,
-    /// Mimir tenant, sent as `X-Scope-OrgID`.
-    #[arg(long, env = "WEIR_PROMETHEUS_TENANT")]
-    pub prometheus_tenant: Option<String>,
-    /// File holding a bearer token for Prometheus/Mimir (re-read when it changes).
-    #[arg(long, env = "WEIR_PROMETHEUS_BEARER_TOKEN_FILE")]
-    pub prometheus_bearer_token_file: Option<PathBuf>,
-    /// Basic auth user for Prometheus/Mimir (the password comes from
-    /// WEIR_PROMETHEUS_PASSWORD).
-    #[arg(long, env = "WEIR_PROMETHEUS_USERNAME")]
-    pub prometheus_username: Option<String>,
-    #[arg(long, env = "WEIR_PROMETHEUS_PASSWORD", hide = true)]
-    pub prometheus_password: Option<String>,
-    /// PEM file of CA certificates to trust for Prometheus/Mimir.
-    #[arg(long, env = "WEIR_PROMETHEUS_CA_FILE")]
-    pub prometheus_ca_file: Option<PathBuf>,
-    /// Timeout of one query attempt.
-    #[arg(long, default_value = "10s", value_parser = duration)]
-    pub query_timeout: Duration,
-    /// Prometheus's scrape interval: a check's window is never shorter than four of them.
-    #[arg(long, default_value = "15s", value_parser = duration)]
-    pub scrape_interval: Duration,
-
-    /// Istio data plane mode: `sidecar` reads reporter="destination", `ambient`
-    /// reads reporter="waypoint".
-    #[arg(long, value_enum, default_value_t = Mode::Sidecar)]
-    pub mode: Mode,
+    /// Where the gates read metrics: the same flags as `weir check`.
+    #[command(flatten)]
+    pub prometheus: PrometheusArgs,
 
     #[command(flatten)]
     pub defaults: DefaultArgs,
@@ -211,38 +184,15 @@ impl AgentArgs {
             })
             .transpose()?;
 
-        let basic_auth = match (&self.prometheus_username, &self.prometheus_password) {
-            (Some(username), Some(password)) => Some(BasicAuth {
-                username: username.clone(),
-                password: password.clone(),
-            }),
-            (None, None) => None,
-            _ => anyhow::bail!(
-                "basic auth needs both WEIR_PROMETHEUS_USERNAME and WEIR_PROMETHEUS_PASSWORD"
-            ),
-        };
-        let check_timeout = (self.query_timeout * 3).max(Duration::from_secs(10));
-        let prometheus = PrometheusApi::new(&PrometheusConfig {
-            url: self.prometheus_url.clone(),
-            tenant: self.prometheus_tenant.clone(),
-            bearer_token_file: self.prometheus_bearer_token_file.clone(),
-            basic_auth,
-            ca_file: self.prometheus_ca_file.clone(),
-            query_timeout: self.query_timeout,
-            check_timeout,
-        })
-        .with_context(|| format!("--prometheus-url {}", self.prometheus_url))?;
+        let prometheus = self.prometheus.api()?;
         let client = kube::Client::try_default()
             .await
             .context("cannot configure a Kubernetes client (in-cluster or KUBECONFIG)")?;
         let config = AgentConfig {
             namespace: self.namespace.clone(),
             defaults,
-            reporter: match self.mode {
-                Mode::Sidecar => Reporter::Destination,
-                Mode::Ambient => Reporter::Waypoint,
-            },
-            scrape_interval: self.scrape_interval,
+            reporter: self.prometheus.reporter(),
+            scrape_interval: self.prometheus.scrape_interval,
             dry_run: self.dry_run,
             instance: self.instance.clone(),
         };
