@@ -13,7 +13,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 use serde_json::json;
 
-use crate::spec::keys;
+use crate::spec::{keys, opted_in};
 
 /// How long to wait for the API server to accept a connection: a kubeconfig that points
 /// nowhere should fail fast, not after the client's default half minute.
@@ -267,15 +267,6 @@ impl Cluster {
             },
         }
     }
-}
-
-/// Whether a Service asks for weir: `weir.dev/enabled` is set to anything but `false`.
-/// The agent's rule too: a malformed value (`yes`) is managed, and reported as
-/// misconfigured rather than ignored.
-pub fn opted_in(annotations: &BTreeMap<String, String>) -> bool {
-    annotations
-        .get(keys::ENABLED)
-        .is_some_and(|v| !v.trim().eq_ignore_ascii_case("false"))
 }
 
 /// An error and its causes on one line, without repeats.

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use clap::Args;
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use kube::Api;
 use kube::api::ListParams;
 
@@ -17,7 +17,7 @@ use super::agent::DefaultArgs;
 use super::cluster::{Cluster, ClusterArgs, Error};
 use super::view::{self, ServiceView};
 use crate::mesh::{self, DestinationRule, Target, VirtualService};
-use crate::plan::{Phase, Status};
+use crate::plan::{self, Phase, Status};
 use crate::spec::{self, RolloutSpec, SpecErrors, keys};
 
 /// Flags of `weir explain`.
@@ -257,7 +257,7 @@ fn phase(
                 status.failed_checks, spec.failure_limit, spec.failure_limit
             );
             if let Some(since) = status.inconclusive_since {
-                let left = view::between(now, add(since, spec.no_data_timeout));
+                let left = view::between(now, plan::add(since, spec.no_data_timeout));
                 let _ = writeln!(
                     out,
                     "  Inconclusive for {}: it aborts after {} without conclusive evidence ({} left).",
@@ -315,7 +315,7 @@ fn timing(out: &mut String, status: &Status, spec: &RolloutSpec, now: Timestamp)
     let Some(since) = status.step_started_at else {
         return;
     };
-    let held = add(since, spec.step_interval);
+    let held = plan::add(since, spec.step_interval);
     if now < held {
         let _ = writeln!(
             out,
@@ -332,16 +332,8 @@ fn timing(out: &mut String, status: &Status, spec: &RolloutSpec, now: Timestamp)
             view::duration(spec.step_interval)
         );
     }
-    let last = status
-        .last_check
-        .as_ref()
-        .map(|c| c.at)
-        .filter(|t| *t >= since);
-    let regular = add(last.unwrap_or(since), spec.check_interval);
-    let next = match last {
-        Some(t) if t >= held => regular,
-        _ => regular.min(held),
-    };
+    let last = status.last_check.as_ref().map(|c| c.at);
+    let next = plan::next_check_at(spec, status, last).unwrap_or(now);
     let when = if next <= now {
         "due now".to_owned()
     } else {
@@ -352,11 +344,6 @@ fn timing(out: &mut String, status: &Status, spec: &RolloutSpec, now: Timestamp)
         "  Checks run every {}; the next is {when}.",
         view::duration(spec.check_interval)
     );
-}
-
-fn add(t: Timestamp, d: std::time::Duration) -> Timestamp {
-    let d = SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX);
-    t.checked_add(d).unwrap_or(Timestamp::MAX)
 }
 
 #[cfg(test)]

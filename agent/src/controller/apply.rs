@@ -59,16 +59,25 @@ impl<'a> Writer<'a> {
                     self.write_status(json, consumed).await?;
                 }
                 Action::SetWeights(traffic) => {
-                    let (spec, t) = spec.zip(target.as_ref()).expect("mesh actions come with a target");
+                    let (spec, t) = spec
+                        .zip(target.as_ref())
+                        .expect("mesh actions come with a target");
                     let patch = mesh::weight_patch(t, *traffic)?;
-                    let patched = self.patch_virtual_service(&t.virtual_service.name, patch).await?;
+                    let patched = self
+                        .patch_virtual_service(&t.virtual_service.name, patch)
+                        .await?;
                     info!(service = %name, stable = traffic.stable, canary = traffic.canary, "weights set");
                     target = Some(self.replace_and_resolve(spec, Some(patched), None)?);
                 }
                 Action::SetSubsetVersion { subset, version } => {
-                    let (spec, t) = spec.zip(target.as_ref()).expect("mesh actions come with a target");
-                    let patch = mesh::subset_version_patch(t, *subset, &spec.version_label, version);
-                    let patched = self.patch_destination_rule(&t.destination_rule.name, patch).await?;
+                    let (spec, t) = spec
+                        .zip(target.as_ref())
+                        .expect("mesh actions come with a target");
+                    let patch =
+                        mesh::subset_version_patch(t, *subset, &spec.version_label, version);
+                    let patched = self
+                        .patch_destination_rule(&t.destination_rule.name, patch)
+                        .await?;
                     let which = match subset {
                         Subset::Stable => &spec.stable_subset,
                         Subset::Canary => &spec.canary_subset,
@@ -85,7 +94,11 @@ impl<'a> Writer<'a> {
     /// Writes the status annotation and removes consumed controls, in one merge patch
     /// guarded by the resourceVersion that was read: if a person changed the Service
     /// meanwhile (a new control, a new annotation), the plan is made again.
-    async fn write_status(&mut self, status: String, consumed: &[&'static str]) -> Result<(), Error> {
+    async fn write_status(
+        &mut self,
+        status: String,
+        consumed: &[&'static str],
+    ) -> Result<(), Error> {
         let mut annotations = Map::new();
         annotations.insert(keys::STATUS.into(), Value::String(status));
         for key in consumed {
@@ -97,7 +110,8 @@ impl<'a> Writer<'a> {
                 "annotations": annotations,
             }
         });
-        let api: Api<Service> = Api::namespaced(self.ctx.client.clone(), &self.ctx.config.namespace);
+        let api: Api<Service> =
+            Api::namespaced(self.ctx.client.clone(), &self.ctx.config.namespace);
         let name = self.service.name_any();
         self.service = api
             .patch(&name, &params(), &Patch::Merge(&patch))
@@ -106,15 +120,25 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
-    async fn patch_virtual_service(&self, name: &str, patch: JsonPatch) -> Result<VirtualService, Error> {
-        let api: Api<VirtualService> = Api::namespaced(self.ctx.client.clone(), &self.ctx.config.namespace);
+    async fn patch_virtual_service(
+        &self,
+        name: &str,
+        patch: JsonPatch,
+    ) -> Result<VirtualService, Error> {
+        let api: Api<VirtualService> =
+            Api::namespaced(self.ctx.client.clone(), &self.ctx.config.namespace);
         api.patch(name, &params(), &Patch::Json::<()>(patch))
             .await
             .map_err(|e| conflict(e, format!("VirtualService {name:?}")))
     }
 
-    async fn patch_destination_rule(&self, name: &str, patch: JsonPatch) -> Result<DestinationRule, Error> {
-        let api: Api<DestinationRule> = Api::namespaced(self.ctx.client.clone(), &self.ctx.config.namespace);
+    async fn patch_destination_rule(
+        &self,
+        name: &str,
+        patch: JsonPatch,
+    ) -> Result<DestinationRule, Error> {
+        let api: Api<DestinationRule> =
+            Api::namespaced(self.ctx.client.clone(), &self.ctx.config.namespace);
         api.patch(name, &params(), &Patch::Json::<()>(patch))
             .await
             .map_err(|e| conflict(e, format!("DestinationRule {name:?}")))
@@ -176,7 +200,9 @@ fn replace_named<K: ResourceExt>(objects: &mut [K], new: K) {
 /// changed since it was read.
 fn conflict(error: kube::Error, object: String) -> Error {
     match &error {
-        kube::Error::Api(status) if status.code == 409 || status.code == 422 => Error::Conflict { object },
+        kube::Error::Api(status) if status.code == 409 || status.code == 422 => {
+            Error::Conflict { object }
+        }
         _ => Error::Kube(error),
     }
 }

@@ -80,15 +80,33 @@ pub async fn run(
     let (deployments, deployments_writer) = reflector::store();
     let (virtual_services, vs_writer) = reflector::store();
     let (destination_rules, dr_writer) = reflector::store();
-    let deployment_events = reflector(deployments_writer, watcher(Api::<Deployment>::namespaced(client.clone(), &ns), watch.clone()))
-        .default_backoff()
-        .touched_objects();
-    let vs_events = reflector(vs_writer, watcher(Api::<VirtualService>::namespaced(client.clone(), &ns), watch.clone()))
-        .default_backoff()
-        .touched_objects();
-    let dr_events = reflector(dr_writer, watcher(Api::<DestinationRule>::namespaced(client.clone(), &ns), watch.clone()))
-        .default_backoff()
-        .touched_objects();
+    let deployment_events = reflector(
+        deployments_writer,
+        watcher(
+            Api::<Deployment>::namespaced(client.clone(), &ns),
+            watch.clone(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    let vs_events = reflector(
+        vs_writer,
+        watcher(
+            Api::<VirtualService>::namespaced(client.clone(), &ns),
+            watch.clone(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    let dr_events = reflector(
+        dr_writer,
+        watcher(
+            Api::<DestinationRule>::namespaced(client.clone(), &ns),
+            watch.clone(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
 
     let recorder = Recorder::new(
         client.clone(),
@@ -97,7 +115,11 @@ pub async fn run(
             instance: Some(config.instance.clone()),
         },
     );
-    let caches = (deployments.clone(), virtual_services.clone(), destination_rules.clone());
+    let caches = (
+        deployments.clone(),
+        virtual_services.clone(),
+        destination_rules.clone(),
+    );
     let context = Arc::new(Context {
         metrics: telemetry.metrics,
         config,
@@ -112,12 +134,20 @@ pub async fn run(
 
     let controller = Controller::new(services, watch);
     let store = controller.store();
-    tokio::spawn(ready_when_synced(store.clone(), caches, telemetry.readiness));
+    tokio::spawn(ready_when_synced(
+        store.clone(),
+        caches,
+        telemetry.readiness,
+    ));
     let (s1, s2, s3) = (store.clone(), store.clone(), store);
     controller
-        .watches_stream(deployment_events, move |d| observe::services_selecting(&s1, &d))
+        .watches_stream(deployment_events, move |d| {
+            observe::services_selecting(&s1, &d)
+        })
         .watches_stream(vs_events, move |vs| observe::services_routed_by(&s2, &vs))
-        .watches_stream(dr_events, move |dr| observe::services_with_subsets_in(&s3, &dr))
+        .watches_stream(dr_events, move |dr| {
+            observe::services_with_subsets_in(&s3, &dr)
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, context)
         .for_each(|result| async move {
@@ -133,7 +163,11 @@ pub async fn run(
 /// Reports the agent ready once every watch cache holds its first full list.
 async fn ready_when_synced(
     services: Store<Service>,
-    (deployments, virtual_services, destination_rules): (Store<Deployment>, Store<VirtualService>, Store<DestinationRule>),
+    (deployments, virtual_services, destination_rules): (
+        Store<Deployment>,
+        Store<VirtualService>,
+        Store<DestinationRule>,
+    ),
     readiness: Readiness,
 ) {
     let synced = tokio::try_join!(
@@ -148,14 +182,9 @@ async fn ready_when_synced(
     }
 }
 
-/// Whether a Service asks for weir: it carries `weir.dev/enabled` with any value but
-/// `false`. A malformed value (`yes`) is reconciled so that it is reported as
-/// misconfigured rather than silently ignored.
+/// Whether a Service asks for weir (see [`spec::opted_in`]).
 fn opted_in(service: &Service) -> bool {
-    service
-        .annotations()
-        .get(spec::keys::ENABLED)
-        .is_some_and(|v| !v.trim().eq_ignore_ascii_case("false"))
+    spec::opted_in(service.annotations())
 }
 
 fn service_ref(service: &Service) -> ObjectRef<Service> {

@@ -63,7 +63,12 @@ pub fn versions(
 }
 
 fn selector(service: &Service) -> Option<&BTreeMap<String, String>> {
-    service.spec.as_ref()?.selector.as_ref().filter(|s| !s.is_empty())
+    service
+        .spec
+        .as_ref()?
+        .selector
+        .as_ref()
+        .filter(|s| !s.is_empty())
 }
 
 fn template_labels(deployment: &Deployment) -> Option<&BTreeMap<String, String>> {
@@ -84,11 +89,10 @@ fn is_available(deployment: &Deployment) -> bool {
     };
     let current = status.observed_generation.is_some()
         && status.observed_generation == deployment.metadata.generation;
-    let available = status
-        .conditions
-        .iter()
-        .flatten()
-        .any(|c| c.type_.as_deref() == Some("Available") && c.status.as_deref() == Some("True"));
+    let available =
+        status.conditions.iter().flatten().any(|c| {
+            c.type_.as_deref() == Some("Available") && c.status.as_deref() == Some("True")
+        });
     current && available
 }
 
@@ -106,7 +110,10 @@ pub fn template_hash(deployment: &Deployment) -> String {
 }
 
 /// Opted-in Services whose selector picks `deployment`'s pods.
-pub fn services_selecting(store: &Store<Service>, deployment: &Deployment) -> Vec<ObjectRef<Service>> {
+pub fn services_selecting(
+    store: &Store<Service>,
+    deployment: &Deployment,
+) -> Vec<ObjectRef<Service>> {
     store
         .state()
         .iter()
@@ -117,7 +124,10 @@ pub fn services_selecting(store: &Store<Service>, deployment: &Deployment) -> Ve
 }
 
 /// Opted-in Services that `virtual_service` routes to, or that name it.
-pub fn services_routed_by(store: &Store<Service>, virtual_service: &VirtualService) -> Vec<ObjectRef<Service>> {
+pub fn services_routed_by(
+    store: &Store<Service>,
+    virtual_service: &VirtualService,
+) -> Vec<ObjectRef<Service>> {
     let name = virtual_service.name_any();
     let namespace = virtual_service.namespace().unwrap_or_default();
     store
@@ -160,8 +170,10 @@ mod tests {
     use super::*;
 
     fn deployment(name: &str, labels: &[(&str, &str)], image: &str) -> std::sync::Arc<Deployment> {
-        let labels: BTreeMap<String, String> =
-            labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let labels: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let template: PodTemplateSpec = serde_json::from_value(serde_json::json!({
             "metadata": {"labels": labels},
             "spec": {"containers": [{"name": "app", "image": image}]}
@@ -197,8 +209,16 @@ mod tests {
     #[test]
     fn versions_are_the_selected_deployments_by_label() {
         let ds = vec![
-            deployment("checkout-v1", &[("app", "checkout"), ("version", "v1")], "a:1"),
-            deployment("checkout-v2", &[("app", "checkout"), ("version", "v2")], "a:2"),
+            deployment(
+                "checkout-v1",
+                &[("app", "checkout"), ("version", "v1")],
+                "a:1",
+            ),
+            deployment(
+                "checkout-v2",
+                &[("app", "checkout"), ("version", "v2")],
+                "a:2",
+            ),
             deployment("other", &[("app", "other"), ("version", "v9")], "b:1"),
         ];
         let vs = versions(&service(), &ds, "version").unwrap();

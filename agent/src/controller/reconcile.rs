@@ -60,7 +60,12 @@ pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeu
     let status = stored_status(&reads.service);
     let mut writer = Writer::new(&ctx, &reads);
 
-    let Valid { spec, observed, target, custom } = match validate(&ctx, &reads, status.clone()) {
+    let Valid {
+        spec,
+        observed,
+        target,
+        custom,
+    } = match validate(&ctx, &reads, status.clone()) {
         Ok(valid) => valid,
         Err(reason) => {
             let plan = plan::misconfigured(status.as_ref(), &reason, now);
@@ -68,7 +73,8 @@ pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeu
                 warn!(service = %name, %reason, "misconfigured");
             }
             writer.apply(None, &plan.actions).await?;
-            ctx.metrics.observe_applied(&name, status.as_ref(), &plan.actions, now);
+            ctx.metrics
+                .observe_applied(&name, status.as_ref(), &plan.actions, now);
             return Ok(Requeue::await_change());
         }
     };
@@ -76,7 +82,14 @@ pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeu
     let check = plan::check_due(&spec, &observed, now);
     let verdict = match &check {
         Some(request) => {
-            let report = ctx.metrics.timed_check(&name, ctx.prometheus.check(&check_request(&ctx, &spec, request, custom, now))).await;
+            let report = ctx
+                .metrics
+                .timed_check(
+                    &name,
+                    ctx.prometheus
+                        .check(&check_request(&ctx, &spec, request, custom, now)),
+                )
+                .await;
             info!(
                 service = %name, canary = %request.canary, verdict = report.verdict.kind(),
                 window_s = report.window_seconds, "gates evaluated"
@@ -90,7 +103,8 @@ pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeu
     let plan = plan::plan(&spec, &observed, check.as_ref().zip(verdict.as_ref()), now);
     debug!(service = %name, actions = plan.actions.len(), "planned");
     writer.apply(Some((&spec, target)), &plan.actions).await?;
-    ctx.metrics.observe_applied(&name, status.as_ref(), &plan.actions, now);
+    ctx.metrics
+        .observe_applied(&name, status.as_ref(), &plan.actions, now);
     Ok(match plan.requeue_after {
         Some(after) => Requeue::requeue(after),
         None => Requeue::await_change(),
@@ -124,7 +138,9 @@ async fn read(ctx: &Context, name: &str) -> Result<Reads, Error> {
         tokio::try_join!(services.get(name), vss.list(&all), drs.list(&all))?;
     let metrics = match service.annotations().get(keys::METRICS) {
         Some(cm) if spec::parse_object_name(cm).is_ok() => {
-            Api::<ConfigMap>::namespaced(ctx.client.clone(), ns).get_opt(cm).await?
+            Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
+                .get_opt(cm)
+                .await?
         }
         _ => None,
     };

@@ -17,7 +17,7 @@ mod rollout;
 #[cfg(test)]
 mod tests;
 
-pub use rollout::{check_due, misconfigured, plan};
+pub use rollout::{add, check_due, misconfigured, next_check_at, plan};
 
 /// One version of the Service: a Deployment whose pod template matches the Service
 /// selector, named by the value of its version label.
@@ -208,7 +208,10 @@ pub enum Action {
     /// Set the managed route's weights. `stable + canary == 100`.
     SetWeights(Traffic),
     /// Point a subset at a version by its version label.
-    SetSubsetVersion { subset: Subset, version: String },
+    SetSubsetVersion {
+        subset: Subset,
+        version: String,
+    },
     Emit(Event),
 }
 

@@ -45,7 +45,8 @@ pub fn check_due(spec: &RolloutSpec, observed: &Observed, now: Timestamp) -> Opt
 
 /// The next check of the current step: every `check-interval`, and also at the moment
 /// the step has been held for `step-interval`, so that a healthy step advances on time.
-fn next_check_at(
+/// `None` when no step is in progress.
+pub fn next_check_at(
     spec: &RolloutSpec,
     status: &Status,
     last_check_at: Option<Timestamp>,
@@ -150,7 +151,10 @@ impl<'a> Draft<'a> {
         };
         self.status.message = "configuration is valid again".into();
         self.dirty = true;
-        self.events.push(normal("Reconfigured", "the configuration is valid again; resuming".into()));
+        self.events.push(normal(
+            "Reconfigured",
+            "the configuration is valid again; resuming".into(),
+        ));
     }
 
     /// Make `status.stable` agree with the stable subset, adopting a version when the
@@ -158,18 +162,21 @@ impl<'a> Draft<'a> {
     fn settle_stable(&mut self) -> bool {
         match &self.observed.subsets.stable {
             Some(live) => {
-                if self.status.phase != Phase::Promoting && self.status.stable.as_ref() != Some(live) {
+                if self.status.phase != Phase::Promoting
+                    && self.status.stable.as_ref() != Some(live)
+                {
                     self.status.stable = Some(live.clone());
                     self.dirty = true;
                 }
                 true
             }
             None => {
-                let remembered = self
-                    .status
-                    .stable
-                    .as_ref()
-                    .and_then(|s| self.observed.versions.iter().find(|v| &v.name == s && v.available));
+                let remembered = self.status.stable.as_ref().and_then(|s| {
+                    self.observed
+                        .versions
+                        .iter()
+                        .find(|v| &v.name == s && v.available)
+                });
                 let oldest = || {
                     self.observed
                         .versions
@@ -218,9 +225,10 @@ impl<'a> Draft<'a> {
             // An abort in the same breath wins: safety first.
             let promotable = !aborted
                 && matches!(
-                self.status.phase,
-                Phase::Progressing | Phase::Paused | Phase::Aborted
-            ) && canary.as_ref() == Some(v)
+                    self.status.phase,
+                    Phase::Progressing | Phase::Paused | Phase::Aborted
+                )
+                && canary.as_ref() == Some(v)
                 && self.find(v).is_some();
             if promotable {
                 self.status.failed.retain(|f| &f.version != v);
@@ -259,14 +267,20 @@ impl<'a> Draft<'a> {
             (true, Phase::Progressing) => {
                 self.status.phase = Phase::Paused;
                 self.set_message(format!("paused by {}", keys::PAUSE));
-                self.events.push(normal("Paused", format!("paused at canary weight {}", self.status.weight)));
+                self.events.push(normal(
+                    "Paused",
+                    format!("paused at canary weight {}", self.status.weight),
+                ));
                 self.dirty = true;
             }
             (false, Phase::Paused) => {
                 self.status.phase = Phase::Progressing;
                 self.status.inconclusive_since = None;
                 self.set_message("resumed".into());
-                self.events.push(normal("Resumed", format!("resumed at canary weight {}", self.status.weight)));
+                self.events.push(normal(
+                    "Resumed",
+                    format!("resumed at canary weight {}", self.status.weight),
+                ));
                 self.dirty = true;
             }
             _ => {}
@@ -332,7 +346,11 @@ impl<'a> Draft<'a> {
         let weight = self.spec.steps[0];
         let paused = self.observed.controls.pause;
         let s = &mut self.status;
-        s.phase = if paused { Phase::Paused } else { Phase::Progressing };
+        s.phase = if paused {
+            Phase::Paused
+        } else {
+            Phase::Progressing
+        };
         s.canary = Some(version.name.clone());
         s.canary_template = Some(version.template.clone());
         s.step = Some(0);
@@ -359,8 +377,11 @@ impl<'a> Draft<'a> {
             return false;
         };
         let Some(version) = self.find(&canary).cloned() else {
-            self.go_idle(format!("the Deployment of {canary} is gone; all traffic back to stable"));
-            self.events.push(warning("CanaryGone", self.status.message.clone()));
+            self.go_idle(format!(
+                "the Deployment of {canary} is gone; all traffic back to stable"
+            ));
+            self.events
+                .push(warning("CanaryGone", self.status.message.clone()));
             return false;
         };
         if self.status.stable.as_ref() == Some(&canary) {
@@ -378,7 +399,10 @@ impl<'a> Draft<'a> {
             return false;
         }
         if self.status.canary_template.as_ref() != Some(&version.template) {
-            self.start(&version, format!("the pod template of {canary} changed; starting over"));
+            self.start(
+                &version,
+                format!("the pod template of {canary} changed; starting over"),
+            );
             return false;
         }
         if self.status.phase == Phase::Paused {
@@ -419,10 +443,15 @@ impl<'a> Draft<'a> {
                 self.status.inconclusive_since = None;
                 self.dirty = true;
                 let (n, limit) = (self.status.failed_checks, self.spec.failure_limit);
-                let message = format!("check failed ({n}/{limit}) on {}: {summary}", failed.join(", "));
+                let message = format!(
+                    "check failed ({n}/{limit}) on {}: {summary}",
+                    failed.join(", ")
+                );
                 self.events.push(warning("CheckFailed", message.clone()));
                 if n >= limit {
-                    self.abort(format!("{n} failed checks reached the failure limit; last: {summary}"));
+                    self.abort(format!(
+                        "{n} failed checks reached the failure limit; last: {summary}"
+                    ));
                 } else {
                     self.set_message(message);
                 }
@@ -434,7 +463,8 @@ impl<'a> Draft<'a> {
                         self.status.inconclusive_since = Some(now);
                         self.dirty = true;
                         let message = format!("check inconclusive ({reason:?}): {detail}");
-                        self.events.push(normal("CheckInconclusive", message.clone()));
+                        self.events
+                            .push(normal("CheckInconclusive", message.clone()));
                         self.set_message(message);
                         now
                     }
@@ -504,11 +534,18 @@ impl<'a> Draft<'a> {
         };
         let observed = self.observed;
         let applied = observed.subsets.stable.as_ref() == Some(&canary)
-            && observed.traffic == (Traffic { stable: 100, canary: 0 });
+            && observed.traffic
+                == (Traffic {
+                    stable: 100,
+                    canary: 0,
+                });
         if applied {
             self.status.stable = Some(canary.clone());
-            self.go_idle(format!("promoted {canary}: the stable subset selects it, weights 100/0"));
-            self.events.push(normal("Promoted", self.status.message.clone()));
+            self.go_idle(format!(
+                "promoted {canary}: the stable subset selects it, weights 100/0"
+            ));
+            self.events
+                .push(normal("Promoted", self.status.message.clone()));
         }
     }
 
@@ -555,10 +592,15 @@ impl<'a> Draft<'a> {
         actions.extend(mesh);
         actions.extend(self.events.into_iter().map(Action::Emit));
 
-        let last_check = if checked { Some(self.now) } else { self.observed.last_check_at };
+        let last_check = if checked {
+            Some(self.now)
+        } else {
+            self.observed.last_check_at
+        };
         let requeue_after = match self.status.phase {
-            Phase::Progressing => next_check_at(self.spec, &self.status, last_check)
-                .map(|due| until(self.now, due)),
+            Phase::Progressing => {
+                next_check_at(self.spec, &self.status, last_check).map(|due| until(self.now, due))
+            }
             Phase::Promoting => Some(PROMOTION_RECHECK),
             _ => None,
         };
@@ -662,7 +704,12 @@ fn summarize(verdict: &Verdict) -> String {
                 Some(Bound::Min(b)) => format!(", min {}", format_value(&m.metric, *b)),
                 None => String::new(),
             };
-            format!("{} {} (stable {}{bound})", m.metric, fmt(m.canary), fmt(m.stable))
+            format!(
+                "{} {} (stable {}{bound})",
+                m.metric,
+                fmt(m.canary),
+                fmt(m.stable)
+            )
         })
         .collect();
     if parts.is_empty() {
@@ -697,7 +744,8 @@ fn warning(reason: &str, message: String) -> Event {
     }
 }
 
-fn add(t: Timestamp, d: Duration) -> Timestamp {
+/// `t + d`, saturating.
+pub fn add(t: Timestamp, d: Duration) -> Timestamp {
     let d = SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX);
     t.checked_add(d).unwrap_or(Timestamp::MAX)
 }

@@ -139,7 +139,10 @@ impl World {
     }
 
     fn template_of(&self, name: &str) -> Option<String> {
-        self.versions.iter().find(|v| v.name == name).map(|v| v.template.clone())
+        self.versions
+            .iter()
+            .find(|v| v.name == name)
+            .map(|v| v.template.clone())
     }
 
     /// One reconcile as the controller does it: check if due (answering with
@@ -154,7 +157,9 @@ impl World {
         };
         if let (Some(req), Some(Verdict::Pass { .. })) = (&due, &verdict) {
             let status = self.status.as_ref().unwrap();
-            if self.traffic.canary == status.weight && self.subsets.canary.as_ref() == Some(&req.canary) {
+            if self.traffic.canary == status.weight
+                && self.subsets.canary.as_ref() == Some(&req.canary)
+            {
                 let template = self.template_of(&req.canary).unwrap();
                 self.passes
                     .entry((req.canary.clone(), template))
@@ -218,11 +223,15 @@ impl World {
         if let Some(s) = &self.status
             && let Some(step) = s.step
         {
-            assert!(self.traffic.canary <= self.spec.steps[step], "above step weight: {self:#?}");
+            assert!(
+                self.traffic.canary <= self.spec.steps[step],
+                "above step weight: {self:#?}"
+            );
         }
         if self.traffic.canary > before.traffic.canary {
             let recorded = before.status.as_ref().map(|s| s.weight);
-            let first_step = before.traffic.canary == 0 && self.traffic.canary == self.spec.steps[0];
+            let first_step =
+                before.traffic.canary == 0 && self.traffic.canary == self.spec.steps[0];
             let passed = matches!(verdict, Some(Verdict::Pass { .. }));
             let promoted = before.controls.promote.is_some();
             assert!(
@@ -247,7 +256,10 @@ impl World {
             && let (Some(_), Some(new)) = (&before.subsets.stable, &self.subsets.stable)
         {
             let template = self.template_of(new).unwrap();
-            let passed = self.passes.get(&(new.clone(), template)).map_or(0, |p| p.len());
+            let passed = self
+                .passes
+                .get(&(new.clone(), template))
+                .map_or(0, |p| p.len());
             assert!(
                 passed == self.spec.steps.len() || self.promoted_by_person.contains(new),
                 "stable moved to {new} after {passed} passed steps: {self:#?}"
@@ -260,7 +272,10 @@ impl World {
         if let Some(s) = &self.status
             && s.phase == Phase::Aborted
         {
-            assert_eq!(self.traffic.canary, 0, "aborted but canary has traffic: {self:#?}");
+            assert_eq!(
+                self.traffic.canary, 0,
+                "aborted but canary has traffic: {self:#?}"
+            );
         }
     }
 
@@ -301,7 +316,10 @@ fn run_checks(w: &mut World, verdict: fn() -> Verdict, max: usize) {
 fn first_reconcile_writes_an_idle_status_and_nothing_else() {
     let mut w = World::new();
     let plan = w.reconcile(None, None);
-    assert!(matches!(plan.actions.as_slice(), [Action::WriteStatus { .. }]));
+    assert!(matches!(
+        plan.actions.as_slice(),
+        [Action::WriteStatus { .. }]
+    ));
     let status = w.status.clone().unwrap();
     assert_eq!(status.phase, Phase::Idle);
     assert_eq!(status.stable.as_deref(), Some("v1"));
@@ -320,7 +338,13 @@ fn healthy_release_goes_through_every_step_and_is_promoted() {
     let plan = w.reconcile(None, None);
     assert!(reasons(&plan).contains(&"RolloutStarted"));
     assert_eq!(w.subsets.canary.as_deref(), Some("v2"));
-    assert_eq!(w.traffic, Traffic { stable: 90, canary: 10 });
+    assert_eq!(
+        w.traffic,
+        Traffic {
+            stable: 90,
+            canary: 10
+        }
+    );
     let mut weights = vec![w.traffic.canary];
     for _ in 0..40 {
         w.tick(15);
@@ -453,7 +477,13 @@ fn controls_pause_promote_abort_retry() {
     let status = w.status.clone().unwrap();
     assert_eq!(status.phase, Phase::Idle);
     assert_eq!(status.stable.as_deref(), Some("v2"));
-    assert_eq!(w.traffic, Traffic { stable: 100, canary: 0 });
+    assert_eq!(
+        w.traffic,
+        Traffic {
+            stable: 100,
+            canary: 0
+        }
+    );
 }
 
 #[test]
@@ -464,10 +494,14 @@ fn newest_candidate_wins_and_says_so() {
     w.versions.push(version("v3", "t3", 120));
     let plan = w.reconcile(None, None);
     assert_eq!(w.subsets.canary.as_deref(), Some("v3"));
-    let Some(Action::Emit(event)) = plan.actions.iter().find(|a| matches!(a, Action::Emit(_))) else {
+    let Some(Action::Emit(event)) = plan.actions.iter().find(|a| matches!(a, Action::Emit(_)))
+    else {
         panic!("no event: {plan:?}")
     };
-    assert!(event.message.contains("releasing the newest, v3 (not v2)"), "{event:?}");
+    assert!(
+        event.message.contains("releasing the newest, v3 (not v2)"),
+        "{event:?}"
+    );
 }
 
 #[test]
@@ -488,12 +522,18 @@ fn a_newer_version_mid_rollout_restarts_at_step_one_via_zero() {
     assert_eq!(
         mesh,
         vec![
-            &Action::SetWeights(Traffic { stable: 100, canary: 0 }),
+            &Action::SetWeights(Traffic {
+                stable: 100,
+                canary: 0
+            }),
             &Action::SetSubsetVersion {
                 subset: Subset::Canary,
                 version: "v3".into()
             },
-            &Action::SetWeights(Traffic { stable: 90, canary: 10 }),
+            &Action::SetWeights(Traffic {
+                stable: 90,
+                canary: 10
+            }),
         ]
     );
 }
@@ -545,10 +585,17 @@ fn misconfiguration_changes_no_traffic_and_fixing_it_resumes() {
     }
     assert_eq!(w.status.as_ref().unwrap().phase, Phase::Misconfigured);
     // Reported once, not on every reconcile.
-    assert!(misconfigured(w.status.as_ref(), "weir.dev/steps: bad", w.now).actions.is_empty());
+    assert!(
+        misconfigured(w.status.as_ref(), "weir.dev/steps: bad", w.now)
+            .actions
+            .is_empty()
+    );
     w.reconcile(None, None);
     let status = w.status.clone().unwrap();
-    assert_eq!((status.phase, status.step, w.traffic.canary), (Phase::Progressing, Some(0), 10));
+    assert_eq!(
+        (status.phase, status.step, w.traffic.canary),
+        (Phase::Progressing, Some(0), 10)
+    );
 }
 
 #[test]
@@ -562,7 +609,11 @@ fn restart_resumes_the_same_step_and_checks_at_once() {
     let before = w.status.clone().unwrap();
     w.last_check_at = None; // the agent restarted
     let req = check_due(&w.spec, &w.observed(), w.now).expect("due at once after a restart");
-    assert_eq!(Some(req.since), before.step_started_at, "the window is the step's, not the restart's");
+    assert_eq!(
+        Some(req.since),
+        before.step_started_at,
+        "the window is the step's, not the restart's"
+    );
     let plan = w.reconcile(Some(pass()), None);
     assert!(plan.actions.is_empty(), "{plan:?}");
     assert_eq!(w.status.clone().unwrap(), before);
@@ -585,7 +636,13 @@ fn a_status_written_before_its_weights_is_converged_after_a_crash() {
     assert_eq!(w.traffic.canary, 10);
     w.last_check_at = None;
     let plan = w.reconcile(None, None);
-    assert_eq!(plan.actions, vec![Action::SetWeights(Traffic { stable: 75, canary: 25 })]);
+    assert_eq!(
+        plan.actions,
+        vec![Action::SetWeights(Traffic {
+            stable: 75,
+            canary: 25
+        })]
+    );
 }
 
 #[derive(Clone, Debug)]
@@ -644,18 +701,24 @@ fn run(ops: Vec<Op>) {
             Op::NewVersion => {
                 w.tick(1);
                 let created = (w.now - t0()).get_seconds();
-                w.versions.push(version(&format!("v{next_version}"), "t", created));
+                w.versions
+                    .push(version(&format!("v{next_version}"), "t", created));
                 next_version += 1;
             }
             Op::ChangeTemplate => {
-                if let Some(v) = w.versions.iter_mut().find(|v| Some(&v.name) == canary.as_ref()) {
+                if let Some(v) = w
+                    .versions
+                    .iter_mut()
+                    .find(|v| Some(&v.name) == canary.as_ref())
+                {
                     v.template.push('+');
                 }
             }
             Op::DeleteCanary => {
                 let stable = w.subsets.stable.clone();
-                w.versions
-                    .retain(|v| Some(&v.name) != canary.as_ref() || Some(&v.name) == stable.as_ref());
+                w.versions.retain(|v| {
+                    Some(&v.name) != canary.as_ref() || Some(&v.name) == stable.as_ref()
+                });
             }
             Op::Pause(p) => w.controls.pause = p,
             Op::Abort { current } => w.controls.abort = Some(named(current)),

@@ -126,7 +126,7 @@ impl Default for Defaults {
 /// weir's namespace (each with the key it most likely meant).
 ///
 /// `weir.dev/enabled` is validated when present but not required to be true: whether to
-/// act on the Service at all is [`is_enabled`]'s question. Controls and the status are
+/// act on the Service at all is [`opted_in`]'s question. Controls and the status are
 /// not read here ([`controls`] reads the controls).
 pub fn parse(
     service: &str,
@@ -236,9 +236,13 @@ pub fn enabled(annotations: &BTreeMap<String, String>) -> Result<bool, SpecError
     }
 }
 
-/// Whether the Service opted in: `weir.dev/enabled` is a valid `true`.
-pub fn is_enabled(annotations: &BTreeMap<String, String>) -> bool {
-    matches!(enabled(annotations), Ok(true))
+/// Whether the Service asks for weir: it carries `weir.dev/enabled` with any value but
+/// `false`. A malformed value (`yes`) counts, so that the agent reports it as
+/// misconfigured (through [`parse`]) rather than ignoring the Service in silence.
+pub fn opted_in(annotations: &BTreeMap<String, String>) -> bool {
+    annotations
+        .get(keys::ENABLED)
+        .is_some_and(|v| !v.trim().eq_ignore_ascii_case("false"))
 }
 
 /// Reads the controls a person or the CLI wrote: `weir.dev/pause` (true/false, absent is

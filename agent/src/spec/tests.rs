@@ -1083,27 +1083,29 @@ fn every_example_is_itself_valid() {
 }
 
 #[test]
-fn only_a_valid_true_enables() {
+fn any_value_but_false_opts_in_and_only_true_is_valid() {
     for (value, expected) in [
         ("true", true),
         ("TRUE", true),
         (" True", true),
         ("false", false),
+        (" FALSE ", false),
     ] {
         assert_eq!(
-            is_enabled(&annotations(&[(keys::ENABLED, value)])),
+            opted_in(&annotations(&[(keys::ENABLED, value)])),
             expected,
             "{value}"
         );
     }
+    // A malformed value opts in, so that parsing reports it instead of ignoring it.
     for value in ["yes", "1", "", "on", "truee"] {
         let annotations = annotations(&[(keys::ENABLED, value)]);
-        assert!(!is_enabled(&annotations), "{value}");
+        assert!(opted_in(&annotations), "{value}");
         let error = enabled(&annotations).unwrap_err();
         assert_eq!(error.annotation, keys::ENABLED);
         assert!(error.to_string().contains("must be true or false"));
     }
-    assert!(!is_enabled(&annotations(&[])));
+    assert!(!opted_in(&annotations(&[])));
     assert_eq!(enabled(&annotations(&[])), Ok(false));
 }
 
@@ -1339,7 +1341,7 @@ proptest! {
         map in proptest::collection::btree_map(key(), value(), 0..12)
     ) {
         let _ = controls(&map);
-        let _ = is_enabled(&map);
+        let _ = opted_in(&map);
         match parse("checkout", &map, &Defaults::default()) {
             Ok(spec) => check_accepted(&spec, &map)?,
             Err(errors) => check_rejected(&errors)?,
