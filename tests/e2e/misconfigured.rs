@@ -9,7 +9,11 @@ use crate::support::{App, Bed, Weights};
 
 async fn assert_misconfigured(bed: &Bed, service: &str, fragment: &str) -> anyhow::Result<()> {
     let status = bed.wait_phase(service, Phase::Misconfigured).await?;
-    assert!(status.message.contains(fragment), "{:?} lacks {fragment:?}", status.message);
+    assert!(
+        status.message.contains(fragment),
+        "{:?} lacks {fragment:?}",
+        status.message
+    );
     let note = bed.wait_event(service, "Misconfigured").await?;
     assert!(note.contains(fragment), "{note:?} lacks {fragment:?}");
     Ok(())
@@ -19,12 +23,15 @@ async fn assert_misconfigured(bed: &Bed, service: &str, fragment: &str) -> anyho
 async fn misconfigurations_are_reported_and_move_no_traffic() -> anyhow::Result<()> {
     let bed = Bed::start().await?;
     // A typo in an annotation, with a canary waiting: nothing may move.
-    bed.deploy_app(&App::new("typo").with("steps", "10,5,50")).await?;
+    bed.deploy_app(&App::new("typo").with("steps", "10,5,50"))
+        .await?;
     bed.deploy_version("typo", "v2", 0.0).await?;
     // A VirtualService name that does not exist.
-    bed.deploy_app(&App::new("novs").with("virtual-service", "missing")).await?;
+    bed.deploy_app(&App::new("novs").with("virtual-service", "missing"))
+        .await?;
     // A route name that does not exist.
-    bed.deploy_app(&App::new("noroute").with("route", "nope")).await?;
+    bed.deploy_app(&App::new("noroute").with("route", "nope"))
+        .await?;
     // Two VirtualServices routing to the same host.
     bed.deploy_app(&App::new("twice")).await?;
     bed.create_dynamic(&json!({
@@ -36,7 +43,8 @@ async fn misconfigurations_are_reported_and_move_no_traffic() -> anyhow::Result<
     .await?;
 
     // A metrics ConfigMap that does not exist.
-    bed.deploy_app(&App::new("nometrics").with("metrics", "absent-metrics")).await?;
+    bed.deploy_app(&App::new("nometrics").with("metrics", "absent-metrics"))
+        .await?;
 
     let _agent = bed.agent(&[])?;
     assert_misconfigured(&bed, "typo", "strictly ascending").await?;
@@ -47,12 +55,27 @@ async fn misconfigurations_are_reported_and_move_no_traffic() -> anyhow::Result<
 
     tokio::time::sleep(Duration::from_secs(5)).await;
     for app in ["typo", "novs", "noroute", "twice", "nometrics"] {
-        assert_eq!(bed.route(app).await?.0, Weights { stable: 100, canary: 0 }, "{app}");
-        assert_eq!(bed.subset_version(app, "canary").await?.as_deref(), Some("v1"), "{app}");
+        assert_eq!(
+            bed.route(app).await?.0,
+            Weights {
+                stable: 100,
+                canary: 0
+            },
+            "{app}"
+        );
+        assert_eq!(
+            bed.subset_version(app, "canary").await?.as_deref(),
+            Some("v1"),
+            "{app}"
+        );
     }
 
     // Fixing the annotation resumes: the waiting canary is released.
-    bed.annotate("typo", "weir.dev/steps", Some("10,50")).await?;
-    bed.wait_status("typo", "typo's v2 promoted", |s| s.stable.as_deref() == Some("v2")).await?;
+    bed.annotate("typo", "weir.dev/steps", Some("10,50"))
+        .await?;
+    bed.wait_status("typo", "typo's v2 promoted", |s| {
+        s.stable.as_deref() == Some("v2")
+    })
+    .await?;
     Ok(())
 }

@@ -19,13 +19,34 @@ async fn healthy_release_is_promoted_step_by_step() -> anyhow::Result<()> {
     })
     .await?;
 
-    assert_eq!(weights.settled_canary().await?, vec![0, 10, 25, 50, 0], "canary weights over the release");
+    assert_eq!(
+        weights.settled_canary().await?,
+        vec![0, 10, 25, 50, 0],
+        "canary weights over the release"
+    );
     let (live, _) = bed.route("checkout").await?;
-    assert_eq!(live, Weights { stable: 100, canary: 0 });
-    assert_eq!(bed.subset_version("checkout", "stable").await?.as_deref(), Some("v2"));
-    let reasons: Vec<String> = bed.events("checkout").await?.into_iter().map(|(r, _)| r).collect();
+    assert_eq!(
+        live,
+        Weights {
+            stable: 100,
+            canary: 0
+        }
+    );
+    assert_eq!(
+        bed.subset_version("checkout", "stable").await?.as_deref(),
+        Some("v2")
+    );
+    let reasons: Vec<String> = bed
+        .events("checkout")
+        .await?
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
     for expected in ["RolloutStarted", "WeightChanged", "StepsPassed", "Promoted"] {
-        assert!(reasons.iter().any(|r| r == expected), "no {expected} event in {reasons:?}");
+        assert!(
+            reasons.iter().any(|r| r == expected),
+            "no {expected} event in {reasons:?}"
+        );
     }
     Ok(())
 }
@@ -43,13 +64,24 @@ async fn failing_release_is_aborted_and_retried_only_after_a_new_build() -> anyh
     bed.deploy_version("checkout", "v3", 0.2).await?;
     let aborted = bed.wait_phase("checkout", Phase::Aborted).await?;
     assert_eq!(aborted.canary.as_deref(), Some("v3"));
-    assert!(aborted.message.contains("error-rate"), "{}", aborted.message);
+    assert!(
+        aborted.message.contains("error-rate"),
+        "{}",
+        aborted.message
+    );
     let note = bed.wait_event("checkout", "Aborted").await?;
     assert!(note.contains("v3"), "{note}");
     let (live, _) = bed.route("checkout").await?;
     assert_eq!(live.canary, 0);
-    assert_eq!(weights.settled_canary().await?, vec![0, 10, 0], "never beyond the first step");
-    assert_eq!(bed.subset_version("checkout", "stable").await?.as_deref(), Some("v1"));
+    assert_eq!(
+        weights.settled_canary().await?,
+        vec![0, 10, 0],
+        "never beyond the first step"
+    );
+    assert_eq!(
+        bed.subset_version("checkout", "stable").await?.as_deref(),
+        Some("v1")
+    );
 
     // Not retried while its template is unchanged: well past several check intervals.
     tokio::time::sleep(std::time::Duration::from_secs(8)).await;
@@ -63,7 +95,10 @@ async fn failing_release_is_aborted_and_retried_only_after_a_new_build() -> anyh
         s.phase == Phase::Idle && s.stable.as_deref() == Some("v3")
     })
     .await?;
-    assert_eq!(weights.settled_canary().await?, vec![0, 10, 0, 10, 25, 50, 0]);
+    assert_eq!(
+        weights.settled_canary().await?,
+        vec![0, 10, 0, 10, 25, 50, 0]
+    );
     Ok(())
 }
 
@@ -74,7 +109,8 @@ async fn no_traffic_is_inconclusive_and_aborts_at_the_timeout() -> anyhow::Resul
     let bed = Bed::start().await?;
     let app = App::new("checkout").with("no-data-timeout", "10s");
     bed.deploy_app(&app).await?;
-    bed.annotate("checkout", "sim.weir.dev/rps", Some("0")).await?;
+    bed.annotate("checkout", "sim.weir.dev/rps", Some("0"))
+        .await?;
     let _agent = bed.agent(&[])?;
     bed.wait_phase("checkout", Phase::Idle).await?;
     let weights = bed.record_weights("checkout");
@@ -82,9 +118,16 @@ async fn no_traffic_is_inconclusive_and_aborts_at_the_timeout() -> anyhow::Resul
     bed.deploy_version("checkout", "v2", 0.0).await?;
     bed.wait_event("checkout", "CheckInconclusive").await?;
     let aborted = bed.wait_phase("checkout", Phase::Aborted).await?;
-    assert!(aborted.message.contains("no conclusive evidence"), "{}", aborted.message);
+    assert!(
+        aborted.message.contains("no conclusive evidence"),
+        "{}",
+        aborted.message
+    );
     assert_eq!(weights.settled_canary().await?, vec![0, 10, 0]);
-    assert_eq!(bed.subset_version("checkout", "stable").await?.as_deref(), Some("v1"));
+    assert_eq!(
+        bed.subset_version("checkout", "stable").await?.as_deref(),
+        Some("v1")
+    );
     Ok(())
 }
 
@@ -97,15 +140,24 @@ async fn a_custom_metric_gate_aborts_a_release_the_built_ins_would_pass() -> any
     let query = format!(
         "query: sum(rate(istio_request_duration_milliseconds_sum{{{selector}}}[{{window}}])) / sum(rate(istio_request_duration_milliseconds_count{{{selector}}}[{{window}}]))\nmax: 100\n"
     );
-    bed.create_config_map("checkout-metrics", &[("mean-latency", &query)]).await?;
-    bed.deploy_app(&App::new("checkout").with("metrics", "checkout-metrics")).await?;
+    bed.create_config_map("checkout-metrics", &[("mean-latency", &query)])
+        .await?;
+    bed.deploy_app(&App::new("checkout").with("metrics", "checkout-metrics"))
+        .await?;
     let _agent = bed.agent(&[])?;
     bed.wait_phase("checkout", Phase::Idle).await?;
 
     bed.deploy_version("checkout", "v2", 0.0).await?;
     bed.set_latency("checkout", "v2", 300).await?;
     let aborted = bed.wait_phase("checkout", Phase::Aborted).await?;
-    assert!(aborted.message.contains("mean-latency"), "{}", aborted.message);
-    assert_eq!(bed.subset_version("checkout", "stable").await?.as_deref(), Some("v1"));
+    assert!(
+        aborted.message.contains("mean-latency"),
+        "{}",
+        aborted.message
+    );
+    assert_eq!(
+        bed.subset_version("checkout", "stable").await?.as_deref(),
+        Some("v1")
+    );
     Ok(())
 }

@@ -12,7 +12,10 @@ use anyhow::{Context as _, anyhow, bail};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, PostParams,
+};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -50,7 +53,8 @@ impl App {
     }
 
     pub fn with(mut self, key: &str, value: &str) -> App {
-        self.annotations.insert(format!("weir.dev/{key}"), value.into());
+        self.annotations
+            .insert(format!("weir.dev/{key}"), value.into());
         self
     }
 }
@@ -82,7 +86,9 @@ impl Bed {
             "metadata": {"name": name, "annotations": app.annotations},
             "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80}]}
         }))?;
-        self.services().create(&PostParams::default(), &service).await?;
+        self.services()
+            .create(&PostParams::default(), &service)
+            .await?;
         self.deploy_version(name, "v1", 0.0).await?;
         let vs = json!({
             "apiVersion": "networking.istio.io/v1",
@@ -115,7 +121,12 @@ impl Bed {
 
     /// Deploys `version` of `app` (Deployment `<app>-<version>`) with the simulated
     /// error rate, and marks it Available.
-    pub async fn deploy_version(&self, app: &str, version: &str, error_rate: f64) -> anyhow::Result<()> {
+    pub async fn deploy_version(
+        &self,
+        app: &str,
+        version: &str,
+        error_rate: f64,
+    ) -> anyhow::Result<()> {
         let deployment: Deployment = serde_json::from_value(json!({
             "metadata": {
                 "name": format!("{app}-{version}"),
@@ -130,12 +141,20 @@ impl Bed {
                 }
             }
         }))?;
-        self.deployments().create(&PostParams::default(), &deployment).await?;
+        self.deployments()
+            .create(&PostParams::default(), &deployment)
+            .await?;
         mark_deployment_available(&self.client, &self.namespace, &format!("{app}-{version}")).await
     }
 
     /// Changes the pod template of a version (a new build), keeping it Available.
-    pub async fn rebuild(&self, app: &str, version: &str, image_tag: &str, error_rate: f64) -> anyhow::Result<()> {
+    pub async fn rebuild(
+        &self,
+        app: &str,
+        version: &str,
+        image_tag: &str,
+        error_rate: f64,
+    ) -> anyhow::Result<()> {
         let name = format!("{app}-{version}");
         let patch = json!({
             "metadata": {"annotations": {"sim.weir.dev/error-rate": error_rate.to_string()}},
@@ -148,7 +167,9 @@ impl Bed {
     }
 
     pub async fn delete_deployment(&self, name: &str) -> anyhow::Result<()> {
-        self.deployments().delete(name, &DeleteParams::default()).await?;
+        self.deployments()
+            .delete(name, &DeleteParams::default())
+            .await?;
         Ok(())
     }
 
@@ -162,12 +183,20 @@ impl Bed {
 
     pub fn virtual_services(&self) -> Api<DynamicObject> {
         let gvk = GroupVersionKind::gvk("networking.istio.io", "v1", "VirtualService");
-        Api::namespaced_with(self.client.clone(), &self.namespace, &ApiResource::from_gvk(&gvk))
+        Api::namespaced_with(
+            self.client.clone(),
+            &self.namespace,
+            &ApiResource::from_gvk(&gvk),
+        )
     }
 
     pub fn destination_rules(&self) -> Api<DynamicObject> {
         let gvk = GroupVersionKind::gvk("networking.istio.io", "v1", "DestinationRule");
-        Api::namespaced_with(self.client.clone(), &self.namespace, &ApiResource::from_gvk(&gvk))
+        Api::namespaced_with(
+            self.client.clone(),
+            &self.namespace,
+            &ApiResource::from_gvk(&gvk),
+        )
     }
 
     pub async fn create_dynamic(&self, object: &Value) -> anyhow::Result<()> {
@@ -183,7 +212,12 @@ impl Bed {
     }
 
     /// Sets (or with `None` removes) an annotation on a Service, as `kubectl annotate` would.
-    pub async fn annotate(&self, service: &str, key: &str, value: Option<&str>) -> anyhow::Result<()> {
+    pub async fn annotate(
+        &self,
+        service: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> anyhow::Result<()> {
         let patch = json!({"metadata": {"annotations": {key: value}}});
         self.services()
             .patch(service, &PatchParams::default(), &Patch::Merge(&patch))
@@ -196,7 +230,9 @@ impl Bed {
         let svc = self.services().get(service).await?;
         match svc.annotations().get("weir.dev/status") {
             None => Ok(None),
-            Some(raw) => Ok(Some(serde_json::from_str(raw).context("parsing weir.dev/status")?)),
+            Some(raw) => Ok(Some(
+                serde_json::from_str(raw).context("parsing weir.dev/status")?,
+            )),
         }
     }
 
@@ -211,7 +247,12 @@ impl Bed {
         wait_until(what, DEADLINE, || async move {
             match self.status(service).await? {
                 Some(s) if pred(&s) => Ok(s),
-                Some(s) => Err(anyhow!("phase {:?}, weight {}, message {:?}", s.phase, s.weight, s.message)),
+                Some(s) => Err(anyhow!(
+                    "phase {:?}, weight {}, message {:?}",
+                    s.phase,
+                    s.weight,
+                    s.message
+                )),
                 None => Err(anyhow!("no status yet")),
             }
         })
@@ -219,7 +260,10 @@ impl Bed {
     }
 
     pub async fn wait_phase(&self, service: &str, phase: Phase) -> anyhow::Result<Status> {
-        self.wait_status(service, &format!("{service} to be {phase:?}"), |s| s.phase == phase).await
+        self.wait_status(service, &format!("{service} to be {phase:?}"), |s| {
+            s.phase == phase
+        })
+        .await
     }
 
     /// The managed route's (stable, canary) weights and the whole VirtualService.
@@ -258,14 +302,18 @@ impl Bed {
     }
 
     pub async fn wait_event(&self, service: &str, reason: &str) -> anyhow::Result<String> {
-        wait_until(&format!("a {reason} event on {service}"), DEADLINE, || async {
-            let events = self.events(service).await?;
-            events
-                .iter()
-                .find(|(r, _)| r == reason)
-                .map(|(_, note)| note.clone())
-                .ok_or_else(|| anyhow!("events so far: {events:?}"))
-        })
+        wait_until(
+            &format!("a {reason} event on {service}"),
+            DEADLINE,
+            || async {
+                let events = self.events(service).await?;
+                events
+                    .iter()
+                    .find(|(r, _)| r == reason)
+                    .map(|(_, note)| note.clone())
+                    .ok_or_else(|| anyhow!("events so far: {events:?}"))
+            },
+        )
         .await
     }
 
@@ -309,9 +357,15 @@ pub struct Weights {
 pub fn weights_of(vs: &Value, route: &str) -> Weights {
     let routes = vs["spec"]["http"].as_array().cloned().unwrap_or_default();
     let Some(r) = routes.iter().find(|r| r["name"] == route) else {
-        return Weights { stable: -1, canary: -1 };
+        return Weights {
+            stable: -1,
+            canary: -1,
+        };
     };
-    let mut w = Weights { stable: 0, canary: 0 };
+    let mut w = Weights {
+        stable: 0,
+        canary: 0,
+    };
     let dests = r["route"].as_array().cloned().unwrap_or_default();
     let sole = dests.len() == 1;
     for d in dests {
@@ -351,13 +405,17 @@ impl WeightLog {
     /// The canary weights seen, once the log has caught up with a canary weight of 0
     /// (where every finished rollout ends): the log samples, so it lags the route.
     pub async fn settled_canary(&self) -> anyhow::Result<Vec<i64>> {
-        wait_until("the weight log to record canary weight 0", DEADLINE, || async {
-            let canary = self.canary();
-            match canary.last() {
-                Some(0) => Ok(canary),
-                _ => Err(anyhow!("canary weights so far: {canary:?}")),
-            }
-        })
+        wait_until(
+            "the weight log to record canary weight 0",
+            DEADLINE,
+            || async {
+                let canary = self.canary();
+                match canary.last() {
+                    Some(0) => Ok(canary),
+                    _ => Err(anyhow!("canary weights so far: {canary:?}")),
+                }
+            },
+        )
         .await
     }
 }
@@ -453,7 +511,11 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("---- weir agent log ({}) ----\n{}", self.log.display(), self.log());
+            eprintln!(
+                "---- weir agent log ({}) ----\n{}",
+                self.log.display(),
+                self.log()
+            );
         }
     }
 }
@@ -483,7 +545,8 @@ impl Bed {
     /// and `-n <namespace>` after `args`.
     pub async fn cli(&self, args: &[&str]) -> anyhow::Result<CliRun> {
         let program = std::path::Path::new(env!("CARGO_BIN_EXE_weir"));
-        self.cli_as(program, self.control_plane.kubeconfig_path(), args).await
+        self.cli_as(program, self.control_plane.kubeconfig_path(), args)
+            .await
     }
 
     /// Runs `program` (the `weir` binary, or a link to it) with `kubeconfig` and `args`
@@ -545,7 +608,12 @@ impl Bed {
     /// Sets a version's simulated mean latency (ms) on its Deployment. (An annotation
     /// change bumps a Deployment's generation, so it is marked Available again, as its
     /// controller would.)
-    pub async fn set_latency(&self, app: &str, version: &str, latency_ms: u32) -> anyhow::Result<()> {
+    pub async fn set_latency(
+        &self,
+        app: &str,
+        version: &str,
+        latency_ms: u32,
+    ) -> anyhow::Result<()> {
         let name = format!("{app}-{version}");
         let patch = json!({"metadata": {"annotations": {"sim.weir.dev/latency-ms": latency_ms.to_string()}}});
         self.deployments()
