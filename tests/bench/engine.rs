@@ -101,7 +101,9 @@ async fn abort_latency(bed: &Bed, agent: &Agent) -> anyhow::Result<Row> {
         "\n== 1. abort latency (check-interval {}s, failure-limit 1, burst error rate {BURST_ERROR_RATE}) ==",
         ABORT_CHECK_INTERVAL_SECS
     );
-    println!("   (burst visible: 5xx increase > 0, polled every 100 ms; weight 0: VirtualService polled every 50 ms)");
+    println!(
+        "   (burst visible: 5xx increase > 0, polled every 100 ms; weight 0: VirtualService polled every 50 ms)"
+    );
     let mut latencies = Vec::new();
     for run in 1..=ABORT_RUNS {
         let name = format!("burst-{run}");
@@ -122,21 +124,30 @@ async fn abort_latency(bed: &Bed, agent: &Agent) -> anyhow::Result<Row> {
         // A passing check is not written to the status (no write without a change); the
         // agent's own metrics count it.
         let passed = format!(r#"weir_checks_total{{service="{name}",verdict="pass"}}"#);
-        wait_until(&format!("{name}'s v2 to pass a check"), DEADLINE, || async {
-            let metrics = agent.metrics().await?;
-            match metric_value(&metrics, &passed) {
-                Some(n) if n >= 1.0 => Ok(()),
-                other => Err(anyhow!("{passed} is {other:?}")),
-            }
-        })
+        wait_until(
+            &format!("{name}'s v2 to pass a check"),
+            DEADLINE,
+            || async {
+                let metrics = agent.metrics().await?;
+                match metric_value(&metrics, &passed) {
+                    Some(n) if n >= 1.0 => Ok(()),
+                    other => Err(anyhow!("{passed} is {other:?}")),
+                }
+            },
+        )
         .await?;
 
         let burst_at = Instant::now();
         let patch = json!({"metadata": {"annotations": {weir_simulator::annotations::ERROR_RATE: BURST_ERROR_RATE}}});
         bed.deployments()
-            .patch(&format!("{name}-v2"), &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(
+                &format!("{name}-v2"),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await?;
-        let (visible_at, zero_at) = tokio::try_join!(burst_visible(bed, &name), canary_weight_zero(bed, &name))?;
+        let (visible_at, zero_at) =
+            tokio::try_join!(burst_visible(bed, &name), canary_weight_zero(bed, &name))?;
         let aborted = bed.wait_phase(&name, Phase::Aborted).await?;
 
         let latency = signed_seconds(zero_at, visible_at);
@@ -150,7 +161,9 @@ async fn abort_latency(bed: &Bed, agent: &Agent) -> anyhow::Result<Row> {
     let max = latencies.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     println!("   max {max:.2} s (target ≤ {:.0} s)", target.as_secs_f64());
     Ok(Row {
-        measure: format!("abort latency, max of {ABORT_RUNS} (check-interval {ABORT_CHECK_INTERVAL_SECS}s)"),
+        measure: format!(
+            "abort latency, max of {ABORT_RUNS} (check-interval {ABORT_CHECK_INTERVAL_SECS}s)"
+        ),
         measured: format!("{max:.2} s"),
         target: format!("≤ {:.0} s", target.as_secs_f64()),
         met: max <= target.as_secs_f64(),
@@ -177,7 +190,9 @@ async fn burst_visible(bed: &Bed, app: &str) -> anyhow::Result<Instant> {
     loop {
         let sent = Instant::now();
         match bed.prometheus.query(&query).await {
-            Ok(result) if result.as_array().is_some_and(|samples| !samples.is_empty()) => return Ok(sent),
+            Ok(result) if result.as_array().is_some_and(|samples| !samples.is_empty()) => {
+                return Ok(sent);
+            }
             Ok(_) => {}
             Err(e) => eprintln!("   query failed (retrying): {e:#}"),
         }
@@ -217,7 +232,8 @@ async fn writes_per_step(bed: &Bed) -> anyhow::Result<Row> {
     let from = log.mark();
 
     bed.deploy_version(name, "v2", 0.0).await?;
-    bed.wait_status(name, "v2 to be promoted", promoted_to_v2).await?;
+    bed.wait_status(name, "v2 to be promoted", promoted_to_v2)
+        .await?;
     tokio::time::sleep(SETTLE).await;
 
     let writes = log.since(from);
@@ -246,7 +262,12 @@ fn promoted_to_v2(status: &Status) -> bool {
 
 // ---- 3. twenty Services: memory, then idle writes and CPU ---------------------------
 
-async fn fleet(bed: &Bed, agent: &Agent, names: &[String], idle: Duration) -> anyhow::Result<Vec<Row>> {
+async fn fleet(
+    bed: &Bed,
+    agent: &Agent,
+    names: &[String],
+    idle: Duration,
+) -> anyhow::Result<Vec<Row>> {
     println!(
         "\n== 3. {FLEET} opted-in Services released at once, then {}s idle ==",
         idle.as_secs()
@@ -259,9 +280,18 @@ async fn fleet(bed: &Bed, agent: &Agent, names: &[String], idle: Duration) -> an
     let log = WriteLog::start(bed).await?;
     tokio::time::sleep(SETTLE).await;
     let from = log.mark();
+    // What the agent holds for 20 idle Services, to tell its baseline from the
+    // rollouts' share of the peak.
+    let before_release = memory(pid)?;
+    println!(
+        "   before the release ({FLEET} Services idle): VmRSS {:.1} MiB, VmHWM {:.1} MiB",
+        before_release.rss_bytes as f64 / MIB,
+        before_release.hwm_bytes as f64 / MIB,
+    );
 
     let released_at = Instant::now();
-    futures::future::try_join_all(names.iter().map(|name| bed.deploy_version(name, "v2", 0.0))).await?;
+    futures::future::try_join_all(names.iter().map(|name| bed.deploy_version(name, "v2", 0.0)))
+        .await?;
     for name in names {
         bed.wait_status(name, &format!("{name} to promote v2"), promoted_to_v2)
             .await?;
@@ -282,7 +312,10 @@ async fn fleet(bed: &Bed, agent: &Agent, names: &[String], idle: Duration) -> an
 
     tokio::time::sleep(SETTLE).await;
     let rollout_writes = log.since(from);
-    let fleet_writes: Vec<&Write> = rollout_writes.iter().filter(|w| names.contains(&w.about)).collect();
+    let fleet_writes: Vec<&Write> = rollout_writes
+        .iter()
+        .filter(|w| names.contains(&w.about))
+        .collect();
     println!(
         "   rollout writes: {} over {FLEET} × {STEPS} steps = {:.2} per step per Service",
         fleet_writes.len(),
@@ -387,7 +420,12 @@ impl WriteLog {
             watch_writes(
                 Api::<Event>::namespaced(bed.client.clone(), &bed.namespace),
                 Kind::Event,
-                |e: &Event| e.regarding.as_ref().and_then(|r| r.name.clone()).unwrap_or_default(),
+                |e: &Event| {
+                    e.regarding
+                        .as_ref()
+                        .and_then(|r| r.name.clone())
+                        .unwrap_or_default()
+                },
                 &writes,
                 &synced,
             ),
@@ -395,7 +433,9 @@ impl WriteLog {
         for _ in 0..watches.len() {
             tokio::time::timeout(DEADLINE, listed.recv())
                 .await
-                .map_err(|_| anyhow!("the watches did not list the namespace within {DEADLINE:?}"))?;
+                .map_err(|_| {
+                    anyhow!("the watches did not list the namespace within {DEADLINE:?}")
+                })?;
         }
         Ok(WriteLog { writes, watches })
     }
@@ -535,7 +575,11 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
 
 fn load_average() -> anyhow::Result<String> {
     let text = std::fs::read_to_string("/proc/loadavg")?;
-    Ok(text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+    Ok(text
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" "))
 }
 
 /// The highest VmRSS of a process, sampled until dropped.
@@ -575,10 +619,9 @@ impl Drop for MemorySampler {
 fn idle_duration() -> anyhow::Result<Duration> {
     match std::env::var(IDLE_SECS_VAR) {
         Err(_) => Ok(Duration::from_secs(DEFAULT_IDLE_SECS)),
-        Ok(value) => value
-            .parse()
-            .map(Duration::from_secs)
-            .with_context(|| format!("{IDLE_SECS_VAR}={value:?} is not a whole number of seconds, e.g. 300")),
+        Ok(value) => value.parse().map(Duration::from_secs).with_context(|| {
+            format!("{IDLE_SECS_VAR}={value:?} is not a whole number of seconds, e.g. 300")
+        }),
     }
 }
 
@@ -586,16 +629,26 @@ fn idle_duration() -> anyhow::Result<Duration> {
 fn exit_with_log(agent: &Agent, result: anyhow::Result<()>) -> anyhow::Result<()> {
     if result.is_err() {
         let log = agent.log();
-        let tail: String = log.chars().skip(log.chars().count().saturating_sub(8000)).collect();
+        let tail: String = log
+            .chars()
+            .skip(log.chars().count().saturating_sub(8000))
+            .collect();
         eprintln!("---- end of the weir agent log ----\n{tail}");
     }
     result
 }
 
 fn print_summary(rows: &[Row]) {
-    let width = rows.iter().map(|r| r.measure.chars().count()).max().unwrap_or(0);
+    let width = rows
+        .iter()
+        .map(|r| r.measure.chars().count())
+        .max()
+        .unwrap_or(0);
     println!("\n== summary ==");
-    println!("{:<width$}  {:>16}  {:>10}  met", "measure", "measured", "target");
+    println!(
+        "{:<width$}  {:>16}  {:>10}  met",
+        "measure", "measured", "target"
+    );
     for row in rows {
         println!(
             "{:<width$}  {:>16}  {:>10}  {}",
