@@ -1,7 +1,8 @@
 //! kube-runtime wiring: watches, the reconcile pipeline, status, events.
 //!
 //! One reconcile reads top to bottom like DESIGN.md's lifecycle:
-//! [`observe`] (reads from the watch caches) → [`crate::spec`] and [`crate::mesh`]
+//! [`observe`] (reads the Service, VirtualServices and DestinationRules fresh and the
+//! Deployments from the watch cache) → [`crate::spec`] and [`crate::mesh`]
 //! (validate, pure) → the gates (Prometheus, only when a check is due) →
 //! [`crate::plan`] (pure) → [`apply`] (the only writes).
 
@@ -18,9 +19,9 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
-use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::controller::{self, Action as Requeue, Controller};
 use kube::runtime::events::{Recorder, Reporter as EventReporter};
-use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
@@ -49,15 +50,20 @@ pub struct AgentConfig {
     pub instance: String,
 }
 
+/// Reconciles that may run at once. Bounds the agent's memory (each holds a fresh read
+/// of the Service, the namespace's VirtualServices and DestinationRules, and a
+/// Prometheus response) and its connections, whatever the number of Services; a
+/// reconcile takes milliseconds, so four keep up with hundreds of Services.
+const RECONCILE_CONCURRENCY: u16 = 4;
+
 /// What every reconcile shares.
 pub struct Context {
     pub config: AgentConfig,
     pub client: Client,
     pub prometheus: PrometheusApi,
     pub recorder: Recorder,
+    /// The namespace's Deployments, trimmed by [`trim`].
     pub deployments: Store<Deployment>,
-    pub virtual_services: Store<VirtualService>,
-    pub destination_rules: Store<DestinationRule>,
     /// The agent's own metrics (`/metrics`).
     pub metrics: Arc<Metrics>,
     /// When the gates of each Service's current step were last evaluated. Memory only:
@@ -66,6 +72,10 @@ pub struct Context {
 }
 
 /// Runs the agent's controller until `shutdown` resolves.
+///
+/// Services and Deployments are cached (trimmed); VirtualServices and DestinationRules
+/// are only watched, to wake the Services they concern: a reconcile reads them fresh,
+/// because it writes them.
 pub async fn run(
     client: Client,
     config: AgentConfig,
@@ -74,36 +84,35 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ns = config.namespace.clone();
-    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     let watch = watcher::Config::default();
 
+    let (services, services_writer) = reflector::store();
+    let service_events = watcher(
+        Api::<Service>::namespaced(client.clone(), &ns),
+        watch.clone(),
+    )
+    .modify(trim)
+    .default_backoff()
+    .reflect(services_writer)
+    .applied_objects();
     let (deployments, deployments_writer) = reflector::store();
-    let (virtual_services, vs_writer) = reflector::store();
-    let (destination_rules, dr_writer) = reflector::store();
-    let deployment_events = reflector(
-        deployments_writer,
-        watcher(
-            Api::<Deployment>::namespaced(client.clone(), &ns),
-            watch.clone(),
-        ),
+    let deployment_events = watcher(
+        Api::<Deployment>::namespaced(client.clone(), &ns),
+        watch.clone(),
+    )
+    .modify(trim)
+    .default_backoff()
+    .reflect(deployments_writer)
+    .touched_objects();
+    let vs_events = watcher(
+        Api::<VirtualService>::namespaced(client.clone(), &ns),
+        watch.clone(),
     )
     .default_backoff()
     .touched_objects();
-    let vs_events = reflector(
-        vs_writer,
-        watcher(
-            Api::<VirtualService>::namespaced(client.clone(), &ns),
-            watch.clone(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
-    let dr_events = reflector(
-        dr_writer,
-        watcher(
-            Api::<DestinationRule>::namespaced(client.clone(), &ns),
-            watch.clone(),
-        ),
+    let dr_events = watcher(
+        Api::<DestinationRule>::namespaced(client.clone(), &ns),
+        watch.clone(),
     )
     .default_backoff()
     .touched_objects();
@@ -115,11 +124,11 @@ pub async fn run(
             instance: Some(config.instance.clone()),
         },
     );
-    let caches = (
+    tokio::spawn(ready_when_synced(
+        services.clone(),
         deployments.clone(),
-        virtual_services.clone(),
-        destination_rules.clone(),
-    );
+        telemetry.readiness,
+    ));
     let context = Arc::new(Context {
         metrics: telemetry.metrics,
         config,
@@ -127,20 +136,12 @@ pub async fn run(
         prometheus,
         recorder,
         deployments,
-        virtual_services,
-        destination_rules,
         last_checks: Mutex::new(HashMap::new()),
     });
 
-    let controller = Controller::new(services, watch);
-    let store = controller.store();
-    tokio::spawn(ready_when_synced(
-        store.clone(),
-        caches,
-        telemetry.readiness,
-    ));
-    let (s1, s2, s3) = (store.clone(), store.clone(), store);
-    controller
+    let (s1, s2, s3) = (services.clone(), services.clone(), services.clone());
+    Controller::for_stream(service_events, services)
+        .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .watches_stream(deployment_events, move |d| {
             observe::services_selecting(&s1, &d)
         })
@@ -160,22 +161,23 @@ pub async fn run(
     info!("controller stopped");
 }
 
-/// Reports the agent ready once every watch cache holds its first full list.
+/// Drops what the agent never reads from a cached object: its field-ownership records
+/// and `kubectl apply`'s copy of the last applied manifest, together often larger than
+/// the rest of the object.
+fn trim<K: ResourceExt>(object: &mut K) {
+    object.managed_fields_mut().clear();
+    object.annotations_mut().remove(LAST_APPLIED);
+}
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Reports the agent ready once both caches hold their first full list.
 async fn ready_when_synced(
     services: Store<Service>,
-    (deployments, virtual_services, destination_rules): (
-        Store<Deployment>,
-        Store<VirtualService>,
-        Store<DestinationRule>,
-    ),
+    deployments: Store<Deployment>,
     readiness: Readiness,
 ) {
-    let synced = tokio::try_join!(
-        services.wait_until_ready(),
-        deployments.wait_until_ready(),
-        virtual_services.wait_until_ready(),
-        destination_rules.wait_until_ready(),
-    );
+    let synced = tokio::try_join!(services.wait_until_ready(), deployments.wait_until_ready());
     if synced.is_ok() {
         readiness.set_ready();
         info!("watch caches synced: ready");
