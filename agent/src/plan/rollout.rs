@@ -4,6 +4,10 @@
 //! first, then converges the route and subsets to it. A restarted agent therefore finds
 //! either the old status with the old weights, or the new status with weights that
 //! [`converge`] brings to it; never weights that no status explains.
+//!
+//! The one exception is a promotion, which writes the mesh first and the status last:
+//! a stable subset that selects the canary is itself the record that a promotion is
+//! under way, and a restarted agent that finds one finishes it.
 
 use std::time::Duration;
 
@@ -19,9 +23,6 @@ use crate::spec::{RolloutSpec, keys};
 /// How many aborted versions the status remembers.
 const MAX_FAILED: usize = 10;
 
-/// How soon to look again while a promotion is being applied.
-const PROMOTION_RECHECK: Duration = Duration::from_secs(1);
-
 /// Whether the gates must be evaluated now, and for what.
 pub fn check_due(spec: &RolloutSpec, observed: &Observed, now: Timestamp) -> Option<CheckRequest> {
     let status = observed.status.as_ref()?;
@@ -29,7 +30,9 @@ pub fn check_due(spec: &RolloutSpec, observed: &Observed, now: Timestamp) -> Opt
         return None;
     }
     let canary = status.canary.as_ref()?;
-    let stable = observed.subsets.stable.as_ref()?;
+    // A stable subset that already selects the canary is a promotion under way: the
+    // plan finishes it, and there is nothing left to compare.
+    let stable = observed.subsets.stable.as_ref().filter(|s| *s != canary)?;
     let version = observed.versions.iter().find(|v| &v.name == canary)?;
     if status.canary_template.as_ref() != Some(&version.template) {
         // The plan restarts the rollout; a check of the old template means nothing.
@@ -104,7 +107,7 @@ pub fn plan(
     match draft.status.phase {
         Phase::Idle | Phase::Aborted => draft.start_newest_candidate(),
         Phase::Progressing | Phase::Paused => checked = draft.progress(check),
-        Phase::Promoting => draft.finish_promotion(),
+        Phase::Promoting => draft.promote("promoting".into()),
         Phase::Misconfigured => unreachable!("recovered above"),
     }
     draft.finish(checked)
@@ -120,6 +123,9 @@ struct Draft<'a> {
     dirty: bool,
     consumed: Vec<&'static str>,
     events: Vec<Event>,
+    /// What the route and subsets converge to when it is not `status`: during a
+    /// promotion, the `Promoting` status, while `status` is already the idle outcome.
+    converge_to: Option<Status>,
 }
 
 impl<'a> Draft<'a> {
@@ -136,6 +142,7 @@ impl<'a> Draft<'a> {
             dirty,
             consumed: Vec::new(),
             events: Vec::new(),
+            converge_to: None,
         }
     }
 
@@ -387,8 +394,10 @@ impl<'a> Draft<'a> {
         if self.status.stable.as_ref() == Some(&canary) {
             // The stable subset already selects the canary (a promotion was cut short, or
             // someone moved it by hand): finish the promotion.
-            self.status.phase = Phase::Promoting;
-            self.dirty = true;
+            self.promote(format!(
+                "the stable subset {:?} already selects {canary}",
+                self.spec.stable_subset
+            ));
             return false;
         }
         if let Some(newer) = self.candidates().first().copied()
@@ -497,10 +506,7 @@ impl<'a> Draft<'a> {
             self.set_message(message.clone());
             self.events.push(normal("WeightChanged", message));
         } else {
-            self.status.phase = Phase::Promoting;
-            let message = format!("all {total} steps passed ({summary}); promoting");
-            self.set_message(message.clone());
-            self.events.push(normal("StepsPassed", message));
+            self.promote(format!("all {total} steps passed ({summary})"));
         }
     }
 
@@ -527,26 +533,24 @@ impl<'a> Draft<'a> {
         self.events.push(warning("Aborted", message));
     }
 
-    fn finish_promotion(&mut self) {
+    /// Promote the canary in this one plan: the stable subset selects it, then it takes
+    /// all traffic, then the idle outcome is recorded. The mesh goes first (see the
+    /// module documentation), so that a healthy promotion costs one status write and
+    /// one Event rather than a `Promoting` record and its outcome.
+    fn promote(&mut self, why: String) {
         let Some(canary) = self.status.canary.clone() else {
             self.go_idle("nothing to promote".into());
             return;
         };
-        let observed = self.observed;
-        let applied = observed.subsets.stable.as_ref() == Some(&canary)
-            && observed.traffic
-                == (Traffic {
-                    stable: 100,
-                    canary: 0,
-                });
-        if applied {
-            self.status.stable = Some(canary.clone());
-            self.go_idle(format!(
-                "promoted {canary}: the stable subset selects it, weights 100/0"
-            ));
-            self.events
-                .push(normal("Promoted", self.status.message.clone()));
-        }
+        let mut intent = self.status.clone();
+        intent.phase = Phase::Promoting;
+        self.converge_to = Some(intent);
+        self.status.stable = Some(canary.clone());
+        self.go_idle(format!(
+            "{why}; promoted {canary}: the stable subset selects it, canary weight 0"
+        ));
+        self.events
+            .push(normal("Promoted", self.status.message.clone()));
     }
 
     fn go_idle(&mut self, message: String) {
@@ -575,11 +579,19 @@ impl<'a> Draft<'a> {
     }
 
     fn finish(mut self, checked: bool) -> Plan {
-        let Convergence { darken, mesh } = converge(&self.status, self.observed);
+        let promoting = self.converge_to.is_some();
+        let intent = self.converge_to.as_ref().unwrap_or(&self.status);
+        let Convergence { darken, mesh } = converge(intent, self.observed);
         // Taking a canary's traffic away needs no record to justify it, and doing it
         // before the status write means the weight never exceeds the step the status
         // names, even for the moment between the two writes.
         let mut actions: Vec<Action> = darken.into_iter().collect();
+        let (mesh_first, mesh_after) = if promoting {
+            (mesh, Vec::new())
+        } else {
+            (Vec::new(), mesh)
+        };
+        actions.extend(mesh_first);
         if self.dirty || !self.consumed.is_empty() {
             if self.dirty {
                 self.status.last_transition_at = self.now;
@@ -589,7 +601,7 @@ impl<'a> Draft<'a> {
                 consumed: self.consumed,
             });
         }
-        actions.extend(mesh);
+        actions.extend(mesh_after);
         actions.extend(self.events.into_iter().map(Action::Emit));
 
         let last_check = if checked {
@@ -601,7 +613,6 @@ impl<'a> Draft<'a> {
             Phase::Progressing => {
                 next_check_at(self.spec, &self.status, last_check).map(|due| until(self.now, due))
             }
-            Phase::Promoting => Some(PROMOTION_RECHECK),
             _ => None,
         };
         Plan {

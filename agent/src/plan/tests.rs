@@ -645,6 +645,74 @@ fn a_status_written_before_its_weights_is_converged_after_a_crash() {
     );
 }
 
+/// Brings a v2 rollout to its last step, held long enough that the next pass promotes.
+fn at_last_step() -> World {
+    let mut w = World::new();
+    w.reconcile(None, None);
+    w.versions.push(version("v2", "t2", 60));
+    w.reconcile(None, None);
+    while w.status.as_ref().unwrap().step != Some(w.spec.steps.len() - 1) {
+        w.tick(15);
+        w.reconcile(Some(pass()), None);
+    }
+    w.tick(60);
+    w
+}
+
+#[test]
+fn the_last_pass_promotes_in_one_plan_mesh_first() {
+    let mut w = at_last_step();
+    let plan = w.reconcile(Some(pass()), None);
+    let kinds: Vec<String> = plan
+        .actions
+        .iter()
+        .map(|a| match a {
+            Action::SetSubsetVersion { subset, version } => format!("subset {subset:?}={version}"),
+            Action::SetWeights(t) => format!("weights {}/{}", t.stable, t.canary),
+            Action::WriteStatus { status, .. } => format!("status {:?}", status.phase),
+            Action::Emit(e) => format!("event {}", e.reason),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "subset Stable=v2",
+            "weights 100/0",
+            "status Idle",
+            "event Promoted"
+        ]
+    );
+    let status = w.status.clone().unwrap();
+    assert_eq!(status.stable.as_deref(), Some("v2"));
+    assert!(
+        status.message.contains("all 3 steps passed"),
+        "{}",
+        status.message
+    );
+    assert_eq!(plan.requeue_after, None);
+}
+
+#[test]
+fn a_promotion_cut_short_after_the_subset_moved_is_finished_without_a_new_check() {
+    for landed in 1..=2 {
+        let mut w = at_last_step();
+        // Only the first `landed` writes of the promotion land, then the agent restarts.
+        w.reconcile(Some(pass()), Some(landed));
+        assert_eq!(w.subsets.stable.as_deref(), Some("v2"));
+        assert_eq!(w.status.as_ref().unwrap().phase, Phase::Progressing);
+        w.last_check_at = None;
+        w.tick(1);
+        let plan = w.reconcile(None, None);
+        assert!(reasons(&plan).contains(&"Promoted"), "{plan:?}");
+        assert_eq!(w.traffic.canary, 0);
+        let status = w.status.clone().unwrap();
+        assert_eq!(status.phase, Phase::Idle);
+        assert_eq!(status.stable.as_deref(), Some("v2"));
+        w.tick(60);
+        assert!(w.reconcile(None, None).actions.is_empty());
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Tick(u64),

@@ -342,9 +342,13 @@ fn ended(before: Option<&Status>, after: &Status) -> Option<Outcome> {
     let was = before.map(|s| s.phase);
     match after.phase {
         Phase::Aborted if was != Some(Phase::Aborted) => Some(Outcome::Aborted),
+        // A promotion goes from the rollout straight to idle (or through a recorded
+        // `Promoting` when it was cut short), with the canary as the new stable.
         Phase::Idle
-            if was == Some(Phase::Promoting)
-                && after.stable.is_some()
+            if matches!(
+                was,
+                Some(Phase::Progressing | Phase::Paused | Phase::Promoting | Phase::Aborted)
+            ) && after.stable.is_some()
                 && after.stable == before.and_then(|s| s.canary.clone()) =>
         {
             Some(Outcome::Promoted)
@@ -449,22 +453,24 @@ mod tests {
 
     #[test]
     fn a_promotion_counts_when_the_canary_becomes_stable() {
-        let metrics = Metrics::new();
-        let promoting = status(Phase::Promoting, Some("v2"), Some(2), 50);
-        let idle = Status {
-            stable: Some("v2".into()),
-            ..status(Phase::Idle, None, None, 0)
-        };
-        metrics.observe_applied("checkout", Some(&promoting), &write(idle), at(300));
-        let text = metrics.encode();
-        assert!(
-            text.contains(r#"weir_rollouts_total{service="checkout",outcome="promoted"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"weir_rollout_duration_seconds_sum{outcome="promoted"} 300.0"#),
-            "{text}"
-        );
+        for before in [Phase::Progressing, Phase::Promoting] {
+            let metrics = Metrics::new();
+            let last_step = status(before, Some("v2"), Some(2), 50);
+            let idle = Status {
+                stable: Some("v2".into()),
+                ..status(Phase::Idle, None, None, 0)
+            };
+            metrics.observe_applied("checkout", Some(&last_step), &write(idle), at(300));
+            let text = metrics.encode();
+            assert!(
+                text.contains(r#"weir_rollouts_total{service="checkout",outcome="promoted"} 1"#),
+                "from {before:?}: {text}"
+            );
+            assert!(
+                text.contains(r#"weir_rollout_duration_seconds_sum{outcome="promoted"} 300.0"#),
+                "from {before:?}: {text}"
+            );
+        }
     }
 
     #[test]
