@@ -8,7 +8,8 @@
 //!    an idle namespace: the agent's writes and CPU seconds.
 //!
 //! Run with `cargo bench -p weir --bench engine`. `WEIR_BENCH_IDLE_SECS` shortens the
-//! idle part (default 300) for a quick try.
+//! idle part (default 300) for a quick try; `WEIR_BENCH_PARTS` picks parts, e.g.
+//! `abort,writes` or `fleet` (default: all three).
 
 #[path = "../e2e/support/mod.rs"]
 mod support;
@@ -45,6 +46,8 @@ const BURST_ERROR_RATE: &str = "0.5";
 const STEPS: usize = 3;
 const FLEET: usize = 20;
 const IDLE_SECS_VAR: &str = "WEIR_BENCH_IDLE_SECS";
+const PARTS_VAR: &str = "WEIR_BENCH_PARTS";
+const PARTS: [&str; 3] = ["abort", "writes", "fleet"];
 const DEFAULT_IDLE_SECS: u64 = 300;
 /// After a rollout's last status write, time for the writes that follow it (its Event)
 /// to land before a count is closed. Longer than the agent's step and check intervals.
@@ -55,20 +58,29 @@ const MIB: f64 = 1024.0 * 1024.0;
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let idle = idle_duration()?;
+    let parts = parts()?;
     let mut summary = Vec::new();
 
-    eprintln!("starting the test bed for the abort and write measurements…");
-    let bed = Bed::start().await?;
-    let agent = bed.agent(&[])?;
-    let result = async {
-        summary.push(abort_latency(&bed, &agent).await?);
-        summary.push(writes_per_step(&bed).await?);
-        anyhow::Ok(())
+    if parts.contains("abort") || parts.contains("writes") {
+        eprintln!("starting the test bed for the abort and write measurements…");
+        let bed = Bed::start().await?;
+        let agent = bed.agent(&[])?;
+        let result = async {
+            if parts.contains("abort") {
+                summary.push(abort_latency(&bed, &agent).await?);
+            }
+            if parts.contains("writes") {
+                summary.push(writes_per_step(&bed).await?);
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        exit_with_log(&agent, result)?;
     }
-    .await;
-    exit_with_log(&agent, result)?;
-    drop(agent);
-    drop(bed);
+    if !parts.contains("fleet") {
+        print_summary(&summary);
+        return Ok(());
+    }
 
     eprintln!("starting a fresh test bed for {FLEET} Services…");
     let bed = Bed::start().await?;
@@ -284,8 +296,10 @@ async fn fleet(
     // rollouts' share of the peak.
     let before_release = memory(pid)?;
     println!(
-        "   before the release ({FLEET} Services idle): VmRSS {:.1} MiB, VmHWM {:.1} MiB",
+        "   before the release ({FLEET} Services idle): VmRSS {:.1} MiB ({:.1} MiB anonymous, {:.1} MiB file-backed), VmHWM {:.1} MiB",
         before_release.rss_bytes as f64 / MIB,
+        before_release.anon_bytes as f64 / MIB,
+        before_release.file_bytes as f64 / MIB,
         before_release.hwm_bytes as f64 / MIB,
     );
 
@@ -302,12 +316,14 @@ async fn fleet(
     // The high-water mark also catches a peak between two samples.
     let peak = after_rollouts.hwm_bytes.max(sampled_peak);
     println!(
-        "   all {FLEET} promoted {:.1} s after release; peak RSS {:.1} MiB (VmHWM {:.1} MiB, highest 200 ms sample {:.1} MiB, VmRSS now {:.1} MiB)",
+        "   all {FLEET} promoted {:.1} s after release; peak RSS {:.1} MiB (VmHWM {:.1} MiB, highest 200 ms sample {:.1} MiB, VmRSS now {:.1} MiB: {:.1} MiB anonymous, {:.1} MiB file-backed)",
         rollouts.as_secs_f64(),
         peak as f64 / MIB,
         after_rollouts.hwm_bytes as f64 / MIB,
         sampled_peak as f64 / MIB,
         after_rollouts.rss_bytes as f64 / MIB,
+        after_rollouts.anon_bytes as f64 / MIB,
+        after_rollouts.file_bytes as f64 / MIB,
     );
 
     tokio::time::sleep(SETTLE).await;
@@ -522,6 +538,10 @@ fn print_breakdown(writes: &[&Write]) {
 struct Memory {
     rss_bytes: u64,
     hwm_bytes: u64,
+    /// Heap and stacks: what the agent allocates.
+    anon_bytes: u64,
+    /// Pages of the binary and shared libraries that were touched.
+    file_bytes: u64,
 }
 
 /// VmRSS and VmHWM of a process.
@@ -544,6 +564,8 @@ fn memory(pid: u32) -> anyhow::Result<Memory> {
     Ok(Memory {
         rss_bytes: field("VmRSS:")?,
         hwm_bytes: field("VmHWM:")?,
+        anon_bytes: field("RssAnon:")?,
+        file_bytes: field("RssFile:")?,
     })
 }
 
@@ -615,6 +637,26 @@ impl Drop for MemorySampler {
 }
 
 // ---- output -----------------------------------------------------------------------
+
+fn parts() -> anyhow::Result<HashSet<String>> {
+    let Ok(value) = std::env::var(PARTS_VAR) else {
+        return Ok(PARTS.iter().map(|p| p.to_string()).collect());
+    };
+    value
+        .split(',')
+        .map(|part| {
+            let part = part.trim();
+            if PARTS.contains(&part) {
+                Ok(part.to_string())
+            } else {
+                bail!(
+                    "{PARTS_VAR}={value:?}: {part:?} is not a part; use a comma-separated list of {}",
+                    PARTS.join(", ")
+                )
+            }
+        })
+        .collect()
+}
 
 fn idle_duration() -> anyhow::Result<Duration> {
     match std::env::var(IDLE_SECS_VAR) {
