@@ -247,11 +247,14 @@ defaults:
   stepInterval: 2m
   checkInterval: 20s
   maxErrorRate: 0.5%
+  errorCodes: "5..|429"
   maxLatency: 250ms
   latencyQuantile: 0.95
   minRequests: 200
   failureLimit: 3
   noDataTimeout: 15m
+  maxSlowShare: 5%
+  slowThreshold: 250ms
 logFormat: text
 logLevel: debug,kube=info
 dryRun: true
@@ -447,7 +450,11 @@ async fn chart_lints_and_every_rendering_is_accepted_by_the_apiserver() -> anyho
     assert!(
         !default_args
             .iter()
-            .any(|a| a.starts_with("--leader-election")),
+            .any(|a| a.starts_with("--leader-election") || a.contains("slow")),
+        "{default_args:?}"
+    );
+    assert!(
+        default_args.contains(&"--default-error-codes=5..".to_string()),
         "{default_args:?}"
     );
     agent_accepts(&default_args, &[("POD_NAME", "weir-0")], files.path())?;
@@ -491,6 +498,9 @@ async fn chart_lints_and_every_rendering_is_accepted_by_the_apiserver() -> anyho
         "--default-step-interval=2m",
         "--default-check-interval=20s",
         "--default-max-error-rate=0.5%",
+        "--default-error-codes=5..|429",
+        "--default-max-slow-share=5%",
+        "--default-slow-threshold=250ms",
         "--default-max-latency=250ms",
         "--default-latency-quantile=0.95",
         "--default-min-requests=200",
@@ -585,6 +595,14 @@ fn invalid_values_are_refused_naming_the_value() -> anyhow::Result<()> {
         (
             "defaults:\n  maxErrorRate: \"0.01\"",
             &["/defaults/maxErrorRate", "'0.01'"],
+        ),
+        (
+            "defaults:\n  errorCodes: 5xx",
+            &["/defaults/errorCodes", "'5xx'"],
+        ),
+        (
+            "defaults:\n  maxSlowShare: \"0.05\"",
+            &["/defaults/maxSlowShare", "'0.05'"],
         ),
         (
             "defaults:\n  failureLimit: 0",
