@@ -250,21 +250,23 @@ async fn writes_per_step(bed: &Bed) -> anyhow::Result<Row> {
 
     let writes = log.since(from);
     let (ours, others): (Vec<&Write>, Vec<&Write>) = writes.iter().partition(|w| w.about == name);
-    let per_step = ours.len() as f64 / STEPS as f64;
     println!(
-        "   {} writes over {STEPS} steps: {per_step:.2} per step (target ≤ 3)",
-        ours.len()
+        "   {} writes for the whole rollout of {STEPS} steps ({:.2} per step averaged):",
+        ours.len(),
+        ours.len() as f64 / STEPS as f64
     );
     print_breakdown(&ours);
+    println!("   by transition:");
+    let per_step = print_transitions(&ours);
     println!(
         "   writes about other Services in the same window (the aborted ones, idle): {}",
         others.len()
     );
     Ok(Row {
-        measure: "API writes per step per Service".into(),
-        measured: format!("{per_step:.2} ({} / {STEPS})", ours.len()),
+        measure: "API writes per step advance per Service".into(),
+        measured: format!("max {per_step}"),
         target: "≤ 3".into(),
-        met: per_step <= 3.0,
+        met: per_step > 0 && per_step <= 3,
     })
 }
 
@@ -338,6 +340,8 @@ async fn fleet(
         fleet_writes.len() as f64 / (FLEET * STEPS) as f64
     );
     print_breakdown(&fleet_writes);
+    println!("   by transition:");
+    print_transitions(&fleet_writes);
 
     let idle_from = log.mark();
     let cpu_before = cpu_seconds(pid)?;
@@ -397,6 +401,11 @@ struct Write {
     about: String,
     /// ADDED rather than MODIFIED.
     created: bool,
+    /// The object's resourceVersion after the write. Opaque by the API's contract, but
+    /// on one apiserver it is etcd's revision, which orders writes across kinds.
+    revision: u64,
+    /// For an Event, its reason: the transition it reports.
+    reason: Option<String>,
 }
 
 /// Every write to Services, VirtualServices, DestinationRules and Events in the bed's
@@ -415,21 +424,21 @@ impl WriteLog {
             watch_writes(
                 bed.services(),
                 Kind::Service,
-                |s: &Service| s.name_any(),
+                |s: &Service| (s.name_any(), None),
                 &writes,
                 &synced,
             ),
             watch_writes(
                 bed.virtual_services(),
                 Kind::VirtualService,
-                |o: &DynamicObject| o.name_any(),
+                |o: &DynamicObject| (o.name_any(), None),
                 &writes,
                 &synced,
             ),
             watch_writes(
                 bed.destination_rules(),
                 Kind::DestinationRule,
-                |o: &DynamicObject| o.name_any(),
+                |o: &DynamicObject| (o.name_any(), None),
                 &writes,
                 &synced,
             ),
@@ -437,10 +446,8 @@ impl WriteLog {
                 Api::<Event>::namespaced(bed.client.clone(), &bed.namespace),
                 Kind::Event,
                 |e: &Event| {
-                    e.regarding
-                        .as_ref()
-                        .and_then(|r| r.name.clone())
-                        .unwrap_or_default()
+                    let about = e.regarding.as_ref().and_then(|r| r.name.clone());
+                    (about.unwrap_or_default(), e.reason.clone())
                 },
                 &writes,
                 &synced,
@@ -477,7 +484,7 @@ impl Drop for WriteLog {
 fn watch_writes<K>(
     api: Api<K>,
     kind: Kind,
-    about: fn(&K) -> String,
+    about: fn(&K) -> (String, Option<String>),
     writes: &Arc<Mutex<Vec<Write>>>,
     synced: &mpsc::Sender<()>,
 ) -> JoinHandle<()>
@@ -502,10 +509,19 @@ where
                 }
                 Ok(watcher::Event::Apply(object)) => {
                     let created = known.insert(object.meta().uid.clone().unwrap_or_default());
+                    let (about, reason) = about(&object);
+                    let revision = object
+                        .meta()
+                        .resource_version
+                        .as_deref()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
                     writes.lock().unwrap().push(Write {
                         kind,
-                        about: about(&object),
+                        about,
                         created,
+                        revision,
+                        reason,
                     });
                 }
                 Ok(watcher::Event::Init | watcher::Event::Delete(_)) => {}
@@ -513,6 +529,52 @@ where
             }
         }
     })
+}
+
+/// The writes of each transition, by the reason of the Event that reports it. Each plan
+/// emits its Events after its other writes, so in revision order one Service's writes
+/// split into transitions at its Events.
+fn transitions(writes: &[&Write]) -> BTreeMap<String, Vec<usize>> {
+    let mut by_service: BTreeMap<&str, Vec<&Write>> = BTreeMap::new();
+    for write in writes {
+        by_service.entry(&write.about).or_default().push(write);
+    }
+    let mut found: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for mut ordered in by_service.into_values() {
+        ordered.sort_by_key(|w| w.revision);
+        let mut group = 0;
+        for write in ordered {
+            group += 1;
+            if let Some(reason) = &write.reason {
+                found.entry(reason.clone()).or_default().push(group);
+                group = 0;
+            }
+        }
+        if group > 0 {
+            found.entry("(no Event)".into()).or_default().push(group);
+        }
+    }
+    found
+}
+
+/// Prints the writes of each transition and returns the most any step advance took.
+fn print_transitions(writes: &[&Write]) -> usize {
+    let found = transitions(writes);
+    for (reason, groups) in &found {
+        let mut sizes: BTreeMap<usize, usize> = BTreeMap::new();
+        for size in groups {
+            *sizes.entry(*size).or_default() += 1;
+        }
+        let sizes: Vec<String> = sizes
+            .iter()
+            .map(|(size, n)| format!("{n} × {size} writes"))
+            .collect();
+        println!("     {reason}: {}", sizes.join(", "));
+    }
+    found
+        .get("WeightChanged")
+        .and_then(|groups| groups.iter().max().copied())
+        .unwrap_or(0)
 }
 
 fn print_breakdown(writes: &[&Write]) {
