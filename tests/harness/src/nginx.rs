@@ -130,8 +130,8 @@ impl Nginx {
 
     /// Replaces the `server` directives and has nginx reload them (SIGHUP). The new
     /// configuration is checked first (`nginx -t`), so a typo fails here rather than
-    /// leaving the old one in place; nginx applies it to new connections within moments,
-    /// so wait for the new behaviour before relying on it.
+    /// leaving the old one in place. Returns once the old workers have exited: until
+    /// then a kept-alive connection is still served with the old configuration.
     pub fn reload(&self, server: &str) -> anyhow::Result<()> {
         let path = self.dir.path().join("nginx.conf");
         fs::write(
@@ -155,12 +155,53 @@ impl Nginx {
             String::from_utf8_lossy(&test.stderr)
         );
         let pid = libc::pid_t::try_from(self.process.pid())?;
+        let old_workers = children(pid);
         // SAFETY: kill(2) with a pid this handle owns and a valid signal number.
         if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
             return Err(std::io::Error::last_os_error()).context("signalling nginx to reload");
         }
-        Ok(())
+        let deadline = std::time::Instant::now() + RELOAD_DEADLINE;
+        loop {
+            let left: Vec<libc::pid_t> = children(pid)
+                .into_iter()
+                .filter(|p| old_workers.contains(p))
+                .collect();
+            if left.is_empty() {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "nginx's old workers {left:?} were still running {RELOAD_DEADLINE:?} after the reload"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
+}
+
+/// How long old workers may take to finish their requests after a reload.
+const RELOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The live (not zombie) child processes of `parent`, from `/proc`.
+fn children(parent: libc::pid_t) -> Vec<libc::pid_t> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|pid: &libc::pid_t| {
+            // After the command name, which is in parentheses: the state, then the ppid.
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let mut fields = stat
+                .rsplit_once(')')
+                .map_or("", |(_, rest)| rest)
+                .split_whitespace();
+            let state = fields.next();
+            let ppid = fields.next().and_then(|p| p.parse::<libc::pid_t>().ok());
+            state != Some("Z") && ppid == Some(parent)
+        })
+        .collect()
 }
 
 /// The whole nginx configuration: everything nginx writes goes into `dir`.
