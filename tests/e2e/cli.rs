@@ -75,6 +75,8 @@ fn statuses() -> Vec<(&'static str, Option<Status>)> {
                 canary: Some("v2".into()),
                 canary_template: Some("5d8f".into()),
                 step: Some(1),
+                // Not the CLI's default steps: the table must show 2/4.
+                steps: vec![5, 25, 60, 100],
                 weight: 25,
                 step_started_at: Some(at("2026-01-02T03:04:00Z")),
                 last_check: Some(CheckRecord {
@@ -83,7 +85,7 @@ fn statuses() -> Vec<(&'static str, Option<Status>)> {
                         measurements: measurements(120.0, Some(0.0), Some(20.0)),
                     },
                 }),
-                message: "check passed; canary weight 10 → 25 (step 2/3)".into(),
+                message: "check passed; canary weight 5 → 25 (step 2/4)".into(),
                 rollout_started_at: Some(at("2026-01-02T03:03:00Z")),
                 ..base(Phase::Progressing, "v1")
             }),
@@ -528,7 +530,10 @@ async fn check_and_explain_tell_what_the_agent_sees() -> anyhow::Result<()> {
             .with("no-data-timeout", "1h")
     };
     bed.deploy_app(&slow("checkout")).await?;
-    bed.deploy_app(&slow("payments")).await?;
+    // The agent must not abort payments before `check` sees its gates fail: once
+    // aborted, there is no rollout left to check.
+    bed.deploy_app(&slow("payments").with("failure-limit", "1000"))
+        .await?;
     bed.deploy_app(&slow("quiet")).await?;
     bed.annotate("quiet", "sim.weir.dev/rps", Some("0")).await?;
     bed.deploy_app(&App::new("search").with("steps", "10,5"))

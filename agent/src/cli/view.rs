@@ -21,7 +21,8 @@ pub struct ServiceView {
     /// The agent's status annotation: `Ok(None)` before the agent's first write, `Err`
     /// when it cannot be read.
     pub status: Result<Option<Status>, String>,
-    /// The canary weights in effect: the Service's `weir.dev/steps`, else the default.
+    /// The canary weights in effect: during a rollout the agent's record of them, else
+    /// the Service's `weir.dev/steps`, else the default.
     pub steps: Vec<Weight>,
     /// For writes that must not race a change made since this read.
     pub resource_version: String,
@@ -45,14 +46,20 @@ impl ServiceView {
         let annotations = service.annotations().clone();
         let status = match annotations.get(keys::STATUS) {
             None => Ok(None),
-            Some(raw) => serde_json::from_str(raw)
+            Some(raw) => serde_json::from_str::<Status>(raw)
                 .map(Some)
                 .map_err(|e| format!("{} cannot be read: {e}", keys::STATUS)),
         };
-        let steps = annotations
-            .get(keys::STEPS)
-            .and_then(|text| spec::parse_steps(text).ok())
-            .unwrap_or_else(|| defaults.steps.clone());
+        let recorded = match &status {
+            Ok(Some(status)) if !status.steps.is_empty() => Some(status.steps.clone()),
+            _ => None,
+        };
+        let steps = recorded.unwrap_or_else(|| {
+            annotations
+                .get(keys::STEPS)
+                .and_then(|text| spec::parse_steps(text).ok())
+                .unwrap_or_else(|| defaults.steps.clone())
+        });
         ServiceView {
             name: service.name_any(),
             annotations,

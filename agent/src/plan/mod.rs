@@ -121,6 +121,11 @@ pub struct Status {
     /// Index into the spec's steps (0-based) while progressing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<usize>,
+    /// The canary weights `step` indexes, as the agent resolved them (the Service's
+    /// annotation or the agent's default), while a rollout is in progress: readers of
+    /// the status need not know the agent's flags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<Weight>,
     /// The canary weight the route is meant to have.
     pub weight: Weight,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -153,6 +158,7 @@ impl Status {
             canary: None,
             canary_template: None,
             step: None,
+            steps: Vec::new(),
             weight: 0,
             step_started_at: None,
             failed_checks: 0,

@@ -579,6 +579,14 @@ impl<'a> Draft<'a> {
     }
 
     fn finish(mut self, checked: bool) -> Plan {
+        let steps = match self.status.phase {
+            Phase::Progressing | Phase::Paused => self.spec.steps.clone(),
+            _ => Vec::new(),
+        };
+        if self.status.steps != steps {
+            self.status.steps = steps;
+            self.dirty = true;
+        }
         let promoting = self.converge_to.is_some();
         let intent = self.converge_to.as_ref().unwrap_or(&self.status);
         let Convergence { darken, mesh } = converge(intent, self.observed);

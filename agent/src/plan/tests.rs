@@ -660,6 +660,21 @@ fn at_last_step() -> World {
 }
 
 #[test]
+fn the_status_records_the_steps_only_while_a_rollout_is_in_progress() {
+    let mut w = World::new();
+    w.spec.steps = vec![5, 20, 60];
+    w.reconcile(None, None);
+    assert_eq!(w.status.as_ref().unwrap().steps, Vec::<u8>::new());
+    w.versions.push(version("v2", "t2", 60));
+    w.reconcile(None, None);
+    assert_eq!(w.status.as_ref().unwrap().steps, vec![5, 20, 60]);
+    run_checks(&mut w, pass, 40);
+    let status = w.status.clone().unwrap();
+    assert_eq!(status.phase, Phase::Idle);
+    assert_eq!(status.steps, Vec::<u8>::new());
+}
+
+#[test]
 fn the_last_pass_promotes_in_one_plan_mesh_first() {
     let mut w = at_last_step();
     let plan = w.reconcile(Some(pass()), None);
