@@ -141,55 +141,27 @@ async fn apply(
     Ok(())
 }
 
-/// The shape of the Prometheus Operator's ServiceMonitor for the fields the chart
-/// renders (their names and types as the operator's API defines them). The operator's
-/// own CRD is not part of the test bed; with strict field validation this still refuses
-/// any field the operator does not have at these paths.
-fn service_monitor_crd() -> Value {
-    let string = json!({"type": "string"});
-    let duration = json!({"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"});
-    json!({
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
-        "spec": {
-            "group": "monitoring.coreos.com",
-            "names": {"kind": "ServiceMonitor", "listKind": "ServiceMonitorList", "plural": "servicemonitors", "singular": "servicemonitor"},
-            "scope": "Namespaced",
-            "versions": [{
-                "name": "v1", "served": true, "storage": true,
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "required": ["spec"],
-                    "properties": {
-                        "apiVersion": string, "kind": string, "metadata": {"type": "object"},
-                        "spec": {
-                            "type": "object",
-                            "required": ["selector", "endpoints"],
-                            "properties": {
-                                "namespaceSelector": {"type": "object", "properties": {
-                                    "any": {"type": "boolean"},
-                                    "matchNames": {"type": "array", "items": string}
-                                }},
-                                "selector": {"type": "object", "properties": {
-                                    "matchLabels": {"type": "object", "additionalProperties": string}
-                                }},
-                                "endpoints": {"type": "array", "items": {"type": "object", "properties": {
-                                    "port": string, "path": string,
-                                    "interval": duration, "scrapeTimeout": duration
-                                }}}
-                            }
-                        }
-                    }
-                }}
-            }]
-        }
-    })
+/// The Prometheus Operator's own ServiceMonitor CRD, which `make testbed` takes from the
+/// operator's module (`tests/testbed/versions.env`). With strict field validation, the
+/// apiserver refuses any field of the chart's ServiceMonitor that the operator lacks.
+fn service_monitor_crd() -> anyhow::Result<Value> {
+    let path =
+        testbed_dir().join("crds/prometheus-operator/monitoring.coreos.com_servicemonitors.yaml");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {}: run `make testbed`", path.display()))?;
+    let crd: Value =
+        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    ensure!(
+        crd["kind"] == "CustomResourceDefinition",
+        "{} is not a CRD",
+        path.display()
+    );
+    Ok(crd)
 }
 
 async fn install_service_monitor_crd(control_plane: &ControlPlane) -> anyhow::Result<()> {
     let client = control_plane.client();
-    apply(&client, "", &service_monitor_crd(), false).await?;
+    apply(&client, "", &service_monitor_crd()?, false).await?;
     let crds: Api<CustomResourceDefinition> = Api::all(client);
     wait_until(
         "the ServiceMonitor CRD to be Established",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up the test bed every weir test runs against: kube-apiserver, etcd and helm built
 # from the Go module in ./go at the versions in ./versions.env, Istio's and Gateway API's
-# CRDs taken from the same module graph, and Debian packages the tests start per run
+# CRDs taken from the same module graph, the Prometheus Operator's ServiceMonitor CRD
+# from its module, and Debian packages the tests start per run
 # (Prometheus). Idempotent: a warm run only checks a stamp and takes seconds.
 #
 # Installs into ${WEIR_TESTBED_DIR:-${WEIR_CACHE:-$HOME/.cache/weir}/testbed/<versions>}
@@ -68,19 +69,34 @@ build_control_plane() {
     say "built binaries in $(($(date +%s) - t0))s"
 }
 
+# The directory of a module version outside go/go.mod's graph, downloaded if needed.
+downloaded_module_dir() {
+    local module=$1 version=$2 scratch
+    scratch=$(mktemp -d)
+    (cd "$scratch" && go mod download "$module@$version") ||
+        fail "could not download Go module $module@$version"
+    rmdir "$scratch"
+    echo "$(go env GOMODCACHE)/$module@$version"
+}
+
 copy_crds() {
-    local istio gwapi file
+    local istio gwapi operator file
     istio=$(cd "$gomod" && go list -m -f '{{.Dir}}' istio.io/api)
     gwapi=$(cd "$gomod" && go list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api)
+    operator=$(downloaded_module_dir github.com/prometheus-operator/prometheus-operator \
+        "$PROMETHEUS_OPERATOR_VERSION")
     rm -rf "$dir/crds"
-    mkdir -p "$dir/crds/istio" "$dir/crds/gateway-api"
+    mkdir -p "$dir/crds/istio" "$dir/crds/gateway-api" "$dir/crds/prometheus-operator"
     cp "$istio/kubernetes/customresourcedefinitions.gen.yaml" "$dir/crds/istio/"
     for file in "$gwapi"/config/crd/standard/*.yaml; do
         # The standard channel also ships a ValidatingAdmissionPolicy; only CRDs go in.
         grep -q '^kind: CustomResourceDefinition' "$file" && cp "$file" "$dir/crds/gateway-api/"
     done
+    # Not installed into every test's apiserver: only the chart's test needs it.
+    cp "$operator/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" \
+        "$dir/crds/prometheus-operator/"
     chmod -R u+w "$dir/crds"
-    say "copied $(ls "$dir/crds/istio" "$dir/crds/gateway-api" | grep -c yaml) CRD files"
+    say "copied $(ls "$dir/crds/istio" "$dir/crds/gateway-api" "$dir/crds/prometheus-operator" | grep -c yaml) CRD files"
 }
 
 apt_updated=false
