@@ -36,18 +36,27 @@ async fn healthy_release_is_promoted_step_by_step() -> anyhow::Result<()> {
         bed.subset_version("checkout", "stable").await?.as_deref(),
         Some("v2")
     );
-    let reasons: Vec<String> = bed
-        .events("checkout")
-        .await?
-        .into_iter()
-        .map(|(r, _)| r)
-        .collect();
+    let events = bed.events("checkout").await?;
     for expected in ["RolloutStarted", "WeightChanged", "Promoted"] {
         assert!(
-            reasons.iter().any(|r| r == expected),
-            "no {expected} event in {reasons:?}"
+            events.iter().any(|(r, _)| r == expected),
+            "no {expected} event in {events:#?}"
         );
     }
+    // Every transition is its own Event with its own message, not a repeat of the
+    // first one with the same reason.
+    let weight_changes: Vec<&str> = events
+        .iter()
+        .filter(|(r, _)| r == "WeightChanged")
+        .map(|(_, note)| note.as_str())
+        .collect();
+    assert!(
+        matches!(
+            weight_changes.as_slice(),
+            [first, second] if first.contains("10 → 25") && second.contains("25 → 50")
+        ),
+        "one WeightChanged Event per step advance: {events:#?}"
+    );
     Ok(())
 }
 

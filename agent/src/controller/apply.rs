@@ -1,10 +1,12 @@
 //! The only place the agent writes: the plan's actions, in order, stopping at the
 //! first write the apiserver refuses.
 
+use jiff::Timestamp;
 use json_patch::Patch as JsonPatch;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType};
+use k8s_openapi::api::events::v1::Event as KubeEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::{Map, Value, json};
 use tracing::{info, warn};
@@ -17,6 +19,9 @@ use crate::spec::{RolloutSpec, keys};
 
 /// The field manager of every write, so that `managedFields` tells weir's edits apart.
 pub const FIELD_MANAGER: &str = "weir";
+
+/// `reportingController` of weir's Events.
+const REPORTING_CONTROLLER: &str = "weir";
 
 pub struct Writer<'a> {
     ctx: &'a Context,
@@ -165,20 +170,45 @@ impl<'a> Writer<'a> {
     }
 
     /// Events are for people: a failure to record one is logged, never fatal.
+    ///
+    /// Each is created anew. kube's `Recorder` would fold an Event into an earlier one
+    /// with the same reason as a series that keeps the earlier message, and each of a
+    /// rollout's transitions has its own (`10 → 25`, then `25 → 50`). The planner emits
+    /// an Event only on a transition, so there are no repeats to fold.
     async fn emit(&self, event: &crate::plan::Event) {
-        let kube_event = KubeEvent {
-            type_: match event.type_ {
-                EventType::Normal => KubeEventType::Normal,
-                EventType::Warning => KubeEventType::Warning,
+        let name = self.service.name_any();
+        let namespace = &self.ctx.config.namespace;
+        let now = Timestamp::now();
+        let record = KubeEvent {
+            metadata: ObjectMeta {
+                // As Kubernetes names Events: the object's name and the time in hex.
+                name: Some(format!("{name}.{:x}", now.as_nanosecond())),
+                namespace: Some(namespace.clone()),
+                ..ObjectMeta::default()
             },
-            reason: event.reason.clone(),
+            event_time: Some(MicroTime(now)),
+            type_: Some(
+                match event.type_ {
+                    EventType::Normal => "Normal",
+                    EventType::Warning => "Warning",
+                }
+                .into(),
+            ),
+            reason: Some(event.reason.clone()),
+            action: Some(event.reason.clone()),
             note: Some(truncate(&event.message, 1000)),
-            action: event.reason.clone(),
-            secondary: None,
+            regarding: Some(self.service.object_ref(&())),
+            reporting_controller: Some(REPORTING_CONTROLLER.into()),
+            reporting_instance: Some(self.ctx.config.instance.clone()),
+            ..KubeEvent::default()
         };
-        let reference = self.service.object_ref(&());
-        if let Err(e) = self.ctx.recorder.publish(&kube_event, &reference).await {
-            warn!(service = %self.service.name_any(), reason = %event.reason, error = %e, "could not record event");
+        let events: Api<KubeEvent> = Api::namespaced(self.ctx.client.clone(), namespace);
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        if let Err(e) = events.create(&params, &record).await {
+            warn!(service = %name, reason = %event.reason, error = %e, "could not record event");
         }
     }
 }

@@ -20,7 +20,6 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use kube::runtime::controller::{self, Action as Requeue, Controller};
-use kube::runtime::events::{Recorder, Reporter as EventReporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -61,7 +60,6 @@ pub struct Context {
     pub config: AgentConfig,
     pub client: Client,
     pub prometheus: PrometheusApi,
-    pub recorder: Recorder,
     /// The namespace's Deployments, trimmed by [`trim`].
     pub deployments: Store<Deployment>,
     /// The agent's own metrics (`/metrics`).
@@ -117,13 +115,6 @@ pub async fn run(
     .default_backoff()
     .touched_objects();
 
-    let recorder = Recorder::new(
-        client.clone(),
-        EventReporter {
-            controller: "weir".into(),
-            instance: Some(config.instance.clone()),
-        },
-    );
     tokio::spawn(ready_when_synced(
         services.clone(),
         deployments.clone(),
@@ -134,7 +125,6 @@ pub async fn run(
         config,
         client,
         prometheus,
-        recorder,
         deployments,
         last_checks: Mutex::new(HashMap::new()),
     });
