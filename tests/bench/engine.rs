@@ -121,18 +121,12 @@ async fn abort_latency(bed: &Bed, agent: &Agent) -> anyhow::Result<Row> {
         let name = format!("burst-{run}");
         // A step that never ends by itself: the canary stays at its first step until
         // the burst fails a check.
-        let app = App::new(&name)
+        let app = App::held(&name)
             .with("check-interval", &format!("{ABORT_CHECK_INTERVAL_SECS}s"))
-            .with("failure-limit", "1")
-            .with("step-interval", "1h")
-            .with("no-data-timeout", "1h");
+            .with("failure-limit", "1");
         bed.deploy_app(&app).await?;
         bed.wait_phase(&name, Phase::Idle).await?;
-        bed.deploy_version(&name, "v2", 0.0).await?;
-        bed.wait_status(&name, "v2 at its first step", |s| {
-            s.phase == Phase::Progressing && s.step == Some(0) && s.weight == 10
-        })
-        .await?;
+        bed.release_to_first_step(&name, "v2").await?;
         // A passing check is not written to the status (no write without a change); the
         // agent's own metrics count it.
         let passed = format!(r#"weir_checks_total{{service="{name}",verdict="pass"}}"#);

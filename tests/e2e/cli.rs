@@ -360,19 +360,10 @@ async fn status_output_is_stable_and_wrong_use_changes_nothing() -> anyhow::Resu
 async fn controls_steer_a_rollout_and_watch_reports_how_it_ended() -> anyhow::Result<()> {
     let bed = Bed::start().await?;
     // Long steps, so that only the controls move these rollouts.
-    bed.deploy_app(
-        &App::new("checkout")
-            .with("step-interval", "1h")
-            .with("no-data-timeout", "1h"),
-    )
-    .await?;
+    bed.deploy_app(&App::held("checkout")).await?;
     let _agent = bed.agent(&[])?;
     bed.wait_phase("checkout", Phase::Idle).await?;
-    bed.deploy_version("checkout", "v2", 0.0).await?;
-    bed.wait_status("checkout", "v2 at 10%", |s| {
-        s.phase == Phase::Progressing && s.weight == 10
-    })
-    .await?;
+    bed.release_to_first_step("checkout", "v2").await?;
 
     let pause = bed.cli(&["pause", "checkout"]).await?;
     assert!(
@@ -524,17 +515,12 @@ async fn controls_steer_a_rollout_and_watch_reports_how_it_ended() -> anyhow::Re
 #[tokio::test(flavor = "multi_thread")]
 async fn check_and_explain_tell_what_the_agent_sees() -> anyhow::Result<()> {
     let bed = Bed::start().await?;
-    let slow = |name: &str| {
-        App::new(name)
-            .with("step-interval", "1h")
-            .with("no-data-timeout", "1h")
-    };
-    bed.deploy_app(&slow("checkout")).await?;
+    bed.deploy_app(&App::held("checkout")).await?;
     // The agent must not abort payments before `check` sees its gates fail: once
     // aborted, there is no rollout left to check.
-    bed.deploy_app(&slow("payments").with("failure-limit", "1000"))
+    bed.deploy_app(&App::held("payments").with("failure-limit", "1000"))
         .await?;
-    bed.deploy_app(&slow("quiet")).await?;
+    bed.deploy_app(&App::held("quiet")).await?;
     bed.annotate("quiet", "sim.weir.dev/rps", Some("0")).await?;
     bed.deploy_app(&App::new("search").with("steps", "10,5"))
         .await?;
@@ -689,16 +675,20 @@ async fn check_and_explain_tell_what_the_agent_sees() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_follow_a_rollout() -> anyhow::Result<()> {
     let bed = Bed::start().await?;
-    bed.deploy_app(
-        &App::new("checkout")
-            .with("step-interval", "1h")
-            .with("no-data-timeout", "1h"),
-    )
-    .await?;
+    bed.deploy_app(&App::held("checkout")).await?;
     let agent = bed.agent(&[])?;
     bed.wait_phase("checkout", Phase::Idle).await?;
-    let ready = reqwest::get(format!("{}/readyz", agent.admin_url())).await?;
-    assert_eq!(ready.status(), 200, "ready once the caches synced");
+    // Readiness is reported by its own task, which may trail the first reconcile.
+    weir_testbed::wait_until(
+        "/readyz to report the caches synced",
+        crate::support::DEADLINE,
+        || async {
+            let ready = reqwest::get(format!("{}/readyz", agent.admin_url())).await?;
+            anyhow::ensure!(ready.status() == 200, "/readyz says {}", ready.status());
+            Ok(())
+        },
+    )
+    .await?;
     let healthy = reqwest::get(format!("{}/healthz", agent.admin_url())).await?;
     assert_eq!(healthy.status(), 200);
 
@@ -720,11 +710,7 @@ async fn metrics_follow_a_rollout() -> anyhow::Result<()> {
     );
     assert_eq!(metric_value(&text, &weight), Some(0.0), "{text}");
 
-    bed.deploy_version("checkout", "v2", 0.0).await?;
-    bed.wait_status("checkout", "v2 at 10%", |s| {
-        s.phase == Phase::Progressing && s.weight == 10
-    })
-    .await?;
+    bed.release_to_first_step("checkout", "v2").await?;
     let passing = weir_testbed::wait_until(
         "a passing check to be counted",
         crate::support::DEADLINE,

@@ -6,25 +6,16 @@ use std::time::Duration;
 
 use weir::plan::Phase;
 
-use crate::support::{App, Bed, Weights};
+use crate::support::{App, Bed};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pause_resume_abort_retry_promote() -> anyhow::Result<()> {
     let bed = Bed::start().await?;
     // Long steps, so that only the controls move this rollout.
-    bed.deploy_app(
-        &App::new("checkout")
-            .with("step-interval", "1h")
-            .with("no-data-timeout", "1h"),
-    )
-    .await?;
+    bed.deploy_app(&App::held("checkout")).await?;
     let _agent = bed.agent(&[])?;
     bed.wait_phase("checkout", Phase::Idle).await?;
-    bed.deploy_version("checkout", "v2", 0.0).await?;
-    bed.wait_status("checkout", "v2 at 10%", |s| {
-        s.phase == Phase::Progressing && s.weight == 10
-    })
-    .await?;
+    bed.release_to_first_step("checkout", "v2").await?;
 
     bed.annotate("checkout", "weir.dev/pause", Some("true"))
         .await?;
@@ -70,17 +61,7 @@ async fn pause_resume_abort_retry_promote() -> anyhow::Result<()> {
         s.phase == Phase::Idle && s.stable.as_deref() == Some("v2")
     })
     .await?;
-    assert_eq!(
-        bed.route("checkout").await?.0,
-        Weights {
-            stable: 100,
-            canary: 0
-        }
-    );
-    assert_eq!(
-        bed.subset_version("checkout", "stable").await?.as_deref(),
-        Some("v2")
-    );
+    bed.assert_promoted("checkout", "v2").await?;
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 
 use weir::plan::Phase;
 
-use crate::support::{App, Bed, Weights};
+use crate::support::{App, Bed};
 
 /// (a) A healthy v2 goes 10 → 25 → 50 → promoted.
 #[tokio::test(flavor = "multi_thread")]
@@ -24,18 +24,7 @@ async fn healthy_release_is_promoted_step_by_step() -> anyhow::Result<()> {
         vec![0, 10, 25, 50, 0],
         "canary weights over the release"
     );
-    let (live, _) = bed.route("checkout").await?;
-    assert_eq!(
-        live,
-        Weights {
-            stable: 100,
-            canary: 0
-        }
-    );
-    assert_eq!(
-        bed.subset_version("checkout", "stable").await?.as_deref(),
-        Some("v2")
-    );
+    bed.assert_promoted("checkout", "v2").await?;
     let events = bed.events("checkout").await?;
     for expected in ["RolloutStarted", "WeightChanged", "Promoted"] {
         assert!(

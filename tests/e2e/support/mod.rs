@@ -52,6 +52,14 @@ impl App {
         }
     }
 
+    /// An application whose steps never end by themselves within a test: each holds for
+    /// an hour and never times out, so only the controls or a failing check move it.
+    pub fn held(name: &str) -> App {
+        App::new(name)
+            .with("step-interval", "1h")
+            .with("no-data-timeout", "1h")
+    }
+
     pub fn with(mut self, key: &str, value: &str) -> App {
         self.annotations
             .insert(format!("weir.dev/{key}"), value.into());
@@ -145,6 +153,36 @@ impl Bed {
             .create(&PostParams::default(), &deployment)
             .await?;
         mark_deployment_available(&self.client, &self.namespace, &format!("{app}-{version}")).await
+    }
+
+    /// Deploys a healthy `version` of `app` and waits until the agent releases it at its
+    /// first step (canary weight 10).
+    pub async fn release_to_first_step(&self, app: &str, version: &str) -> anyhow::Result<()> {
+        self.deploy_version(app, version, 0.0).await?;
+        self.wait_status(app, &format!("{version} at its first step"), |s| {
+            s.phase == Phase::Progressing && s.step == Some(0) && s.weight == 10
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// A finished promotion as the cluster shows it: `app`'s route sends everything to
+    /// stable, and the stable subset selects `version`.
+    pub async fn assert_promoted(&self, app: &str, version: &str) -> anyhow::Result<()> {
+        let (live, _) = self.route(app).await?;
+        anyhow::ensure!(
+            live == Weights {
+                stable: 100,
+                canary: 0
+            },
+            "the route of {app} is {live:?}, not 100/0"
+        );
+        let stable = self.subset_version(app, "stable").await?;
+        anyhow::ensure!(
+            stable.as_deref() == Some(version),
+            "the stable subset of {app} selects {stable:?}, not {version}"
+        );
+        Ok(())
     }
 
     /// Changes the pod template of a version (a new build), keeping it Available.
