@@ -107,7 +107,12 @@ pub fn plan(
     match draft.status.phase {
         Phase::Idle | Phase::Aborted => draft.start_newest_candidate(),
         Phase::Progressing | Phase::Paused => checked = draft.progress(check),
-        Phase::Promoting => draft.promote("promoting".into()),
+        // A person's promote control, or a promotion recorded before it was cut short:
+        // the message says why.
+        Phase::Promoting => {
+            let why = draft.status.message.clone();
+            draft.promote(why)
+        }
         Phase::Misconfigured => unreachable!("recovered above"),
     }
     draft.finish(checked)
@@ -240,7 +245,10 @@ impl<'a> Draft<'a> {
             if promotable {
                 self.status.failed.retain(|f| &f.version != v);
                 self.status.phase = Phase::Promoting;
-                self.set_message(format!("promoting {v} by {}={v}", keys::PROMOTE));
+                self.set_message(format!(
+                    "{}={v}: the remaining steps were skipped",
+                    keys::PROMOTE
+                ));
                 self.events.push(normal(
                     "PromotedByPerson",
                     format!("{}={v}: skipping the remaining steps", keys::PROMOTE),
