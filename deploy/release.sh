@@ -35,7 +35,14 @@ cargo build --release --locked -p weir --bin weir --target "$target"
 binary="${CARGO_TARGET_DIR:-target}/$target/release/weir"
 "$binary" --version
 bytes=$(stat -c %s "$binary")
-echo "release binary: $binary, $bytes bytes ($((bytes / 1024 / 1024)) MiB), $(file -b "$binary" | cut -d, -f1-2)"
+# A static binary has no program interpreter (ld.so) to name.
+linking=static
+if grep -qa 'ld-linux' "$binary"; then linking=dynamic; fi
+echo "release binary: $binary, $bytes bytes ($((bytes / 1024 / 1024)) MiB), $linking"
+if [[ $linking != static ]]; then
+    echo "the release binary is dynamically linked; it must be static to run FROM scratch" >&2
+    exit 1
+fi
 if ((bytes > max_bytes)); then
     echo "the release binary is $bytes bytes, over the $max_bytes-byte budget" >&2
     exit 1

@@ -57,7 +57,7 @@ build_control_plane() {
     check_pins
     local t0 ldflags
     t0=$(date +%s)
-    say "building kube-apiserver $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION (a cold build takes minutes)"
+    say "building kube-apiserver and kubectl $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION (a cold build takes minutes)"
     mkdir -p "$dir/bin"
     # One build command lets Go share work across the three binaries; an -X for a
     # package a binary does not link is ignored.
@@ -65,24 +65,42 @@ build_control_plane() {
     ldflags+=" -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION"
     ldflags+=" -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
     (cd "$gomod" && go build -buildvcs=false -ldflags "$ldflags" -o "$dir/bin/" \
-        k8s.io/kubernetes/cmd/kube-apiserver ./cmd/etcd helm.sh/helm/v3/cmd/helm)
+        k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl ./cmd/etcd \
+        helm.sh/helm/v3/cmd/helm)
     say "built binaries in $(($(date +%s) - t0))s"
+}
+
+# The directory of a module in go/go.mod's graph whose files (not packages) the test bed
+# reads. `go build` downloads only the modules it compiles, and `go list -m` prints an
+# empty directory for a module that is in the graph but not in the module cache, so
+# download it first, and refuse an empty answer.
+graph_module_dir() {
+    local module=$1 dir
+    (cd "$gomod" && go mod download "$module") ||
+        fail "could not download Go module $module: run (cd tests/testbed/go && go mod download $module)"
+    dir=$(cd "$gomod" && go list -m -f '{{.Dir}}' "$module")
+    [[ -n "$dir" && -d "$dir" ]] ||
+        fail "Go module $module is not in the module cache ($(go env GOMODCACHE)): run (cd tests/testbed/go && go mod download $module)"
+    echo "$dir"
 }
 
 # The directory of a module version outside go/go.mod's graph, downloaded if needed.
 downloaded_module_dir() {
-    local module=$1 version=$2 scratch
+    local module=$1 version=$2 scratch dir
     scratch=$(mktemp -d)
     (cd "$scratch" && go mod download "$module@$version") ||
-        fail "could not download Go module $module@$version"
+        fail "could not download Go module $module@$version: run (cd \$(mktemp -d) && go mod download $module@$version)"
     rmdir "$scratch"
-    echo "$(go env GOMODCACHE)/$module@$version"
+    dir="$(go env GOMODCACHE)/$module@$version"
+    [[ -d "$dir" ]] ||
+        fail "Go module $module@$version is not in the module cache ($dir): run (cd \$(mktemp -d) && go mod download $module@$version)"
+    echo "$dir"
 }
 
 copy_crds() {
     local istio gwapi operator file
-    istio=$(cd "$gomod" && go list -m -f '{{.Dir}}' istio.io/api)
-    gwapi=$(cd "$gomod" && go list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api)
+    istio=$(graph_module_dir istio.io/api)
+    gwapi=$(graph_module_dir sigs.k8s.io/gateway-api)
     operator=$(downloaded_module_dir github.com/prometheus-operator/prometheus-operator \
         "$PROMETHEUS_OPERATOR_VERSION")
     rm -rf "$dir/crds"
@@ -146,6 +164,7 @@ WEIR_TESTBED_DIR=$dir
 KUBE_APISERVER=$dir/bin/kube-apiserver
 ETCD=$dir/bin/etcd
 HELM=$dir/bin/helm
+KUBECTL=$dir/bin/kubectl
 PROMETHEUS=$(command -v prometheus)
 NGINX=$(command -v nginx)
 EOF

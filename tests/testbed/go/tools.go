@@ -8,5 +8,6 @@ import (
 	_ "helm.sh/helm/v3/cmd/helm"
 	_ "istio.io/api/networking/v1"
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kubectl"
 	_ "sigs.k8s.io/gateway-api/apis/v1"
 )
