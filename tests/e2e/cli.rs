@@ -809,5 +809,27 @@ async fn metrics_follow_a_rollout() -> anyhow::Result<()> {
         r#"weir_checks_total{service="checkout",verdict="fail"}"#,
     );
     assert!(fails.is_some_and(|n| n >= 1.0), "{aborted}");
+
+    // A deleted Service's series (and the agent's memory of it) are released.
+    bed.services()
+        .delete("checkout", &Default::default())
+        .await?;
+    weir_testbed::wait_until(
+        "the deleted Service's series to be released",
+        crate::support::DEADLINE,
+        || async {
+            let text = agent.metrics().await?;
+            anyhow::ensure!(
+                !text.contains(r#"service="checkout""#),
+                "series left: {}",
+                text.lines()
+                    .filter(|l| l.contains(r#"service="checkout""#))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            Ok(())
+        },
+    )
+    .await?;
     Ok(())
 }

@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use tracing::info;
 
 use super::prometheus::PrometheusArgs;
-use crate::controller::lease::{self, LeaseConfig};
+use crate::controller::lease::{self, Leadership, LeaseConfig};
 use crate::controller::{self, AgentConfig};
 use crate::server;
 use crate::spec::{self, Defaults};
@@ -198,28 +198,31 @@ impl AgentArgs {
         };
         info!(namespace = %config.namespace, prometheus = %prometheus.endpoint(), dry_run = config.dry_run, "weir agent starting");
 
-        let telemetry = server::Telemetry::default();
+        let telemetry = server::Telemetry {
+            readiness: server::Readiness::new(lease.is_some()),
+            ..server::Telemetry::default()
+        };
         let admin = server::serve(self.listen, telemetry.clone()).await?;
-        match lease {
+        let (leadership, elector) = match lease {
             Some(lease) => {
-                lease::lead(
-                    client.clone(),
-                    lease,
-                    telemetry.readiness.clone(),
-                    shutdown_signal(),
-                    |shutdown| {
-                        controller::run(
-                            client.clone(),
-                            config.clone(),
-                            prometheus.clone(),
-                            telemetry.clone(),
-                            shutdown,
-                        )
-                    },
-                )
-                .await
+                info!(lease = %lease.name, holder = %lease.holder, "leader election on: caches warm, waiting to lead (only the Lease's holder writes)");
+                let (leadership, elector) =
+                    lease::elect(client.clone(), lease, telemetry.readiness.clone());
+                (leadership, Some(elector))
             }
-            None => controller::run(client, config, prometheus, telemetry, shutdown_signal()).await,
+            None => (Leadership::always(), None),
+        };
+        controller::run(
+            client,
+            config,
+            prometheus,
+            telemetry,
+            leadership,
+            shutdown_signal(),
+        )
+        .await;
+        if let Some(elector) = elector {
+            elector.step_down().await;
         }
         admin.abort();
         Ok(ExitCode::SUCCESS)

@@ -54,6 +54,11 @@ impl<'a> Writer<'a> {
         };
         let name = self.service.name_any();
         for action in actions {
+            // Checked before every write, not once per reconcile: leadership can be lost
+            // while a reconcile waits on Prometheus or the apiserver.
+            if !self.ctx.leadership.is_leader() {
+                return Err(Error::NotLeader);
+            }
             if self.ctx.config.dry_run {
                 info!(service = %name, ?action, "dry run: not applied");
                 continue;

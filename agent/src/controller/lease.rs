@@ -11,14 +11,13 @@
 //! A holder that cannot renew for [`LeaseConfig::renew_deadline`] (two thirds of the
 //! duration) gives up leading on its own, a third of the duration before any other
 //! candidate may take over: that margin is the time the controller has to stop writing.
-//! [`lead`] runs the controller only while the Lease is held and drops it (cancelling
-//! every reconcile in flight) the moment leadership is lost. A new leader resumes from
-//! the cluster state, as a restarted agent does.
+//! Every replica keeps its watch caches warm; only reconciles and writes are gated on
+//! [`Leadership`] (see `controller::run`): a standby does nothing but follow the
+//! cluster, and a new leader resumes from the cluster state with hot caches.
 
 use std::time::Duration;
 
-use futures::FutureExt as _;
-use futures::future::{BoxFuture, Shared};
+use futures::Stream;
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -113,6 +112,27 @@ pub struct Leadership {
 }
 
 impl Leadership {
+    /// The leadership of an agent without leader election: it always leads.
+    pub fn always() -> Leadership {
+        let (tx, leading) = watch::channel(true);
+        // The receiver keeps the last value after its sender is gone.
+        drop(tx);
+        Leadership { leading }
+    }
+
+    /// Yields once each time this agent starts to lead (at once if it leads already).
+    pub fn acquisitions(&self) -> impl Stream<Item = ()> + Send + 'static {
+        let leading = self.leading.clone();
+        futures::stream::unfold((leading, false), |(mut leading, led)| async move {
+            // Wait for a rise: not leading (or just yielded) → leading.
+            if led {
+                leading.wait_for(|l| !*l).await.ok()?;
+            }
+            leading.wait_for(|l| *l).await.ok()?;
+            Some(((), (leading, true)))
+        })
+    }
+
     /// Whether this agent holds the Lease right now.
     pub fn is_leader(&self) -> bool {
         *self.leading.borrow()
@@ -380,7 +400,7 @@ async fn campaign(
                 .ok(),
         };
         if matches!(outcome, Some(Ok(_))) {
-            readiness.set_ready();
+            readiness.lease_seen();
         }
         let next = match outcome {
             Some(Ok(true)) => {
@@ -429,46 +449,6 @@ async fn campaign(
         leading.send_replace(false);
         candidate.release().await;
     }
-}
-
-/// What tells a controller started by [`lead`] to stop gracefully: the agent's own
-/// shutdown, shared by every term of leadership.
-pub type Shutdown = Shared<BoxFuture<'static, ()>>;
-
-/// Runs `controller` only while this agent holds the Lease, until `shutdown` resolves;
-/// then releases the Lease if held. `readiness` is set as [`elect`] says.
-///
-/// Losing the Lease drops the running controller at once: every reconcile in flight is
-/// cancelled at its next await, so no write starts after leadership is lost. When the
-/// Lease is won again, `controller` is called again and starts afresh from the cluster
-/// state.
-pub async fn lead<C, F>(
-    client: Client,
-    lease: LeaseConfig,
-    readiness: Readiness,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    mut controller: C,
-) where
-    C: FnMut(Shutdown) -> F,
-    F: Future<Output = ()>,
-{
-    let (mut leadership, elector) = elect(client, lease.clone(), readiness);
-    let shutdown: Shutdown = shutdown.boxed().shared();
-    info!(lease = %lease.name, holder = %lease.holder, "waiting to lead");
-    loop {
-        tokio::select! {
-            () = leadership.acquired() => {}
-            () = shutdown.clone() => break,
-        }
-        info!(lease = %lease.name, "leading: starting the controller");
-        tokio::select! {
-            () = controller(shutdown.clone()) => break,
-            () = leadership.lost() => {
-                warn!(lease = %lease.name, "lost the lease: controller stopped, standing by");
-            }
-        }
-    }
-    elector.step_down().await;
 }
 
 #[cfg(test)]

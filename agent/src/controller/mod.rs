@@ -12,6 +12,7 @@ mod observe;
 mod reconcile;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,8 +28,9 @@ use tracing::{info, warn};
 use weir_analysis::{PrometheusApi, Reporter};
 
 use crate::mesh::{DestinationRule, VirtualService};
-use crate::server::{Metrics, Readiness, Telemetry};
+use crate::server::{Metrics, Telemetry};
 use crate::spec::{self, Defaults};
+use lease::Leadership;
 
 pub use reconcile::Error;
 
@@ -62,6 +64,12 @@ pub struct Context {
     pub prometheus: PrometheusApi,
     /// The namespace's Deployments, trimmed by [`trim`].
     pub deployments: Store<Deployment>,
+    /// Whether `deployments` holds its first full list. Reconciles start only after it
+    /// does; the planner is told either way, so that it can never read an empty cache as
+    /// every version gone.
+    pub deployments_synced: AtomicBool,
+    /// Whether this agent may write: reconciles and writes happen only while it leads.
+    pub leadership: Leadership,
     /// The agent's own metrics (`/metrics`).
     pub metrics: Arc<Metrics>,
     /// When the gates of each Service's current step were last evaluated. Memory only:
@@ -69,86 +77,175 @@ pub struct Context {
     pub last_checks: Mutex<HashMap<String, Timestamp>>,
 }
 
+impl Context {
+    /// Releases what the agent keeps in memory about a Service: its gauges and its last
+    /// check time. Called when a Service is deleted or opts out.
+    pub fn forget(&self, service: &str) {
+        self.metrics.forget(service);
+        self.last_checks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(service);
+    }
+}
+
+/// Objects broadcast to subscribers that have not taken them yet, per shared cache.
+/// The reflector waits when a subscriber falls this far behind.
+const SUBSCRIBER_BUFFER: usize = 1024;
+
 /// Runs the agent's controller until `shutdown` resolves.
 ///
-/// Services and Deployments are cached (trimmed); VirtualServices and DestinationRules
-/// are only watched, to wake the Services they concern: a reconcile reads them fresh,
-/// because it writes them.
+/// Services and Deployments are cached (trimmed) by reflectors that run on every
+/// replica, leader or not, so that a failover starts with hot caches. Reconciles start
+/// only once both caches hold their first full list: before that, a Service's versions
+/// are "not observed yet", never "gone" (DESIGN.md, invariant 7). VirtualServices and
+/// DestinationRules are only watched, to wake the Services they concern: a reconcile
+/// reads them fresh, because it writes them. Reconciles and writes happen only while
+/// `leadership` says this agent leads.
 pub async fn run(
     client: Client,
     config: AgentConfig,
     prometheus: PrometheusApi,
     telemetry: Telemetry,
+    leadership: Leadership,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ns = config.namespace.clone();
     let watch = watcher::Config::default();
 
-    let (services, services_writer) = reflector::store();
-    let service_events = watcher(
-        Api::<Service>::namespaced(client.clone(), &ns),
-        watch.clone(),
-    )
-    .modify(trim)
-    .default_backoff()
-    .reflect(services_writer)
-    .applied_objects();
-    let (deployments, deployments_writer) = reflector::store();
-    let deployment_events = watcher(
+    let (services, services_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
+    let service_events = services_writer
+        .subscribe()
+        .expect("a shared store has subscribers");
+    let (deployments, deployments_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
+    let deployment_events = deployments_writer
+        .subscribe()
+        .expect("a shared store has subscribers");
+
+    let context = Arc::new(Context {
+        metrics: telemetry.metrics.clone(),
+        config,
+        client: client.clone(),
+        prometheus,
+        deployments: deployments.clone(),
+        deployments_synced: AtomicBool::new(false),
+        leadership: leadership.clone(),
+        last_checks: Mutex::new(HashMap::new()),
+    });
+
+    // The root streams fill the caches, on every replica, whether or not a controller
+    // consumes their events yet.
+    let service_cache = {
+        let context = context.clone();
+        let services = services.clone();
+        watcher(
+            Api::<Service>::namespaced(client.clone(), &ns),
+            watch.clone(),
+        )
+        .modify(trim)
+        .default_backoff()
+        .reflect_shared(services_writer)
+        .for_each(move |event| {
+            release_deleted(&context, &services, event);
+            futures::future::ready(())
+        })
+    };
+    let deployment_cache = watcher(
         Api::<Deployment>::namespaced(client.clone(), &ns),
         watch.clone(),
     )
     .modify(trim)
     .default_backoff()
-    .reflect(deployments_writer)
-    .touched_objects();
+    .reflect_shared(deployments_writer)
+    .for_each(|_| futures::future::ready(()));
+    let caches = tokio::spawn(futures::future::join(service_cache, deployment_cache));
+
+    // The only waiter on each store's readiness: kube-runtime's `DelayedInit` wakes only
+    // the latest of several concurrent waiters, so a second one could sleep forever.
+    // The Controller waits on the Service store again below, once it is already ready.
+    let synced =
+        async { tokio::try_join!(services.wait_until_ready(), deployments.wait_until_ready()) };
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    tokio::select! {
+        result = synced => {
+            if let Err(e) = result {
+                warn!(error = %e, "a watch cache stopped before its first list");
+                caches.abort();
+                return;
+            }
+        }
+        () = shutdown.clone() => {
+            caches.abort();
+            return;
+        }
+    }
+    context.deployments_synced.store(true, Ordering::Release);
+    telemetry.readiness.caches_synced();
+    info!(
+        services = services.state().len(),
+        deployments = deployments.state().len(),
+        "watch caches synced: ready"
+    );
+
     let vs_events = watcher(
         Api::<VirtualService>::namespaced(client.clone(), &ns),
         watch.clone(),
     )
     .default_backoff()
     .touched_objects();
-    let dr_events = watcher(
-        Api::<DestinationRule>::namespaced(client.clone(), &ns),
-        watch.clone(),
-    )
-    .default_backoff()
-    .touched_objects();
-
-    tokio::spawn(ready_when_synced(
-        services.clone(),
-        deployments.clone(),
-        telemetry.readiness,
-    ));
-    let context = Arc::new(Context {
-        metrics: telemetry.metrics,
-        config,
-        client,
-        prometheus,
-        deployments,
-        last_checks: Mutex::new(HashMap::new()),
-    });
+    let dr_events = watcher(Api::<DestinationRule>::namespaced(client, &ns), watch)
+        .default_backoff()
+        .touched_objects();
 
     let (s1, s2, s3) = (services.clone(), services.clone(), services.clone());
-    Controller::for_stream(service_events, services)
+    Controller::for_shared_stream(service_events, services)
         .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
-        .watches_stream(deployment_events, move |d| {
+        .watches_shared_stream(deployment_events, move |d| {
             observe::services_selecting(&s1, &d)
         })
         .watches_stream(vs_events, move |vs| observe::services_routed_by(&s2, &vs))
         .watches_stream(dr_events, move |dr| {
             observe::services_with_subsets_in(&s3, &dr)
         })
+        // A new leader looks at every Service at once, from its hot caches.
+        .reconcile_all_on(leadership.acquisitions())
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, context)
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(service = %object.name, "reconciled"),
+                Err(controller::Error::ObjectNotFound(object)) => {
+                    tracing::debug!(service = %object.name, "deleted before its reconcile")
+                }
                 Err(e) => warn!(error = %e, "reconcile failed"),
             }
         })
         .await;
+    caches.abort();
     info!("controller stopped");
+}
+
+/// Releases the memory of Services that are gone: on their delete event, and after a
+/// re-list (a Service deleted while the watch was disconnected sends no delete event).
+fn release_deleted(
+    context: &Context,
+    services: &Store<Service>,
+    event: Result<watcher::Event<Service>, watcher::Error>,
+) {
+    match event {
+        Ok(watcher::Event::Delete(service)) => context.forget(&service.name_any()),
+        Ok(watcher::Event::InitDone) => {
+            let present: std::collections::HashSet<String> =
+                services.state().iter().map(|s| s.name_any()).collect();
+            for name in context.metrics.services() {
+                if !present.contains(&name) {
+                    context.forget(&name);
+                }
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "watching Services failed; retrying"),
+    }
 }
 
 /// Drops what the agent never reads from a cached object: its field-ownership records
@@ -161,19 +258,6 @@ fn trim<K: ResourceExt>(object: &mut K) {
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// Reports the agent ready once both caches hold their first full list.
-async fn ready_when_synced(
-    services: Store<Service>,
-    deployments: Store<Deployment>,
-    readiness: Readiness,
-) {
-    let synced = tokio::try_join!(services.wait_until_ready(), deployments.wait_until_ready());
-    if synced.is_ok() {
-        readiness.set_ready();
-        info!("watch caches synced: ready");
-    }
-}
-
 /// Whether a Service asks for weir (see [`spec::opted_in`]).
 fn opted_in(service: &Service) -> bool {
     spec::opted_in(service.annotations())
@@ -185,3 +269,51 @@ fn service_ref(service: &Service) -> ObjectRef<Service> {
 
 /// Re-export for tests and the CLI: how a requeue is expressed.
 pub type ReconcileAction = Requeue;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::runtime::reflector;
+    use kube::runtime::watcher::Event;
+
+    /// The reproduction behind `run`'s single waiter per store, kept as a test so that a
+    /// kube-runtime upgrade that fixes it is noticed (then the rule may be relaxed).
+    ///
+    /// `Store::wait_until_ready` polls one `futures` oneshot receiver kept behind a mutex
+    /// (`utils/delayed_init.rs` in kube-runtime 5.0). A oneshot receiver remembers only
+    /// the waker of its latest poll, so of two tasks waiting at once, only the one that
+    /// polled last is woken when the store becomes ready; the other sleeps until
+    /// something else polls it, which for an agent's readiness task is never. That is
+    /// how `/readyz` stayed 503 for good in one run in a few.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kube_runtime_wakes_only_the_latest_of_two_readiness_waiters() {
+        let (store, mut writer) = reflector::store::<ConfigMap>();
+        let first = tokio::spawn({
+            let store = store.clone();
+            async move { store.wait_until_ready().await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = tokio::spawn({
+            let store = store.clone();
+            async move { store.wait_until_ready().await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        writer.apply_watcher_event(&Event::Init);
+        writer.apply_watcher_event(&Event::InitDone);
+        let woke = |task: tokio::task::JoinHandle<_>| async move {
+            tokio::time::timeout(Duration::from_secs(2), task)
+                .await
+                .is_ok()
+        };
+        let (first, second) = (woke(first).await, woke(second).await);
+        assert!(second, "the latest waiter is woken");
+        assert!(
+            !first,
+            "kube-runtime now wakes every readiness waiter: controller::run's one-waiter rule is no longer needed"
+        );
+        // Whoever looks again finds the store ready: only the wake-up was lost.
+        assert!(store.wait_until_ready().await.is_ok());
+    }
+}

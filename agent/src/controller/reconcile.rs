@@ -1,6 +1,7 @@
 //! One reconcile of one Service: read → validate → check → plan → apply.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -27,6 +28,8 @@ pub enum Error {
     Conflict { object: String },
     #[error("refused to build a patch: {0}")]
     Mesh(#[from] MeshError),
+    #[error("this agent no longer leads; the leader writes")]
+    NotLeader,
 }
 
 /// Everything one reconcile read, before any validation.
@@ -47,8 +50,13 @@ struct Valid {
 }
 
 pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    // A standby follows the cluster in its caches and nothing else; when it starts to
+    // lead, every Service is reconciled again.
+    if !ctx.leadership.is_leader() {
+        return Ok(Requeue::await_change());
+    }
     if !opted_in(&cached) {
-        ctx.metrics.forget(&cached.name_any());
+        ctx.forget(&cached.name_any());
         return Ok(Requeue::await_change());
     }
     let name = cached.name_any();
@@ -94,7 +102,10 @@ pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeu
                 service = %name, canary = %request.canary, verdict = report.verdict.kind(),
                 window_s = report.window_seconds, "gates evaluated"
             );
-            ctx.last_checks.lock().unwrap().insert(name.clone(), now);
+            ctx.last_checks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(name.clone(), now);
             Some(report.verdict)
         }
         None => None,
@@ -117,6 +128,8 @@ pub fn error_policy(service: Arc<Service>, error: &Error, ctx: Arc<Context>) -> 
             debug!(service = %service.name_any(), %error, "conflict");
             Requeue::requeue(Duration::from_millis(200))
         }
+        // Leading again reconciles every Service.
+        Error::NotLeader => Requeue::await_change(),
         _ => {
             ctx.metrics.reconcile_error(&service.name_any());
             warn!(service = %service.name_any(), %error, "reconcile failed");
@@ -187,8 +200,16 @@ fn validate(ctx: &Context, reads: &Reads, status: Option<Status>) -> Result<Vali
             weir_analysis::parse_metrics(cm, &data).map_err(|e| e.to_string())?
         }
     };
-    let deployments = ctx.deployments.state();
-    let versions = observe::versions(service, &deployments, &spec.version_label)?;
+    let versions = if ctx.deployments_synced.load(Ordering::Acquire) {
+        let deployments = ctx.deployments.state();
+        Some(observe::versions(
+            service,
+            &deployments,
+            &spec.version_label,
+        )?)
+    } else {
+        None
+    };
     let target = mesh::resolve(
         &spec,
         &ctx.config.namespace,
@@ -196,7 +217,12 @@ fn validate(ctx: &Context, reads: &Reads, status: Option<Status>) -> Result<Vali
         &reads.destination_rules,
     )
     .map_err(|e| e.to_string())?;
-    let last_check_at = ctx.last_checks.lock().unwrap().get(&name).copied();
+    let last_check_at = ctx
+        .last_checks
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&name)
+        .copied();
     let observed = Observed {
         versions,
         traffic: target.traffic,

@@ -64,7 +64,10 @@ pub struct Controls {
 /// Everything the planner may look at, read from the cluster in one reconcile.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observed {
-    pub versions: Vec<Version>,
+    /// The Service's versions, or `None` while the Deployment cache has not finished
+    /// its first list: "not observed yet", which the planner never reads as "gone"
+    /// (DESIGN.md, invariant 7). It plans nothing until they are observed.
+    pub versions: Option<Vec<Version>>,
     pub traffic: Traffic,
     pub subsets: Subsets,
     /// The agent's own status annotation, if any.

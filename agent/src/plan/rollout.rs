@@ -33,7 +33,11 @@ pub fn check_due(spec: &RolloutSpec, observed: &Observed, now: Timestamp) -> Opt
     // A stable subset that already selects the canary is a promotion under way: the
     // plan finishes it, and there is nothing left to compare.
     let stable = observed.subsets.stable.as_ref().filter(|s| *s != canary)?;
-    let version = observed.versions.iter().find(|v| &v.name == canary)?;
+    let version = observed
+        .versions
+        .as_deref()?
+        .iter()
+        .find(|v| &v.name == canary)?;
     if status.canary_template.as_ref() != Some(&version.template) {
         // The plan restarts the rollout; a check of the old template means nothing.
         return None;
@@ -97,7 +101,15 @@ pub fn plan(
     check: Option<(&CheckRequest, &Verdict)>,
     now: Timestamp,
 ) -> Plan {
-    let mut draft = Draft::new(spec, observed, now);
+    let Some(versions) = observed.versions.as_deref() else {
+        // A restarted agent whose Deployment cache is still listing: wait for it,
+        // changing nothing (the controller does not reconcile before then either).
+        return Plan {
+            actions: Vec::new(),
+            requeue_after: Some(Duration::from_secs(1)),
+        };
+    };
+    let mut draft = Draft::new(spec, observed, versions, now);
     draft.recover_from_misconfiguration();
     if !draft.settle_stable() {
         return draft.finish(false);
@@ -122,6 +134,8 @@ pub fn plan(
 struct Draft<'a> {
     spec: &'a RolloutSpec,
     observed: &'a Observed,
+    /// `observed.versions`, observed.
+    versions: &'a [Version],
     now: Timestamp,
     status: Status,
     /// The status differs from the stored one in a way that must be persisted.
@@ -134,7 +148,12 @@ struct Draft<'a> {
 }
 
 impl<'a> Draft<'a> {
-    fn new(spec: &'a RolloutSpec, observed: &'a Observed, now: Timestamp) -> Self {
+    fn new(
+        spec: &'a RolloutSpec,
+        observed: &'a Observed,
+        versions: &'a [Version],
+        now: Timestamp,
+    ) -> Self {
         let (status, dirty) = match &observed.status {
             Some(s) => (s.clone(), false),
             None => (Status::new(now), true),
@@ -142,6 +161,7 @@ impl<'a> Draft<'a> {
         Draft {
             spec,
             observed,
+            versions,
             now,
             status,
             dirty,
@@ -183,15 +203,13 @@ impl<'a> Draft<'a> {
                 true
             }
             None => {
-                let remembered = self.status.stable.as_ref().and_then(|s| {
-                    self.observed
-                        .versions
-                        .iter()
-                        .find(|v| &v.name == s && v.available)
-                });
+                let remembered = self
+                    .status
+                    .stable
+                    .as_ref()
+                    .and_then(|s| self.versions.iter().find(|v| &v.name == s && v.available));
                 let oldest = || {
-                    self.observed
-                        .versions
+                    self.versions
                         .iter()
                         .filter(|v| v.available)
                         .min_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)))
@@ -324,7 +342,6 @@ impl<'a> Draft<'a> {
             .and_then(|s| self.find(s))
             .map(|v| (v.created, v.name.as_str()));
         let mut found: Vec<&Version> = self
-            .observed
             .versions
             .iter()
             .filter(|v| v.available && Some(v.name.as_str()) != stable)
@@ -576,7 +593,7 @@ impl<'a> Draft<'a> {
     }
 
     fn find(&self, version: &str) -> Option<&'a Version> {
-        self.observed.versions.iter().find(|v| v.name == version)
+        self.versions.iter().find(|v| v.name == version)
     }
 
     fn set_message(&mut self, message: String) {

@@ -125,7 +125,7 @@ impl World {
 
     fn observed(&self) -> Observed {
         Observed {
-            versions: self.versions.clone(),
+            versions: Some(self.versions.clone()),
             traffic: self.traffic,
             subsets: self.subsets.clone(),
             status: self.status.clone(),
@@ -736,10 +736,19 @@ enum Op {
     ChangeTemplate,
     DeleteCanary,
     Pause(bool),
-    Abort { current: bool },
-    Promote { current: bool },
-    Retry { current: bool },
+    Abort {
+        current: bool,
+    },
+    Promote {
+        current: bool,
+    },
+    Retry {
+        current: bool,
+    },
     Restart,
+    /// A restart whose Deployment cache has not finished its first list when the
+    /// Service is first reconciled.
+    ColdRestart,
     FailingWrite(usize),
 }
 
@@ -755,6 +764,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<bool>().prop_map(|current| Op::Promote { current }),
         1 => any::<bool>().prop_map(|current| Op::Retry { current }),
         2 => Just(Op::Restart),
+        2 => Just(Op::ColdRestart),
         1 => (0usize..4).prop_map(Op::FailingWrite),
     ]
 }
@@ -817,15 +827,11 @@ fn run(ops: Vec<Op>) {
                 w.controls.retry = Some(v);
             }
             Op::Restart => {
-                let before = w.clone();
-                w.last_check_at = None;
-                w.reconcile(None, None);
-                // 7. A restart skips no step, repeats none, and makes no weight jump.
-                let (b, a) = (before.status.clone().unwrap(), w.status.clone().unwrap());
-                if before.controls == Controls::default() && b.phase == a.phase {
-                    assert_eq!((b.step, b.step_started_at), (a.step, a.step_started_at));
-                    assert!(w.traffic.canary <= b.weight.max(before.traffic.canary));
-                }
+                restart(&mut w, false);
+                continue;
+            }
+            Op::ColdRestart => {
+                restart(&mut w, true);
                 continue;
             }
             Op::FailingWrite(n) => fail_at = Some(n),
@@ -837,6 +843,42 @@ fn run(ops: Vec<Op>) {
             // second reconcile of the same world changes no weight (a fixpoint).
             w.assert_aborted_is_dark();
         }
+    }
+}
+
+/// 7. After a restart, no step is skipped or repeated from scratch and no weight jumps.
+///
+/// The restarted agent has lost only its memory (when it last checked) and, while its
+/// Deployment cache is still listing, has not observed any version yet: then it must
+/// plan nothing at all. Once it has, it must decide exactly what the agent that did not
+/// restart would have decided.
+fn restart(w: &mut World, cold: bool) {
+    let before = w.clone();
+    let running = plan(&w.spec, &w.observed(), None, w.now);
+    w.last_check_at = None;
+    if cold {
+        let mut observed = w.observed();
+        observed.versions = None;
+        let held = plan(&w.spec, &observed, None, w.now);
+        assert!(
+            held.actions.is_empty(),
+            "a restart with a cold Deployment cache planned {:?}",
+            held.actions
+        );
+    }
+    let restarted = plan(&w.spec, &w.observed(), None, w.now);
+    assert_eq!(
+        restarted.actions, running.actions,
+        "the restarted agent decided otherwise than the running one"
+    );
+    w.reconcile(None, None);
+    let (b, a) = (before.status.clone().unwrap(), w.status.clone().unwrap());
+    if b.phase == Phase::Progressing && a.phase == Phase::Progressing && a.canary == b.canary {
+        assert_eq!(
+            (b.step, b.step_started_at),
+            (a.step, a.step_started_at),
+            "a restart moved the step"
+        );
     }
 }
 

@@ -15,7 +15,9 @@
 //! | `weir_prometheus_query_duration_seconds` | histogram, one check's queries (run in parallel, retries included) | — |
 //! | `weir_build_info` | gauge, always 1 | `version` |
 
+use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -124,6 +126,9 @@ pub struct Metrics {
     rollout_duration: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
     reconcile_errors: Family<ServiceLabels, Counter>,
     query_duration: Histogram,
+    /// The Services that have series, so that those of deleted Services can be found
+    /// and released.
+    services: Mutex<BTreeSet<String>>,
 }
 
 impl Default for Metrics {
@@ -205,11 +210,33 @@ impl Metrics {
             rollout_duration,
             reconcile_errors,
             query_duration,
+            services: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    fn track(&self, service: &str) {
+        let mut services = self
+            .services
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !services.contains(service) {
+            services.insert(service.to_owned());
+        }
+    }
+
+    /// The Services that have series.
+    pub fn services(&self) -> Vec<String> {
+        self.services
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Sets `service`'s phase (one-hot) and canary weight.
     pub fn observe_phase(&self, service: &str, phase: Phase, weight: Weight) {
+        self.track(service);
         for candidate in PHASES {
             let labels = PhaseLabels {
                 service: service.to_owned(),
@@ -261,6 +288,7 @@ impl Metrics {
 
     /// Counts one evaluation of `service`'s gates.
     pub fn check(&self, service: &str, verdict: &Verdict) {
+        self.track(service);
         self.checks
             .get_or_create(&CheckLabels {
                 service: service.to_owned(),
@@ -289,6 +317,7 @@ impl Metrics {
 
     /// Counts a rollout that ended, and how long it took.
     pub fn rollout_finished(&self, service: &str, outcome: Outcome, duration: Duration) {
+        self.track(service);
         self.rollouts
             .get_or_create(&RolloutLabels {
                 service: service.to_owned(),
@@ -304,22 +333,46 @@ impl Metrics {
 
     /// Counts a failed reconcile of `service`.
     pub fn reconcile_error(&self, service: &str) {
+        self.track(service);
         self.reconcile_errors
             .get_or_create(&service_labels(service))
             .inc();
     }
 
-    /// Drops `service`'s gauges: it was deleted or opted out, and a phase or weight
-    /// would otherwise stay on dashboards forever. Counters are kept (they only grow).
+    /// Drops every series of `service`: it was deleted or opted out, and its phase or
+    /// weight would otherwise stay on dashboards forever, and its series in memory for
+    /// the agent's lifetime. (Prometheus reads a counter that disappears as ended.)
     pub fn forget(&self, service: &str) {
+        let removed = self
+            .services
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(service);
+        if !removed {
+            return;
+        }
+        let labels = service_labels(service);
         for phase in PHASES {
             self.phase.remove(&PhaseLabels {
                 service: service.to_owned(),
                 phase: phase_label(phase),
             });
         }
-        self.canary_weight.remove(&service_labels(service));
-        self.step.remove(&service_labels(service));
+        self.canary_weight.remove(&labels);
+        self.step.remove(&labels);
+        self.reconcile_errors.remove(&labels);
+        for verdict in ["pass", "fail", "inconclusive"] {
+            self.checks.remove(&CheckLabels {
+                service: service.to_owned(),
+                verdict,
+            });
+        }
+        for outcome in [Outcome::Promoted, Outcome::Aborted] {
+            self.rollouts.remove(&RolloutLabels {
+                service: service.to_owned(),
+                outcome: outcome.label(),
+            });
+        }
     }
 
     /// Every series in the OpenMetrics text format.
@@ -538,25 +591,38 @@ mod tests {
     }
 
     #[test]
-    fn reconcile_errors_count_per_service_and_forget_drops_gauges_only() {
+    fn forget_releases_every_series_of_one_service_and_only_those() {
         let metrics = Metrics::new();
-        metrics.reconcile_error("checkout");
-        metrics.reconcile_error("checkout");
-        metrics.observe_phase("checkout", Phase::Idle, 0);
+        for service in ["checkout", "payments"] {
+            metrics.reconcile_error(service);
+            metrics.observe_phase(service, Phase::Progressing, 10);
+            metrics.check(
+                service,
+                &Verdict::Pass {
+                    measurements: vec![],
+                },
+            );
+            metrics.rollout_finished(service, Outcome::Promoted, Duration::from_secs(60));
+        }
+        assert_eq!(metrics.services(), ["checkout", "payments"]);
         metrics.forget("checkout");
         let text = metrics.encode();
         assert!(
-            text.contains(r#"weir_reconcile_errors_total{service="checkout"} 2"#),
-            "{text}"
+            !text.contains(r#"service="checkout""#),
+            "a series of the forgotten Service is left: {text}"
         );
-        assert!(
-            !text.contains(r#"weir_rollout_phase{service="checkout""#),
-            "{text}"
-        );
-        assert!(
-            !text.contains(r#"weir_canary_weight{service="checkout"}"#),
-            "{text}"
-        );
+        for series in [
+            r#"weir_reconcile_errors_total{service="payments"} 1"#,
+            r#"weir_canary_weight{service="payments"} 10"#,
+            r#"weir_checks_total{service="payments",verdict="pass"} 1"#,
+            r#"weir_rollouts_total{service="payments",outcome="promoted"} 1"#,
+        ] {
+            assert!(text.contains(series), "{series} is gone: {text}");
+        }
+        assert_eq!(metrics.services(), ["payments"]);
+        // Forgetting twice, or a Service never seen, is harmless.
+        metrics.forget("checkout");
+        metrics.forget("nobody");
     }
 
     #[test]

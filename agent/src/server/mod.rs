@@ -1,8 +1,8 @@
 //! The agent's admin endpoints: `/healthz`, `/readyz` and `/metrics`.
 //!
 //! - `/healthz`: 200 while the process serves HTTP (liveness).
-//! - `/readyz`: 503 until the controller reports its watch caches synced through
-//!   [`Readiness::set_ready`], 200 after.
+//! - `/readyz`: 503 until the controller reports its watch caches synced (and, with
+//!   leader election, the Lease seen) through [`Readiness`], 200 after.
 //! - `/metrics`: [`Metrics`] in the OpenMetrics text format.
 
 mod metrics;
@@ -20,20 +20,61 @@ use tokio::task::JoinHandle;
 
 pub use metrics::{CONTENT_TYPE, Metrics, Outcome, phase_label};
 
-/// Whether the controller's caches are synced. Cloned between the controller, which
-/// flips it once, and the admin server, which reports it.
-#[derive(Clone, Debug, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+/// What `/readyz` waits for: the controller's watch caches hold their first full list,
+/// and, with leader election, the elector has looked at the Lease once (a standby is
+/// ready too: ready to take over, or a rolling upgrade would wait forever for a new
+/// replica that does not lead). Cloned between the tasks that set each condition and
+/// the admin server, which reports them.
+#[derive(Clone, Debug)]
+pub struct Readiness(Arc<Conditions>);
+
+#[derive(Debug)]
+struct Conditions {
+    caches_synced: AtomicBool,
+    lease_seen: AtomicBool,
+}
+
+impl Default for Readiness {
+    /// Readiness of an agent without leader election.
+    fn default() -> Self {
+        Readiness::new(false)
+    }
+}
 
 impl Readiness {
-    /// Marks the agent ready: every watch cache has its first full list.
-    pub fn set_ready(&self) {
-        self.0.store(true, Ordering::Release);
+    /// Not ready until the caches sync and, with `leader_election`, the Lease is seen.
+    pub fn new(leader_election: bool) -> Self {
+        Readiness(Arc::new(Conditions {
+            caches_synced: AtomicBool::new(false),
+            lease_seen: AtomicBool::new(!leader_election),
+        }))
     }
 
-    /// Whether [`Readiness::set_ready`] was called.
+    /// Every watch cache has its first full list.
+    pub fn caches_synced(&self) {
+        self.0.caches_synced.store(true, Ordering::Release);
+    }
+
+    /// The elector has read (or written) the Lease once.
+    pub fn lease_seen(&self) {
+        self.0.lease_seen.store(true, Ordering::Release);
+    }
+
+    /// Whether every condition holds.
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.waiting_for().is_empty()
+    }
+
+    /// The conditions that do not hold yet, for people.
+    pub fn waiting_for(&self) -> Vec<&'static str> {
+        let mut missing = Vec::new();
+        if !self.0.caches_synced.load(Ordering::Acquire) {
+            missing.push("watch caches not synced yet");
+        }
+        if !self.0.lease_seen.load(Ordering::Acquire) {
+            missing.push("the leader-election Lease not read yet");
+        }
+        missing
     }
 }
 
@@ -66,13 +107,11 @@ fn router(telemetry: Telemetry) -> Router {
 }
 
 async fn ready(State(telemetry): State<Telemetry>) -> impl IntoResponse {
-    if telemetry.readiness.is_ready() {
-        (StatusCode::OK, "ok")
+    let missing = telemetry.readiness.waiting_for();
+    if missing.is_empty() {
+        (StatusCode::OK, "ok".to_string())
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "watch caches not synced yet",
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, missing.join("; "))
     }
 }
 
@@ -108,6 +147,19 @@ mod tests {
         (code, content_type, body.to_owned())
     }
 
+    #[test]
+    fn with_leader_election_readiness_also_waits_for_the_lease() {
+        let readiness = Readiness::new(true);
+        readiness.caches_synced();
+        assert!(!readiness.is_ready());
+        assert_eq!(
+            readiness.waiting_for(),
+            ["the leader-election Lease not read yet"]
+        );
+        readiness.lease_seen();
+        assert!(readiness.is_ready());
+    }
+
     #[tokio::test]
     async fn readyz_turns_ready_when_told_and_metrics_are_served() {
         let telemetry = Telemetry::default();
@@ -122,7 +174,7 @@ mod tests {
 
         assert_eq!(get(&base, "/healthz").await.0, 200);
         assert_eq!(get(&base, "/readyz").await.0, 503);
-        telemetry.readiness.set_ready();
+        telemetry.readiness.caches_synced();
         assert_eq!(get(&base, "/readyz").await.0, 200);
 
         telemetry

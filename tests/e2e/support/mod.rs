@@ -204,6 +204,35 @@ impl Bed {
         mark_deployment_available(&self.client, &self.namespace, &name).await
     }
 
+    /// Creates `n` small Deployments (`filler-<i>`) that no Service selects, to make the
+    /// namespace's Deployment list long.
+    pub async fn create_filler_deployments(&self, n: usize) -> anyhow::Result<()> {
+        use futures::{StreamExt as _, TryStreamExt as _};
+        let api = self.deployments();
+        futures::stream::iter(0..n)
+            .map(|i| {
+                let api = api.clone();
+                async move {
+                    let name = format!("filler-{i}");
+                    let deployment: Deployment = serde_json::from_value(json!({
+                        "metadata": {"name": name},
+                        "spec": {
+                            "selector": {"matchLabels": {"app": name}},
+                            "template": {
+                                "metadata": {"labels": {"app": name}},
+                                "spec": {"containers": [{"name": "app", "image": "filler:1"}]}
+                            }
+                        }
+                    }))?;
+                    api.create(&PostParams::default(), &deployment).await?;
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(16)
+            .try_collect::<()>()
+            .await
+    }
+
     pub async fn delete_deployment(&self, name: &str) -> anyhow::Result<()> {
         self.deployments()
             .delete(name, &DeleteParams::default())
@@ -360,16 +389,20 @@ impl Bed {
         Agent::start(self, extra)
     }
 
-    /// Records every distinct (stable, canary) weight of `vs`'s managed route, sampled
-    /// every 50 ms, until dropped.
+    /// Records every distinct (stable, canary) weight of `vs`'s managed route, from a
+    /// watch: every revision the apiserver stores is seen, however briefly it lasted.
     pub fn record_weights(&self, vs: &str) -> WeightLog {
+        use futures::StreamExt as _;
+        use kube::runtime::{WatchStreamExt as _, watcher};
         let api = self.virtual_services();
-        let vs = vs.to_string();
+        let config = watcher::Config::default().fields(&format!("metadata.name={vs}"));
         let log = Arc::new(Mutex::new(Vec::<Weights>::new()));
         let sink = log.clone();
         let task = tokio::spawn(async move {
-            loop {
-                if let Ok(obj) = api.get(&vs).await
+            let mut revisions =
+                std::pin::pin!(watcher(api, config).default_backoff().touched_objects());
+            while let Some(revision) = revisions.next().await {
+                if let Ok(obj) = revision
                     && let Ok(value) = serde_json::to_value(&obj)
                 {
                     let w = weights_of(&value, "primary");
@@ -378,7 +411,6 @@ impl Bed {
                         log.push(w);
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
         WeightLog { log, task }
