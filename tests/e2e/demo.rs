@@ -10,6 +10,7 @@ async fn demo_promotes_the_healthy_release_and_aborts_the_bad_one() -> anyhow::R
     let summary = run(&Options {
         weir: PathBuf::from(env!("CARGO_BIN_EXE_weir")),
         short: true,
+        keep: false,
     })
     .await?;
     println!("{}", summary.describe());

@@ -64,7 +64,9 @@ build_control_plane() {
     ldflags="-s -w"
     ldflags+=" -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION"
     ldflags+=" -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
-    (cd "$gomod" && go build -buildvcs=false -ldflags "$ldflags" -o "$dir/bin/" \
+    # -trimpath keeps module-cache paths out of the build cache's keys: a build from a
+    # fresh module cache (CI's fresh-machine check) then reuses a warm GOCACHE.
+    (cd "$gomod" && go build -trimpath -buildvcs=false -ldflags "$ldflags" -o "$dir/bin/" \
         k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl ./cmd/etcd \
         helm.sh/helm/v3/cmd/helm)
     say "built binaries in $(($(date +%s) - t0))s"

@@ -44,6 +44,9 @@ pub struct Options {
     pub weir: PathBuf,
     /// CI's mode: fast timings, output captured.
     pub short: bool,
+    /// Keep the cluster, the simulator, Prometheus and the agent running after the
+    /// demo, until Ctrl-C, and say how to explore them with kubectl and weir.
+    pub keep: bool,
 }
 
 /// How one release went.
@@ -164,6 +167,9 @@ pub async fn run(options: &Options) -> anyhow::Result<Summary> {
     print!("{final_status}");
     let metrics = agent_metrics(port).await.unwrap_or_default();
 
+    if options.keep {
+        keep_running(&weir, port, &agent_log).await?;
+    }
     drop(agent);
     drop(prometheus);
     drop(simulator);
@@ -175,6 +181,30 @@ pub async fn run(options: &Options) -> anyhow::Result<Summary> {
         metrics,
         final_status,
     })
+}
+
+/// Holds everything open until Ctrl-C, after saying how to look around.
+async fn keep_running(weir: &Weir, port: u16, agent_log: &std::path::Path) -> anyhow::Result<()> {
+    let kubeconfig = weir.kubeconfig.display();
+    let kubectl = weir_testbed::kubectl();
+    println!(
+        "\nThe demo's cluster is still running (WEIR_DEMO_KEEP=1). In another terminal:\n\
+         \n  export KUBECONFIG={kubeconfig}\
+         \n  {kubectl} -n {NAMESPACE} get virtualservice,destinationrule,deployment,service\
+         \n  {kubectl} -n {NAMESPACE} get events --sort-by=.metadata.creationTimestamp\
+         \n  {weir} -n {NAMESPACE} status\
+         \n  {weir} -n {NAMESPACE} explain {SERVICE}\
+         \n  curl -s http://127.0.0.1:{port}/metrics | grep ^weir_\
+         \n\nThe agent logs to {log}. Press Ctrl-C to stop everything.",
+        kubectl = kubectl.display(),
+        weir = weir.binary.display(),
+        log = agent_log.display(),
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    println!("\nStopping the demo's cluster.");
+    Ok(())
 }
 
 /// The Service's timings: the manifest's, or CI's faster ones.

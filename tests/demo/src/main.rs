@@ -1,5 +1,6 @@
 //! `weir-demo` (`make demo`): a healthy release promoted and a bad one aborted, on the
-//! test bed. `--short` (or WEIR_DEMO_SHORT=1) is CI's faster mode. The `weir` binary is
+//! test bed. `--short` (or WEIR_DEMO_SHORT=1) is CI's faster mode; `--keep` (or
+//! WEIR_DEMO_KEEP=1) leaves the cluster running until Ctrl-C, to explore with kubectl. The `weir` binary is
 //! taken from WEIR_BIN, else from beside this program.
 
 use std::path::PathBuf;
@@ -22,6 +23,8 @@ async fn main() -> ExitCode {
 async fn demo() -> anyhow::Result<ExitCode> {
     let short = std::env::args().any(|a| a == "--short")
         || std::env::var("WEIR_DEMO_SHORT").is_ok_and(|v| v == "1");
+    let keep = std::env::args().any(|a| a == "--keep")
+        || std::env::var("WEIR_DEMO_KEEP").is_ok_and(|v| v == "1");
     let weir = match std::env::var_os("WEIR_BIN") {
         Some(path) => PathBuf::from(path),
         None => std::env::current_exe()?
@@ -35,7 +38,7 @@ async fn demo() -> anyhow::Result<ExitCode> {
         weir.display()
     );
     println!("weir demo: a healthy release promoted, then a bad one aborted, on a local test bed.");
-    let summary = run(&Options { weir, short }).await?;
+    let summary = run(&Options { weir, short, keep }).await?;
     print!("{}", summary.describe());
     let expected = summary.healthy.watch_exit == Some(0) && summary.faulty.watch_exit == Some(1);
     if expected {

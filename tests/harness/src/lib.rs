@@ -61,6 +61,12 @@ pub fn testbed_dir() -> PathBuf {
     dir
 }
 
+/// The test bed's `kubectl`, built from the same Kubernetes module as its apiserver
+/// (Debian's is several minor versions behind).
+pub fn kubectl() -> PathBuf {
+    testbed_dir().join("bin/kubectl")
+}
+
 /// `k8s-<v>_etcd-<v>_helm-<v>_istio-<v>_gwapi-<v>`, as `setup.sh` names it.
 fn testbed_name() -> String {
     let version = |key: &str| {

@@ -114,6 +114,37 @@ async fn objects_created_in_the_apiserver_are_read_back() {
     );
 }
 
+/// The test bed's kubectl is the apiserver's own version and reaches a control plane
+/// through its kubeconfig file, as the demo tells people to use it.
+#[tokio::test]
+async fn kubectl_of_the_apiserver_version_reads_the_control_plane() {
+    let control_plane = start_control_plane().await;
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(weir_testbed::kubectl())
+            .args(args)
+            .env("KUBECONFIG", control_plane.kubeconfig_path())
+            .output()
+            .expect("the test bed has kubectl: run `make testbed`");
+        assert!(
+            output.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let versions = run(&["version", "-o", "json"]);
+    let versions: serde_json::Value = serde_json::from_str(&versions).unwrap();
+    assert_eq!(
+        versions["clientVersion"]["gitVersion"], versions["serverVersion"]["gitVersion"],
+        "kubectl and the apiserver are built from one module version"
+    );
+    let crds = run(&["get", "crd", "-o", "name"]);
+    assert!(
+        crds.contains("virtualservices.networking.istio.io"),
+        "{crds}"
+    );
+}
+
 #[tokio::test]
 async fn istio_schema_is_enforced_on_virtual_services() {
     let control_plane = start_control_plane().await;
