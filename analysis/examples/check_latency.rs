@@ -108,9 +108,12 @@ async fn main() -> anyhow::Result<()> {
                     min_requests: 50,
                     error_codes: Default::default(),
                     max_slow_share: slow_share,
+                    ..Gates::default()
                 },
                 reporter: Reporter::Destination,
                 custom: custom[..custom_count].to_vec(),
+                earlier: Default::default(),
+                pass_at: 100.0,
             })
             .collect();
         for in_flight in [1, IN_FLIGHT] {

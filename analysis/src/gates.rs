@@ -50,6 +50,81 @@ pub struct Gates {
     /// when a step sees few requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_slow_share: Option<SlowShare>,
+    /// How the gates decide: on evidence (the default) or on fixed thresholds.
+    #[serde(default, skip_serializing_if = "Rule::is_default")]
+    pub rule: Rule,
+    /// How much worse than stable the canary may be, as a fraction: with 0.5 its share
+    /// of errors (and of slow requests) may be up to 1.5 times stable's. A canary twice
+    /// as far beyond (3 times stable's, with 0.5) is bad. Sequential rule only.
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f64,
+    /// The confidence every decision is made with, in (0, 1): a healthy canary is
+    /// aborted, and a bad one promoted, in at most `1 - confidence` of rollouts.
+    /// Sequential rule only.
+    #[serde(default = "default_confidence")]
+    pub confidence: f64,
+}
+
+impl Default for Gates {
+    /// The gates of DESIGN.md's user contract: at most 1% errors (every 5xx), 500 ms at
+    /// the 0.99 quantile, 50 requests a step, decided on evidence with a tolerance of 50%
+    /// and 99% confidence.
+    fn default() -> Self {
+        Gates {
+            max_error_rate: 0.01,
+            max_latency: Duration::from_millis(500),
+            latency_quantile: 0.99,
+            min_requests: 50,
+            error_codes: ResponseCodes::default(),
+            max_slow_share: None,
+            rule: Rule::default(),
+            tolerance: DEFAULT_TOLERANCE,
+            confidence: DEFAULT_CONFIDENCE,
+        }
+    }
+}
+
+/// How the gates turn measurements into a verdict.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rule {
+    /// Anytime-valid sequential tests of the canary against stable and against the
+    /// SLO, on all the requests of the rollout so far ([`crate::sequential`]): a step
+    /// advances on evidence of health, the canary is aborted on evidence of harm.
+    #[default]
+    Sequential,
+    /// weir 0.1's rule, kept as the decision benchmark's baseline: each check compares
+    /// the canary's error rate and latency quantile since the step began with their
+    /// bounds, once `min-requests` requests were served; `failure-limit` failed checks
+    /// abort.
+    Threshold,
+}
+
+impl Rule {
+    fn is_default(&self) -> bool {
+        *self == Rule::default()
+    }
+
+    /// The annotation value: `sequential` or `threshold`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::Sequential => "sequential",
+            Rule::Threshold => "threshold",
+        }
+    }
+}
+
+/// Default relative tolerance: the canary may be up to 1.5 times as bad as stable.
+pub const DEFAULT_TOLERANCE: f64 = 0.5;
+/// Default confidence of every decision.
+pub const DEFAULT_CONFIDENCE: f64 = 0.99;
+
+fn default_tolerance() -> f64 {
+    DEFAULT_TOLERANCE
+}
+
+fn default_confidence() -> f64 {
+    DEFAULT_CONFIDENCE
 }
 
 /// The "share of requests slower than `threshold`" gate: at most `max_share` of the
@@ -312,10 +387,12 @@ mod tests {
         let gates: Gates = serde_json::from_str(old).unwrap();
         assert_eq!(gates.error_codes.as_str(), "5..");
         assert_eq!(gates.max_slow_share, None);
-        // And a gate without the optional gate writes what an older agent reads.
+        assert_eq!(gates.rule, Rule::Sequential);
+        assert_eq!(gates.tolerance, DEFAULT_TOLERANCE);
+        assert_eq!(gates.confidence, DEFAULT_CONFIDENCE);
         assert_eq!(
             serde_json::to_string(&gates).unwrap(),
-            r#"{"max_error_rate":0.01,"max_latency":500,"latency_quantile":0.99,"min_requests":50,"error_codes":"5.."}"#
+            r#"{"max_error_rate":0.01,"max_latency":500,"latency_quantile":0.99,"min_requests":50,"error_codes":"5..","tolerance":0.5,"confidence":0.99}"#
         );
     }
 
@@ -331,6 +408,9 @@ mod tests {
                 threshold: Duration::from_micros(500),
                 max_share: 0.05,
             }),
+            rule: Rule::Threshold,
+            tolerance: 0.25,
+            confidence: 0.95,
         };
         let json = serde_json::to_string(&gates).unwrap();
         assert!(

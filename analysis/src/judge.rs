@@ -37,6 +37,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+mod evidence;
+
+pub use evidence::{ERRORS_VS_STABLE, Judgement, SLOWER_VS_STABLE_SUFFIX, Standing, weigh};
+
 use crate::custom::TemplateBound;
 use crate::gates::{Gates, SlowShare};
 use crate::promql::VERSION_LABEL;
@@ -101,11 +105,13 @@ pub struct Observations {
     pub request_count: QueryOutcome,
     /// Error responses per version ([`crate::promql::error_count`]).
     pub error_count: QueryOutcome,
-    /// Latency in milliseconds per version ([`crate::promql::latency`]).
+    /// Latency in milliseconds per version ([`crate::promql::latency`]); read by the
+    /// threshold rule only.
     pub latency: QueryOutcome,
-    /// Requests per latency bucket per version ([`crate::promql::bucket_counts`]), when
-    /// the slow-share gate is on.
-    pub slow_share: Option<QueryOutcome>,
+    /// Requests per latency bucket per version ([`crate::promql::bucket_counts`]): always
+    /// under the sequential rule, and under the threshold rule when the slow-share gate
+    /// is on.
+    pub buckets: Option<QueryOutcome>,
     /// Each custom metric's results.
     pub custom: Vec<CustomObservation>,
 }
@@ -260,18 +266,21 @@ pub fn judge(observations: &Observations, canary: &str, stable: &str, gates: &Ga
             canary: canary_requests,
             stable: counts.and_then(|c| finite(c.stable)),
             bound: Some(Bound::Min(min_requests)),
+            evidence: None,
         },
         Measurement {
             metric: ERROR_RATE.to_string(),
             canary: canary_error_rate,
             stable: stable_error_rate,
             bound: Some(Bound::Max(gates.max_error_rate)),
+            evidence: None,
         },
         Measurement {
             metric: LATENCY.to_string(),
             canary: canary_latency,
             stable: latencies.and_then(|l| finite(l.stable)),
             bound: Some(Bound::Max(max_latency)),
+            evidence: None,
         },
     ];
 
@@ -285,7 +294,7 @@ pub fn judge(observations: &Observations, canary: &str, stable: &str, gates: &Ga
     .collect();
 
     let mut later = Vec::new();
-    if let (Some(gate), Some(outcome)) = (&gates.max_slow_share, &observations.slow_share) {
+    if let (Some(gate), Some(outcome)) = (&gates.max_slow_share, &observations.buckets) {
         let measurement = slow_share(outcome, gate, canary, stable, &mut shape, &mut later);
         measurements.push(measurement);
     }
@@ -311,6 +320,7 @@ pub fn judge(observations: &Observations, canary: &str, stable: &str, gates: &Ga
         Verdict::Fail {
             failed,
             measurements,
+            conclusive: false,
         }
     } else if let Some(first) = problems.first() {
         let detail = describe(&problems);
@@ -392,6 +402,7 @@ fn slow_share(
         canary: None,
         stable: None,
         bound: Some(Bound::Max(gate.max_share)),
+        evidence: None,
     };
     let problem = |reason, metric: &str, detail: String| Problem {
         reason,
@@ -589,6 +600,7 @@ fn custom_metric(
         canary: canary_value,
         stable: finite(stable_value),
         bound,
+        evidence: None,
     }
 }
 

@@ -13,14 +13,15 @@ pub mod gates;
 pub mod judge;
 pub mod prometheus;
 pub mod promql;
+pub mod sequential;
 pub mod verdict;
 
 pub use custom::{
     Limit, MetricTemplate, MetricsConfigError, TemplateBound, TemplateProblem, parse_metrics,
 };
-pub use gates::{Gates, InvalidResponseCodes, Reporter, ResponseCodes, SlowShare};
+pub use gates::{Gates, InvalidResponseCodes, Reporter, ResponseCodes, Rule, SlowShare};
 pub use prometheus::{
     BasicAuth, CheckReport, CheckRequest, ConfigError, PrometheusApi, PrometheusConfig, QueryError,
     RanQuery,
 };
-pub use verdict::{Bound, InconclusiveReason, Measurement, Verdict};
+pub use verdict::{Bound, Evidence, InconclusiveReason, Measurement, Verdict};

@@ -27,16 +27,20 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::custom::{MetricTemplate, TemplateValues};
-use crate::gates::{Gates, Reporter};
-use crate::judge::{self, CustomObservation, Observations, QueryFailure, QueryOutcome, Series};
+use crate::gates::{Gates, Reporter, Rule};
+use crate::judge::{
+    self, CustomObservation, Judgement, Observations, QueryFailure, QueryOutcome, Series, Standing,
+};
 use crate::promql::{BuiltinQueries, Target, Window};
+use crate::sequential::{RolloutEvidence, StepCounts};
 use crate::verdict::Verdict;
 
 /// The header Grafana Mimir reads the tenant from.
 const TENANT_HEADER: &str = "X-Scope-OrgID";
 
-/// The metric name in [`RanQuery`] of the bucket query behind the slow-share gate.
-pub const SLOW_SHARE_QUERY: &str = "slower-than";
+/// The metric name in [`RanQuery`] of the latency bucket query: every latency test of
+/// the sequential rule, or the threshold rule's slow-share gate.
+pub const BUCKETS_QUERY: &str = "latency-buckets";
 
 /// How Prometheus (or Mimir) is reached. Usually filled from the agent's flags.
 #[derive(Clone, Debug)]
@@ -170,6 +174,11 @@ pub struct CheckRequest {
     /// Custom metrics, from the ConfigMap named by `weir.dev/metrics`
     /// ([`crate::custom::parse_metrics`]); empty when there is none.
     pub custom: Vec<MetricTemplate>,
+    /// The rollout's evidence from its earlier steps (sequential rule).
+    pub earlier: RolloutEvidence,
+    /// The e-value for the canary this step needs to advance (sequential rule):
+    /// [`crate::sequential::required_for`] the next step's weight.
+    pub pass_at: f64,
 }
 
 /// One query a check ran.
@@ -195,6 +204,13 @@ pub struct CheckReport {
     pub window_seconds: u64,
     /// The queries that ran, evaluated at the request's `evaluate_at`.
     pub queries: Vec<RanQuery>,
+    /// The current step's counts (sequential rule), which the status records when the
+    /// step completes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<StepCounts>,
+    /// The relative latency test's baseline, when this check chose it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_ms: Option<f64>,
 }
 
 /// The HTTP API of a Prometheus or Grafana Mimir, as weir's gates use it.
@@ -318,10 +334,14 @@ impl PrometheusApi {
         let mut queries = vec![
             ran(judge::REQUEST_COUNT, None, builtin.request_count),
             ran(judge::ERROR_RATE, None, builtin.error_count),
-            ran(judge::LATENCY, None, builtin.latency),
         ];
-        if let Some(promql) = builtin.slow_share {
-            queries.push(ran(SLOW_SHARE_QUERY, None, promql));
+        let quantile = builtin.latency.is_some();
+        if let Some(promql) = builtin.latency {
+            queries.push(ran(judge::LATENCY, None, promql));
+        }
+        let buckets = builtin.buckets.is_some();
+        if let Some(promql) = builtin.buckets {
+            queries.push(ran(BUCKETS_QUERY, None, promql));
         }
         for template in &request.custom {
             for version in [&request.canary_version, &request.stable_version] {
@@ -348,8 +368,8 @@ impl PrometheusApi {
         let mut next = || outcomes.next().expect("one outcome per query");
         let request_count = next();
         let error_count = next();
-        let latency = next();
-        let slow_share = request.gates.max_slow_share.map(|_| next());
+        let latency = if quantile { next() } else { Ok(Vec::new()) };
+        let buckets = buckets.then(&mut next);
         let custom = request
             .custom
             .iter()
@@ -364,19 +384,37 @@ impl PrometheusApi {
             request_count,
             error_count,
             latency,
-            slow_share,
+            buckets,
             custom,
         };
-        let verdict = judge::judge(
-            &observations,
-            &request.canary_version,
-            &request.stable_version,
-            &request.gates,
-        );
+        let judgement = match request.gates.rule {
+            Rule::Sequential => judge::weigh(
+                &observations,
+                &request.canary_version,
+                &request.stable_version,
+                &request.gates,
+                Standing {
+                    earlier: &request.earlier,
+                    pass_at: request.pass_at,
+                },
+            ),
+            Rule::Threshold => Judgement {
+                verdict: judge::judge(
+                    &observations,
+                    &request.canary_version,
+                    &request.stable_version,
+                    &request.gates,
+                ),
+                step: None,
+                baseline_ms: None,
+            },
+        };
         CheckReport {
-            verdict,
+            verdict: judgement.verdict,
             window_seconds: window.duration().as_secs(),
             queries,
+            step: judgement.step,
+            baseline_ms: judgement.baseline_ms,
         }
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::gates::{Gates, Reporter, ResponseCodes};
+use crate::gates::{Gates, Reporter, ResponseCodes, Rule};
 
 /// The label Istio puts the version of the serving workload in.
 pub const VERSION_LABEL: &str = "destination_version";
@@ -144,21 +144,29 @@ pub struct BuiltinQueries {
     /// Requests answered with an error code per version over the window. A version
     /// without any such response has no series at all.
     pub error_count: String,
-    /// Latency in milliseconds at the gate's quantile per version over the window.
-    pub latency: String,
-    /// Requests per latency bucket per version over the window, when the slow-share gate
-    /// is on.
-    pub slow_share: Option<String>,
+    /// Latency in milliseconds at the gate's quantile per version over the window: the
+    /// threshold rule's latency gate.
+    pub latency: Option<String>,
+    /// Requests per latency bucket per version over the window: every latency test of
+    /// the sequential rule, and the threshold rule's slow-share gate when it is on.
+    pub buckets: Option<String>,
 }
 
 impl BuiltinQueries {
     /// The queries of `gates` for `target` over `window`.
     pub fn new(target: &Target<'_>, window: Window, gates: &Gates) -> BuiltinQueries {
+        let (latency, buckets) = match gates.rule {
+            Rule::Sequential => (None, Some(bucket_counts(target, window))),
+            Rule::Threshold => (
+                Some(latency(target, window, gates.latency_quantile)),
+                gates.max_slow_share.map(|_| bucket_counts(target, window)),
+            ),
+        };
         BuiltinQueries {
             request_count: request_count(target, window),
             error_count: error_count(target, window, &gates.error_codes),
-            latency: latency(target, window, gates.latency_quantile),
-            slow_share: gates.max_slow_share.map(|_| bucket_counts(target, window)),
+            latency,
+            buckets,
         }
     }
 }
@@ -290,6 +298,9 @@ mod tests {
                 threshold: Duration::from_millis(250),
                 max_share: 0.05,
             }),
+            rule: Rule::Threshold,
+            tolerance: 0.5,
+            confidence: 0.99,
         };
         let queries = BuiltinQueries::new(&target("v2", "v1"), Window { seconds: 300 }, &gates);
         let sel = |metric: &str, version: &str, extra: &str| {
@@ -317,15 +328,18 @@ mod tests {
             )
         );
         assert_eq!(
-            queries.latency,
-            format!(
-                "histogram_quantile(0.99, sum by (destination_version, le) (rate({}) or rate({})))",
-                buckets("v2"),
-                buckets("v1")
+            queries.latency.as_deref(),
+            Some(
+                format!(
+                    "histogram_quantile(0.99, sum by (destination_version, le) (rate({}) or rate({})))",
+                    buckets("v2"),
+                    buckets("v1")
+                )
+                .as_str()
             )
         );
         assert_eq!(
-            queries.slow_share.as_deref(),
+            queries.buckets.as_deref(),
             Some(
                 format!(
                     "sum by (destination_version, le) (increase({}) or increase({}))",
@@ -340,10 +354,23 @@ mod tests {
             Window { seconds: 300 },
             &Gates {
                 max_slow_share: None,
+                ..gates.clone()
+            },
+        );
+        assert_eq!(without.buckets, None);
+        // The sequential rule reads every latency test from the buckets, and needs no
+        // quantile: still three queries.
+        let sequential = BuiltinQueries::new(
+            &target("v2", "v1"),
+            Window { seconds: 300 },
+            &Gates {
+                rule: Rule::Sequential,
+                max_slow_share: None,
                 ..gates
             },
         );
-        assert_eq!(without.slow_share, None);
+        assert_eq!(sequential.latency, None);
+        assert_eq!(sequential.buckets, queries.buckets);
     }
 
     #[test]

@@ -16,6 +16,11 @@ pub enum Verdict {
     Fail {
         failed: Vec<String>,
         measurements: Vec<Measurement>,
+        /// The evidence against the canary reached the confidence asked for: it is
+        /// aborted at once. A fixed-threshold miss (a custom metric, or the `threshold`
+        /// rule) is not conclusive: such misses count toward the failure limit.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        conclusive: bool,
     },
     /// The evidence was not good enough to judge.
     Inconclusive {
@@ -61,6 +66,10 @@ pub enum InconclusiveReason {
     QueryTimeout,
     /// A query returned several series where one was expected.
     SeveralSeries,
+    /// Everything was measured, but the evidence does not yet show the canary healthy
+    /// (nor bad) with the confidence asked for: the step waits for more requests, up to
+    /// its decision timeout.
+    AwaitingEvidence,
     /// Prometheus, or a proxy in front of it, refused a query (HTTP 4xx, `bad_data`, an
     /// unreadable token file, an untrusted certificate), or a gate cannot be measured as
     /// configured (a slow-share threshold above every histogram bucket). Retrying will
@@ -91,4 +100,29 @@ pub struct Measurement {
     pub stable: Option<f64>,
     /// The limit the canary's value is held to, if this metric is a gate.
     pub bound: Option<Bound>,
+    /// The sequential tests' evidence behind this gate, when the judge weighs evidence
+    /// rather than comparing one value with its bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
+}
+
+/// How far the sequential tests of one gate have come, as e-values: a likelihood ratio
+/// that may be read after every check (see [`crate::sequential`]). 1 is no evidence
+/// either way; the canary is aborted when `against` reaches `abort_at`, and the step may
+/// advance when `for_canary` reaches `pass_at`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Evidence {
+    /// Evidence that the canary is worse than acceptable (its strongest test).
+    pub against: f64,
+    /// The level of `against` that aborts the canary.
+    pub abort_at: f64,
+    /// Evidence that the canary is better than bad (its weakest test).
+    pub for_canary: f64,
+    /// The level of `for_canary` this step needs to advance.
+    pub pass_at: f64,
+    /// Roughly how many more canary requests `for_canary` needs to reach `pass_at`, at
+    /// the pace it has grown so far; absent when it has not grown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub more_requests: Option<u64>,
 }

@@ -44,18 +44,21 @@ fn measurements(requests: f64, error_rate: Option<f64>, latency: Option<f64>) ->
             canary: Some(requests),
             stable: Some(1080.0),
             bound: Some(Bound::Min(50.0)),
+            evidence: None,
         },
         Measurement {
             metric: "error-rate".into(),
             canary: error_rate,
             stable: Some(0.0),
             bound: Some(Bound::Max(0.01)),
+            evidence: None,
         },
         Measurement {
             metric: "latency".into(),
             canary: latency,
             stable: Some(20.0),
             bound: Some(Bound::Max(500.0)),
+            evidence: None,
         },
     ]
 }
@@ -105,6 +108,7 @@ fn statuses() -> Vec<(&'static str, Option<Status>)> {
                     verdict: Verdict::Fail {
                         failed: vec!["error-rate".into()],
                         measurements: measurements(118.0, Some(0.2), Some(21.0)),
+                        conclusive: false,
                     },
                 }),
                 message: "aborted v8: 2 failed checks reached the failure limit; canary weight 0".into(),

@@ -91,6 +91,18 @@ pub struct DefaultArgs {
     pub default_failure_limit: String,
     #[arg(long, default_value = "10m")]
     pub default_no_data_timeout: String,
+    /// Default weir.dev/analysis: `sequential` (decide on evidence) or `threshold`.
+    #[arg(long, default_value = "sequential")]
+    pub default_analysis: String,
+    /// Default weir.dev/tolerance: how much worse than stable a canary may be.
+    #[arg(long, default_value = "50%")]
+    pub default_tolerance: String,
+    /// Default weir.dev/confidence of every decision.
+    #[arg(long, default_value = "99%")]
+    pub default_confidence: String,
+    /// Default weir.dev/decision-timeout: how long a step may wait for evidence.
+    #[arg(long, default_value = "30m")]
+    pub default_decision_timeout: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -141,6 +153,11 @@ impl DefaultArgs {
             error_codes: spec::parse_error_codes(&self.default_error_codes)
                 .map_err(|e| flag("error-codes", e))?,
             max_slow_share,
+            rule: spec::parse_rule(&self.default_analysis).map_err(|e| flag("analysis", e))?,
+            tolerance: spec::parse_tolerance(&self.default_tolerance)
+                .map_err(|e| flag("tolerance", e))?,
+            confidence: spec::parse_confidence(&self.default_confidence)
+                .map_err(|e| flag("confidence", e))?,
         };
         Ok(Defaults {
             stable_subset: spec::parse_subset_name(&self.default_stable_subset)
@@ -159,6 +176,8 @@ impl DefaultArgs {
                 .map_err(|e| flag("failure-limit", e))?,
             no_data_timeout: spec::parse_duration(&self.default_no_data_timeout)
                 .map_err(|e| flag("no-data-timeout", e))?,
+            decision_timeout: spec::parse_interval(&self.default_decision_timeout)
+                .map_err(|e| flag("decision-timeout", e))?,
         })
     }
 }

@@ -83,6 +83,16 @@ impl CheckArgs {
         };
         let now = Timestamp::now();
         let (canary, stable, since) = self.versions(&view, now)?;
+        // The rollout in progress is checked as the agent checks it: with its earlier
+        // steps' evidence, against what its current step needs. A version named by hand
+        // is checked on the window alone, against what a promotion needs.
+        let rollout = view
+            .status()
+            .filter(|s| s.canary.as_ref() == Some(&canary) && self.window.is_none());
+        let earlier = rollout.map(|s| s.evidence.clone()).unwrap_or_default();
+        let next_weight = rollout
+            .and_then(|s| s.steps.get(s.step? + 1).copied())
+            .unwrap_or(100);
         let request = CheckRequest {
             namespace: cluster.namespace.clone(),
             service: self.service.clone(),
@@ -91,9 +101,11 @@ impl CheckArgs {
             step_started_at: since,
             evaluate_at: now,
             min_window: self.prometheus.scrape_interval * 4,
-            gates: spec.gates,
+            gates: spec.gates.clone(),
             reporter: self.prometheus.reporter(),
             custom,
+            earlier,
+            pass_at: weir_analysis::sequential::required_for(spec.gates.confidence, next_weight),
         };
         let report = prometheus.check(&request).await;
         match self.output {
@@ -242,6 +254,8 @@ mod tests {
             verdict,
             window_seconds: 65,
             queries: Vec::new(),
+            step: None,
+            baseline_ms: None,
         }
     }
 
@@ -252,18 +266,21 @@ mod tests {
                 canary: Some(requests),
                 stable: Some(900.0),
                 bound: Some(Bound::Min(50.0)),
+                evidence: None,
             },
             Measurement {
                 metric: "error-rate".into(),
                 canary: Some(error_rate),
                 stable: Some(0.0),
                 bound: Some(Bound::Max(0.01)),
+                evidence: None,
             },
             Measurement {
                 metric: "latency".into(),
                 canary: None,
                 stable: Some(20.0),
                 bound: Some(Bound::Max(500.0)),
+                evidence: None,
             },
         ]
     }
@@ -277,6 +294,7 @@ mod tests {
             &report(Verdict::Fail {
                 failed: vec!["error-rate".into()],
                 measurements: measurements(100.0, 0.2),
+                conclusive: false,
             }),
         );
         assert_eq!(

@@ -319,18 +319,21 @@ mod tests {
                 canary: Some(requests),
                 stable: Some(1000.0),
                 bound: Some(Bound::Min(50.0)),
+                evidence: None,
             },
             Measurement {
                 metric: "error-rate".into(),
                 canary: Some(error_rate),
                 stable: Some(0.0),
                 bound: Some(Bound::Max(0.01)),
+                evidence: None,
             },
             Measurement {
                 metric: "latency".into(),
                 canary: Some(latency),
                 stable: None,
                 bound: Some(Bound::Max(500.0)),
+                evidence: None,
             },
         ]
     }
@@ -347,6 +350,7 @@ mod tests {
         let fail = Verdict::Fail {
             failed: vec!["error-rate".into()],
             measurements: measurements(118.0, 0.2, 20.0),
+            conclusive: false,
         };
         assert_eq!(
             verdict_summary(&fail),

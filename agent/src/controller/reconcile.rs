@@ -10,6 +10,7 @@ use kube::api::ListParams;
 use kube::runtime::controller::Action as Requeue;
 use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
+use weir_analysis::judge::Judgement;
 use weir_analysis::{CheckRequest, MetricTemplate};
 
 use super::apply::Writer;
@@ -88,7 +89,7 @@ pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeu
     };
 
     let check = plan::check_due(&spec, &observed, now);
-    let verdict = match &check {
+    let judgement = match &check {
         Some(request) => {
             let report = ctx
                 .metrics
@@ -102,16 +103,26 @@ pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeu
                 service = %name, canary = %request.canary, verdict = report.verdict.kind(),
                 window_s = report.window_seconds, "gates evaluated"
             );
+            let judgement = Judgement {
+                verdict: report.verdict,
+                step: report.step,
+                baseline_ms: report.baseline_ms,
+            };
             ctx.last_checks
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(name.clone(), now);
-            Some(report.verdict)
+            Some(judgement)
         }
         None => None,
     };
 
-    let plan = plan::plan(&spec, &observed, check.as_ref().zip(verdict.as_ref()), now);
+    let plan = plan::plan(
+        &spec,
+        &observed,
+        check.as_ref().zip(judgement.as_ref()),
+        now,
+    );
     debug!(service = %name, actions = plan.actions.len(), "planned");
     writer.apply(Some((&spec, target)), &plan.actions).await?;
     ctx.metrics
@@ -257,5 +268,7 @@ fn check_request(
         gates: spec.gates.clone(),
         reporter: ctx.config.reporter,
         custom,
+        earlier: due.earlier.clone(),
+        pass_at: weir_analysis::sequential::required_for(spec.gates.confidence, due.next_weight),
     }
 }

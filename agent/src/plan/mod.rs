@@ -10,6 +10,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use weir_analysis::Verdict;
+use weir_analysis::sequential::RolloutEvidence;
 
 use crate::spec::Weight;
 
@@ -141,6 +142,9 @@ pub struct Status {
     pub inconclusive_since: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_check: Option<CheckRecord>,
+    /// What the sequential tests carry over from the rollout's completed steps.
+    #[serde(default, skip_serializing_if = "RolloutEvidence::is_empty")]
+    pub evidence: RolloutEvidence,
     /// Aborted versions not to be retried until their template changes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<FailedVersion>,
@@ -167,6 +171,7 @@ impl Status {
             failed_checks: 0,
             inconclusive_since: None,
             last_check: None,
+            evidence: RolloutEvidence::default(),
             failed: Vec::new(),
             message: String::new(),
             rollout_started_at: None,
@@ -239,4 +244,9 @@ pub struct CheckRequest {
     pub stable: String,
     /// The window starts here: when the current step began.
     pub since: Timestamp,
+    /// The canary weight that passing this step leads to: the next step's, or 100 at the
+    /// last step (the promotion). The evidence a step needs grows with it.
+    pub next_weight: Weight,
+    /// The rollout's evidence from its completed steps.
+    pub earlier: RolloutEvidence,
 }

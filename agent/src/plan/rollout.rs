@@ -12,7 +12,9 @@
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use weir_analysis::{Bound, Verdict};
+use weir_analysis::judge::Judgement;
+use weir_analysis::sequential::{RolloutEvidence, StepCounts};
+use weir_analysis::{Bound, InconclusiveReason, Verdict};
 
 use super::{
     Action, CheckRecord, CheckRequest, Event, EventType, FailedVersion, Observed, Phase, Plan,
@@ -42,11 +44,19 @@ pub fn check_due(spec: &RolloutSpec, observed: &Observed, now: Timestamp) -> Opt
         // The plan restarts the rollout; a check of the old template means nothing.
         return None;
     }
+    let since = status.step_started_at?;
     let due = next_check_at(spec, status, observed.last_check_at)?;
+    let next_weight = status
+        .step
+        .and_then(|step| spec.steps.get(step + 1))
+        .copied()
+        .unwrap_or(100);
     (now >= due).then(|| CheckRequest {
         canary: canary.clone(),
         stable: stable.clone(),
-        since: status.step_started_at.expect("next_check_at needs it"),
+        since,
+        next_weight,
+        earlier: status.evidence.clone(),
     })
 }
 
@@ -94,11 +104,11 @@ pub fn misconfigured(status: Option<&Status>, reason: &str, now: Timestamp) -> P
     }
 }
 
-/// Decide what to do now. `check` is the gates' verdict if [`check_due`] asked for one.
+/// Decide what to do now. `check` is the gates' judgement if [`check_due`] asked for one.
 pub fn plan(
     spec: &RolloutSpec,
     observed: &Observed,
-    check: Option<(&CheckRequest, &Verdict)>,
+    check: Option<(&CheckRequest, &Judgement)>,
     now: Timestamp,
 ) -> Plan {
     let Some(versions) = observed.versions.as_deref() else {
@@ -391,6 +401,7 @@ impl<'a> Draft<'a> {
         s.failed_checks = 0;
         s.inconclusive_since = None;
         s.last_check = None;
+        s.evidence = RolloutEvidence::default();
         s.rollout_started_at = Some(self.now);
         self.dirty = true;
         let message = format!(
@@ -403,7 +414,7 @@ impl<'a> Draft<'a> {
     }
 
     /// One reconcile of a rollout in progress. Returns whether `check` was used.
-    fn progress(&mut self, check: Option<(&CheckRequest, &Verdict)>) -> bool {
+    fn progress(&mut self, check: Option<(&CheckRequest, &Judgement)>) -> bool {
         let Some(canary) = self.status.canary.clone() else {
             self.go_idle("no canary is recorded; back to idle".into());
             return false;
@@ -442,34 +453,85 @@ impl<'a> Draft<'a> {
         if self.status.phase == Phase::Paused {
             return false;
         }
-        let Some((request, verdict)) = check else {
+        let Some((request, judgement)) = check else {
             return false;
         };
         if request.canary != canary || Some(request.since) != self.status.step_started_at {
             return false;
         }
-        self.judge(verdict);
+        self.judge(judgement);
         true
     }
 
-    fn judge(&mut self, verdict: &Verdict) {
+    fn judge(&mut self, judgement: &Judgement) {
         let now = self.now;
+        let verdict = &judgement.verdict;
+        // The recorded check is always the latest one.
         self.status.last_check = Some(CheckRecord {
             at: now,
             verdict: verdict.clone(),
         });
+        self.dirty = true;
+        if let Some(baseline) = judgement.baseline_ms
+            && self.status.evidence.baseline_ms.is_none()
+        {
+            self.status.evidence.baseline_ms = Some(baseline);
+        }
         let summary = summarize(verdict);
         match verdict {
             Verdict::Pass { .. } => {
-                if self.status.inconclusive_since.take().is_some() {
-                    self.dirty = true;
-                }
+                self.status.inconclusive_since = None;
                 let held = self
                     .status
                     .step_started_at
                     .is_some_and(|t| now >= add(t, self.spec.step_interval));
                 if held {
-                    self.advance(&summary);
+                    self.advance(&summary, judgement.step);
+                } else {
+                    self.set_message(format!(
+                        "{}: healthy so far; holding the step for {}",
+                        self.step_label(),
+                        humantime::format_duration(self.spec.step_interval)
+                    ));
+                }
+            }
+            Verdict::Fail {
+                failed,
+                conclusive: true,
+                ..
+            } => {
+                self.status.failed_checks += 1;
+                self.abort(format!(
+                    "the evidence against it reached {} confidence on {}: {summary}",
+                    percent(self.spec.gates.confidence),
+                    failed.join(", ")
+                ));
+            }
+            Verdict::Inconclusive {
+                reason: InconclusiveReason::AwaitingEvidence,
+                detail,
+                ..
+            } => {
+                // The normal state of a step's first minutes: no Event, and not the
+                // no-data clock, but a bound on how long a step may wait for evidence.
+                self.status.inconclusive_since = None;
+                let since = self.status.step_started_at.unwrap_or(now);
+                let deadline = add(
+                    add(since, self.spec.step_interval),
+                    self.spec.decision_timeout,
+                );
+                if now >= deadline {
+                    self.abort(format!(
+                        "no evidence of health within the step interval and the decision timeout ({} + {}) at canary weight {}: {detail}",
+                        humantime::format_duration(self.spec.step_interval),
+                        humantime::format_duration(self.spec.decision_timeout),
+                        self.status.weight
+                    ));
+                } else {
+                    self.set_message(format!(
+                        "{}: awaiting evidence: {detail}",
+                        self.step_label()
+                    ));
                 }
             }
             Verdict::Fail { failed, .. } => {
@@ -513,10 +575,22 @@ impl<'a> Draft<'a> {
         }
     }
 
-    fn advance(&mut self, summary: &str) {
+    /// `step 2/3`, for messages.
+    fn step_label(&self) -> String {
+        format!(
+            "step {}/{}",
+            self.status.step.map_or(0, |s| s + 1),
+            self.spec.steps.len()
+        )
+    }
+
+    fn advance(&mut self, summary: &str, counts: Option<StepCounts>) {
         let step = self.status.step.unwrap_or(0);
         let total = self.spec.steps.len();
         self.dirty = true;
+        if let Some(counts) = counts {
+            self.status.evidence.steps.push(counts);
+        }
         if step + 1 < total {
             let from = self.status.weight;
             let to = self.spec.steps[step + 1];
@@ -748,8 +822,17 @@ fn summarize(verdict: &Verdict) -> String {
                 Some(Bound::Min(b)) => format!(", min {}", format_value(&m.metric, *b)),
                 None => String::new(),
             };
+            let evidence = m.evidence.as_ref().map_or_else(String::new, |e| {
+                format!(
+                    "; evidence for {}/{}, against {}/{}",
+                    evidence_value(e.for_canary),
+                    evidence_value(e.pass_at),
+                    evidence_value(e.against),
+                    evidence_value(e.abort_at)
+                )
+            });
             format!(
-                "{} {} (stable {}{bound})",
+                "{} {} (stable {}{bound}{evidence})",
                 m.metric,
                 fmt(m.canary),
                 fmt(m.stable)
@@ -763,11 +846,32 @@ fn summarize(verdict: &Verdict) -> String {
     }
 }
 
+/// An e-value for people: two significant figures below 100, whole above.
+fn evidence_value(e: f64) -> String {
+    if e >= 1e6 {
+        format!("{e:.0e}")
+    } else if e >= 100.0 {
+        format!("{e:.0}")
+    } else if e >= 10.0 {
+        format!("{e:.1}")
+    } else {
+        format!("{e:.2}")
+    }
+}
+
+/// `99%`, `99.9%`.
+fn percent(fraction: f64) -> String {
+    format!("{}%", (fraction * 1000.0).round() / 10.0)
+}
+
 fn format_value(metric: &str, v: f64) -> String {
     match metric {
-        "error-rate" => format!("{:.2}%", v * 100.0),
+        "error-rate" | "errors-vs-stable" => format!("{:.2}%", v * 100.0),
         "latency" => format!("{v:.0}ms"),
         "request-count" => format!("{v:.0}"),
+        m if m.starts_with("slower-than-") || m.ends_with("-vs-stable") => {
+            format!("{:.2}%", v * 100.0)
+        }
         _ => format!("{v}"),
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
+use weir_analysis::judge::Judgement;
 use weir_analysis::{Bound, InconclusiveReason, Measurement, Verdict};
 
 use super::*;
@@ -28,6 +29,7 @@ fn spec() -> RolloutSpec {
         gates: d.gates,
         failure_limit: d.failure_limit,
         no_data_timeout: d.no_data_timeout,
+        decision_timeout: d.decision_timeout,
         metrics_config_map: None,
     }
 }
@@ -53,6 +55,7 @@ fn pass() -> Verdict {
             canary: Some(0.001),
             stable: Some(0.001),
             bound: Some(Bound::Max(0.01)),
+            evidence: None,
         }],
     }
 }
@@ -65,7 +68,25 @@ fn fail() -> Verdict {
             canary: Some(0.2),
             stable: Some(0.001),
             bound: Some(Bound::Max(0.01)),
+            evidence: None,
         }],
+        conclusive: false,
+    }
+}
+
+fn conclusive_fail() -> Verdict {
+    Verdict::Fail {
+        failed: vec!["errors-vs-stable".into()],
+        measurements: Vec::new(),
+        conclusive: true,
+    }
+}
+
+fn awaiting() -> Verdict {
+    Verdict::Inconclusive {
+        reason: InconclusiveReason::AwaitingEvidence,
+        detail: "error-rate: evidence for the canary 2.1 of the 3.2 this step needs".into(),
+        measurements: vec![],
     }
 }
 
@@ -149,10 +170,23 @@ impl World {
     /// `verdict`), plan, and apply the actions in order until `fail_at` (a write that
     /// the apiserver refuses). Checks the invariants after every write.
     fn reconcile(&mut self, verdict: Option<Verdict>, fail_at: Option<usize>) -> Plan {
+        self.reconcile_judged(
+            verdict.map(|verdict| Judgement {
+                verdict,
+                step: None,
+                baseline_ms: None,
+            }),
+            fail_at,
+        )
+    }
+
+    /// [`World::reconcile`] with everything the judge returns.
+    fn reconcile_judged(&mut self, judgement: Option<Judgement>, fail_at: Option<usize>) -> Plan {
+        let verdict = judgement.as_ref().map(|j| j.verdict.clone());
         let observed = self.observed();
         let due = check_due(&self.spec, &observed, self.now);
-        let check = match (&due, &verdict) {
-            (Some(req), Some(v)) => Some((req, v)),
+        let check = match (&due, &judgement) {
+            (Some(req), Some(j)) => Some((req, j)),
             _ => None,
         };
         if let (Some(req), Some(Verdict::Pass { .. })) = (&due, &verdict) {
@@ -177,7 +211,7 @@ impl World {
                 break;
             }
             self.apply(action);
-            self.assert_invariants(&before, check.map(|(_, v)| v));
+            self.assert_invariants(&before, check.map(|(_, j)| &j.verdict));
         }
         plan
     }
@@ -599,6 +633,120 @@ fn misconfiguration_changes_no_traffic_and_fixing_it_resumes() {
 }
 
 #[test]
+fn conclusive_evidence_against_the_canary_aborts_at_once() {
+    let mut w = World::new();
+    w.reconcile(None, None);
+    w.versions.push(version("v2", "t2", 60));
+    w.reconcile(None, None);
+    assert_eq!(w.spec.failure_limit, 2);
+    w.tick(15);
+    let plan = w.reconcile(Some(conclusive_fail()), None);
+    assert!(reasons(&plan).contains(&"Aborted"), "{plan:?}");
+    let status = w.status.clone().unwrap();
+    assert_eq!(status.phase, Phase::Aborted);
+    assert!(
+        status.message.contains("99% confidence"),
+        "{}",
+        status.message
+    );
+    assert_eq!(w.traffic.canary, 0);
+}
+
+#[test]
+fn a_step_awaits_evidence_quietly_until_its_decision_timeout() {
+    let mut w = World::new();
+    w.reconcile(None, None);
+    w.versions.push(version("v2", "t2", 60));
+    w.reconcile(None, None);
+    let limit = w.spec.step_interval + w.spec.decision_timeout;
+    let mut waited = Duration::ZERO;
+    while waited + Duration::from_secs(15) < limit {
+        w.tick(15);
+        waited += Duration::from_secs(15);
+        let plan = w.reconcile(Some(awaiting()), None);
+        assert!(
+            reasons(&plan).is_empty(),
+            "no Event while awaiting: {plan:?}"
+        );
+        let status = w.status.clone().unwrap();
+        assert_eq!((status.phase, status.step), (Phase::Progressing, Some(0)));
+        assert!(
+            status.message.contains("awaiting evidence"),
+            "{}",
+            status.message
+        );
+        assert_eq!(
+            status.inconclusive_since, None,
+            "the no-data clock is not started"
+        );
+    }
+    w.tick(15);
+    let plan = w.reconcile(Some(awaiting()), None);
+    assert!(reasons(&plan).contains(&"Aborted"), "{plan:?}");
+    assert!(
+        w.status
+            .clone()
+            .unwrap()
+            .message
+            .contains("decision timeout"),
+        "{:?}",
+        w.status
+    );
+}
+
+#[test]
+fn each_completed_step_records_its_counts_and_a_new_rollout_starts_afresh() {
+    use weir_analysis::sequential::{Counts, StepCounts};
+    let counts = |n: f64| StepCounts {
+        canary: Counts {
+            requests: n,
+            ..Counts::default()
+        },
+        stable: Counts {
+            requests: 9.0 * n,
+            ..Counts::default()
+        },
+    };
+    let mut w = World::new();
+    w.reconcile(None, None);
+    w.versions.push(version("v2", "t2", 60));
+    w.reconcile(None, None);
+    let judged = |n: f64, baseline: Option<f64>| Judgement {
+        verdict: pass(),
+        step: Some(counts(n)),
+        baseline_ms: baseline,
+    };
+    // A pass before the step is held records the baseline, not the counts.
+    w.tick(15);
+    w.reconcile_judged(Some(judged(75.0, Some(250.0))), None);
+    let evidence = w.status.clone().unwrap().evidence;
+    assert_eq!(evidence.baseline_ms, Some(250.0));
+    assert!(evidence.steps.is_empty());
+    w.tick(60);
+    w.reconcile_judged(Some(judged(300.0, Some(500.0))), None);
+    let status = w.status.clone().unwrap();
+    assert_eq!(status.step, Some(1));
+    assert_eq!(status.evidence.steps, vec![counts(300.0)]);
+    assert_eq!(status.evidence.baseline_ms, Some(250.0), "chosen once");
+    // The check request carries them to the judge, with the next step's weight.
+    let due = check_due(
+        &w.spec,
+        &w.observed(),
+        w.now + SignedDuration::from_secs(15),
+    );
+    let due = due.unwrap();
+    assert_eq!(due.earlier.steps.len(), 1);
+    assert_eq!(due.next_weight, 50);
+    // A newer version starts a rollout of its own, with no evidence.
+    w.versions.push(version("v3", "t3", 120));
+    w.tick(1);
+    w.reconcile(None, None);
+    let status = w.status.clone().unwrap();
+    assert_eq!(status.canary.as_deref(), Some("v3"));
+    assert!(status.evidence.is_empty());
+}
+
+#[test]
 fn restart_resumes_the_same_step_and_checks_at_once() {
     let mut w = World::new();
     w.reconcile(None, None);
@@ -615,8 +763,28 @@ fn restart_resumes_the_same_step_and_checks_at_once() {
         "the window is the step's, not the restart's"
     );
     let plan = w.reconcile(Some(pass()), None);
-    assert!(plan.actions.is_empty(), "{plan:?}");
-    assert_eq!(w.status.clone().unwrap(), before);
+    // Only the status is written, to record this check; the step is the same.
+    assert!(
+        plan.actions
+            .iter()
+            .all(|a| matches!(a, Action::WriteStatus { .. })),
+        "{plan:?}"
+    );
+    let after = w.status.clone().unwrap();
+    assert_eq!(
+        (after.phase, after.step, after.step_started_at, after.weight),
+        (
+            before.phase,
+            before.step,
+            before.step_started_at,
+            before.weight
+        )
+    );
+    assert_eq!(
+        after.last_check.unwrap().at,
+        w.now,
+        "the latest check is recorded"
+    );
 }
 
 #[test]
@@ -755,7 +923,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (1u64..120).prop_map(Op::Tick),
-        8 => (0u8..3).prop_map(Op::Check),
+        8 => (0u8..5).prop_map(Op::Check),
         1 => Just(Op::NewVersion),
         1 => Just(Op::ChangeTemplate),
         1 => Just(Op::DeleteCanary),
@@ -788,6 +956,8 @@ fn run(ops: Vec<Op>) {
                 verdict = Some(match k {
                     0 => pass(),
                     1 => fail(),
+                    2 => conclusive_fail(),
+                    3 => awaiting(),
                     _ => inconclusive(),
                 });
             }

@@ -557,6 +557,8 @@ mod tests {
             verdict,
             window_seconds: 60,
             queries: Vec::new(),
+            step: None,
+            baseline_ms: None,
         };
         let pass = Verdict::Pass {
             measurements: vec![Measurement {
@@ -564,11 +566,13 @@ mod tests {
                 canary: Some(0.0),
                 stable: Some(0.0),
                 bound: Some(Bound::Max(0.01)),
+                evidence: None,
             }],
         };
         let fail = Verdict::Fail {
             failed: vec!["error-rate".into()],
             measurements: Vec::new(),
+            conclusive: true,
         };
         for verdict in [pass.clone(), pass, fail] {
             metrics

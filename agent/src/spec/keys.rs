@@ -19,6 +19,10 @@ pub const SLOW_THRESHOLD: &str = "weir.dev/slow-threshold";
 pub const MIN_REQUESTS: &str = "weir.dev/min-requests";
 pub const FAILURE_LIMIT: &str = "weir.dev/failure-limit";
 pub const NO_DATA_TIMEOUT: &str = "weir.dev/no-data-timeout";
+pub const ANALYSIS: &str = "weir.dev/analysis";
+pub const TOLERANCE: &str = "weir.dev/tolerance";
+pub const CONFIDENCE: &str = "weir.dev/confidence";
+pub const DECISION_TIMEOUT: &str = "weir.dev/decision-timeout";
 pub const METRICS: &str = "weir.dev/metrics";
 
 // Controls, written by a person or by the `weir` CLI.
@@ -55,6 +59,10 @@ pub const ALL: &[(&str, &str)] = &[
     (MIN_REQUESTS, r#"weir.dev/min-requests: "100""#),
     (FAILURE_LIMIT, r#"weir.dev/failure-limit: "3""#),
     (NO_DATA_TIMEOUT, r#"weir.dev/no-data-timeout: "15m""#),
+    (ANALYSIS, r#"weir.dev/analysis: "sequential""#),
+    (TOLERANCE, r#"weir.dev/tolerance: "50%""#),
+    (CONFIDENCE, r#"weir.dev/confidence: "99%""#),
+    (DECISION_TIMEOUT, r#"weir.dev/decision-timeout: "30m""#),
     (METRICS, r#"weir.dev/metrics: "checkout-metrics""#),
     (PAUSE, r#"weir.dev/pause: "true""#),
     (PROMOTE, r#"weir.dev/promote: "v2""#),

@@ -34,8 +34,9 @@ pub use names::{
 };
 pub use values::{
     InvalidValue, MAX_INTERVAL, MAX_LATENCY, MAX_STEPS, MIN_INTERVAL, MIN_LATENCY, parse_bool,
-    parse_duration, parse_error_codes, parse_failure_limit, parse_interval, parse_latency,
-    parse_min_requests, parse_percent, parse_quantile, parse_steps,
+    parse_confidence, parse_duration, parse_error_codes, parse_failure_limit, parse_interval,
+    parse_latency, parse_min_requests, parse_percent, parse_quantile, parse_rule, parse_steps,
+    parse_tolerance,
 };
 
 /// A traffic weight in percent, 0..=100.
@@ -72,6 +73,9 @@ pub struct RolloutSpec {
     /// How long a step may stay inconclusive before it aborts; at least
     /// `check_interval`, at most 24h.
     pub no_data_timeout: Duration,
+    /// How long a step may wait for evidence either way (sequential rule), once it has
+    /// been held for `step_interval`, before it aborts; at most 24h.
+    pub decision_timeout: Duration,
     /// ConfigMap of extra metric templates.
     pub metrics_config_map: Option<String>,
 }
@@ -95,6 +99,7 @@ pub struct Defaults {
     pub gates: Gates,
     pub failure_limit: u32,
     pub no_data_timeout: Duration,
+    pub decision_timeout: Duration,
 }
 
 impl Default for Defaults {
@@ -107,16 +112,10 @@ impl Default for Defaults {
             steps: vec![10, 25, 50],
             step_interval: Duration::from_secs(60),
             check_interval: Duration::from_secs(15),
-            gates: Gates {
-                max_error_rate: 0.01,
-                max_latency: Duration::from_millis(500),
-                latency_quantile: 0.99,
-                min_requests: 50,
-                error_codes: Default::default(),
-                max_slow_share: None,
-            },
+            gates: Gates::default(),
             failure_limit: 2,
             no_data_timeout: Duration::from_secs(600),
+            decision_timeout: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -173,6 +172,15 @@ pub fn parse(
             .read(keys::ERROR_CODES, parse_error_codes)
             .unwrap_or_else(|| defaults.gates.error_codes.clone()),
         max_slow_share: reader.slow_share(defaults.gates.max_slow_share),
+        rule: reader
+            .read(keys::ANALYSIS, parse_rule)
+            .unwrap_or(defaults.gates.rule),
+        tolerance: reader
+            .read(keys::TOLERANCE, parse_tolerance)
+            .unwrap_or(defaults.gates.tolerance),
+        confidence: reader
+            .read(keys::CONFIDENCE, parse_confidence)
+            .unwrap_or(defaults.gates.confidence),
     };
     let failure_limit = reader
         .read(keys::FAILURE_LIMIT, parse_failure_limit)
@@ -180,6 +188,9 @@ pub fn parse(
     let no_data_timeout = reader
         .read(keys::NO_DATA_TIMEOUT, parse_interval)
         .unwrap_or(defaults.no_data_timeout);
+    let decision_timeout = reader
+        .read(keys::DECISION_TIMEOUT, parse_interval)
+        .unwrap_or(defaults.decision_timeout);
     let metrics_config_map = reader.read(keys::METRICS, parse_object_name);
 
     if stable_subset == canary_subset {
@@ -221,6 +232,7 @@ pub fn parse(
         gates,
         failure_limit,
         no_data_timeout,
+        decision_timeout,
         metrics_config_map,
     })
 }

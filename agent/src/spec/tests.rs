@@ -42,6 +42,7 @@ fn absent_annotations_take_the_defaults() {
             gates: defaults.gates.clone(),
             failure_limit: 2,
             no_data_timeout: Duration::from_secs(600),
+            decision_timeout: Duration::from_secs(1800),
             metrics_config_map: None,
         }
     );
@@ -167,6 +168,10 @@ fn every_annotation_set_is_read() {
         (keys::MIN_REQUESTS, "0"),
         (keys::FAILURE_LIMIT, "1"),
         (keys::NO_DATA_TIMEOUT, "20m"),
+        (keys::ANALYSIS, "Threshold"),
+        (keys::TOLERANCE, "25%"),
+        (keys::CONFIDENCE, "99.9%"),
+        (keys::DECISION_TIMEOUT, "2h"),
         (keys::METRICS, "checkout-metrics"),
     ]);
     assert_eq!(
@@ -192,9 +197,13 @@ fn every_annotation_set_is_read() {
                     threshold: Duration::from_millis(300),
                     max_share: 0.05,
                 }),
+                rule: weir_analysis::Rule::Threshold,
+                tolerance: 0.25,
+                confidence: 0.999,
             },
             failure_limit: 1,
             no_data_timeout: Duration::from_secs(1200),
+            decision_timeout: Duration::from_secs(7200),
             metrics_config_map: Some("checkout-metrics".into()),
         }
     );

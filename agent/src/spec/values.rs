@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use thiserror::Error;
-use weir_analysis::{InvalidResponseCodes, ResponseCodes};
+use weir_analysis::{InvalidResponseCodes, ResponseCodes, Rule};
 
 use super::Weight;
 
@@ -234,6 +234,53 @@ fn percentile_as_fraction(percentile: &str) -> Option<String> {
     let digits = format!("{whole:0>2}{fraction}");
     let digits = digits.trim_end_matches('0');
     Some(format!("0.{digits}"))
+}
+
+/// How the gates decide: `sequential` (on evidence, the default) or `threshold`
+/// (weir 0.1's fixed thresholds per check, kept as the decision benchmark's baseline).
+pub fn parse_rule(text: &str) -> Result<Rule, InvalidValue> {
+    match text.trim() {
+        t if t.eq_ignore_ascii_case("sequential") => Ok(Rule::Sequential),
+        t if t.eq_ignore_ascii_case("threshold") => Ok(Rule::Threshold),
+        _ => invalid(
+            "must be sequential (decide on evidence) or threshold (fixed thresholds per check)",
+        ),
+    }
+}
+
+/// How much worse than stable a canary may be: a percentage, 0% to 1000% (`50%`: up to
+/// 1.5 times stable's share of errors and of slow requests).
+pub fn parse_tolerance(text: &str) -> Result<f64, InvalidValue> {
+    let text = text.trim();
+    let Some(number) = text.strip_suffix('%') else {
+        return invalid("write a percentage, like 50% for up to 1.5 times stable's rates");
+    };
+    match decimal(number.trim_end()) {
+        Some(percent) if percent <= 1000.0 => Ok(fraction(percent)),
+        Some(_) => invalid("must be at most 1000%"),
+        None => invalid("not a percentage: write a number and %, like 50%"),
+    }
+}
+
+/// The confidence of every decision: a percentage from 80% to 99.99% (`99%`).
+pub fn parse_confidence(text: &str) -> Result<f64, InvalidValue> {
+    let text = text.trim();
+    let Some(number) = text.strip_suffix('%') else {
+        return invalid("write a percentage, like 99%");
+    };
+    match decimal(number.trim_end()) {
+        Some(percent) if (80.0..=99.99).contains(&percent) => Ok(fraction(percent)),
+        Some(_) => invalid(
+            "must be from 80% to 99.99%: lower lets a coin toss decide, higher asks for more requests than any step sees",
+        ),
+        None => invalid("not a percentage: write a number and %, like 99%"),
+    }
+}
+
+/// `percent / 100`, without the binary noise of the division (99.9% is 0.999, not
+/// 0.9990000000000001): at most four decimals of a percentage are kept.
+fn fraction(percent: f64) -> f64 {
+    (percent * 1e4).round() / 1e6
 }
 
 /// Canary requests a check needs before it can pass: a whole number, 0 or more.

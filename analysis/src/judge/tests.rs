@@ -4,7 +4,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::custom::{Limit, TemplateBound};
-use crate::gates::SlowShare;
+use crate::gates::{Rule, SlowShare};
 
 const CANARY: &str = "v2";
 const STABLE: &str = "v1";
@@ -17,6 +17,9 @@ fn gates() -> Gates {
         min_requests: 50,
         error_codes: Default::default(),
         max_slow_share: None,
+        rule: Rule::Threshold,
+        tolerance: 0.5,
+        confidence: 0.99,
     }
 }
 
@@ -36,7 +39,7 @@ fn observations(
         request_count: series(counts),
         error_count: series(errors),
         latency: series(latencies),
-        slow_share: None,
+        buckets: None,
         custom: Vec::new(),
     }
 }
@@ -320,7 +323,7 @@ fn verdicts_follow_the_rules() {
                 request_count: series(&[]),
                 error_count: error("HTTP 500"),
                 latency: series(&[]),
-                slow_share: None,
+                buckets: None,
                 custom: Vec::new(),
             },
             gates(),
@@ -370,18 +373,21 @@ fn pass_carries_every_measurement_with_its_bound() {
                     canary: Some(1000.0),
                     stable: Some(9000.0),
                     bound: Some(Bound::Min(50.0)),
+                    evidence: None,
                 },
                 Measurement {
                     metric: "error-rate".into(),
                     canary: Some(0.005),
                     stable: Some(0.001),
                     bound: Some(Bound::Max(0.01)),
+                    evidence: None,
                 },
                 Measurement {
                     metric: "latency".into(),
                     canary: Some(200.0),
                     stable: Some(180.0),
                     bound: Some(Bound::Max(500.0)),
+                    evidence: None,
                 },
             ]
         }
@@ -396,6 +402,7 @@ fn fail_names_the_metric_and_keeps_the_values() {
     let Verdict::Fail {
         failed,
         measurements,
+        ..
     } = judge(&obs, CANARY, STABLE, &gates())
     else {
         panic!("expected a failure");
@@ -503,6 +510,9 @@ fn any_gates() -> impl Strategy<Value = Gates> {
         min_requests,
         error_codes: Default::default(),
         max_slow_share: None,
+        rule: Rule::Threshold,
+        tolerance: 0.5,
+        confidence: 0.99,
     })
 }
 
@@ -595,7 +605,7 @@ proptest! {
             request_count,
             error_count,
             latency,
-            slow_share: slow.map(|(_, _, outcome)| outcome),
+            buckets: slow.map(|(_, _, outcome)| outcome),
             // Names are ConfigMap keys: unique.
             custom: custom
                 .into_iter()
@@ -608,7 +618,7 @@ proptest! {
             prop_assert!(m.canary.is_none_or(f64::is_finite), "{m:?}");
             prop_assert!(m.stable.is_none_or(f64::is_finite), "{m:?}");
         }
-        let gate_count = 3 + usize::from(obs.slow_share.is_some()) + obs.custom.len();
+        let gate_count = 3 + usize::from(obs.buckets.is_some()) + obs.custom.len();
         prop_assert_eq!(verdict.measurements().len(), gate_count);
         let value = |metric: &str| verdict.measurements().iter().find(|m| m.metric == metric).and_then(|m| m.canary);
         let requests = value("request-count");
@@ -636,7 +646,7 @@ proptest! {
                     prop_assert!(matches!(&c.stable, Ok(s) if s.len() <= 1));
                 }
             }
-            Verdict::Fail { failed, measurements } => {
+            Verdict::Fail { failed, measurements, .. } => {
                 prop_assert!(!failed.is_empty());
                 prop_assert!(requests.is_some_and(|r| r > 0.0 && r >= gates.min_requests as f64));
                 for metric in failed {
@@ -659,7 +669,7 @@ fn one_cause_of_several_failures_is_told_once() {
         latency: Err(QueryFailure::Timeout(
             "http://p/api/v1/query: no answer within 5.0s".into(),
         )),
-        slow_share: None,
+        buckets: None,
         custom: Vec::new(),
     };
     let Verdict::Inconclusive { reason, detail, .. } = judge(&obs, CANARY, STABLE, &gates()) else {
@@ -717,7 +727,7 @@ fn with_buckets() -> Observations {
             ("+Inf", 9000.0),
         ],
     ));
-    with(healthy(), |o| o.slow_share = Some(Ok(buckets)))
+    with(healthy(), |o| o.buckets = Some(Ok(buckets)))
 }
 
 fn slow(verdict: &Verdict) -> &Measurement {
@@ -797,7 +807,7 @@ fn slow_share_adds_up_buckets_written_250_and_250_point_0() {
     // spellings; together they are the bucket.
     let mut buckets = histogram(CANARY, &[("250", 900.0), ("+Inf", 950.0)]);
     buckets.extend(histogram(CANARY, &[("250.0", 40.0), ("+Inf", 50.0)]));
-    let obs = with(healthy(), |o| o.slow_share = Some(Ok(buckets)));
+    let obs = with(healthy(), |o| o.buckets = Some(Ok(buckets)));
     let verdict = judge(&obs, CANARY, STABLE, &slow_gates(250, 0.06));
     assert_eq!(summary(&verdict), Expect::Pass, "{verdict:#?}");
     assert_eq!(slow(&verdict).canary, Some(60.0 / 1000.0));
@@ -856,7 +866,7 @@ fn slow_share_without_evidence_is_inconclusive() {
         ),
     ];
     for (name, outcome, expected) in cases {
-        let obs = with(healthy(), |o| o.slow_share = Some(outcome));
+        let obs = with(healthy(), |o| o.buckets = Some(outcome));
         let verdict = judge(&obs, CANARY, STABLE, &slow_gates(250, 0.05));
         assert_eq!(summary(&verdict), expected, "{name}: {verdict:#?}");
         assert_eq!(verdict.measurements().len(), 4, "{name}");

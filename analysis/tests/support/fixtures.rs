@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use weir_analysis::{
-    CheckReport, CheckRequest, Gates, PrometheusApi, PrometheusConfig, Reporter, Verdict,
+    CheckReport, CheckRequest, Gates, PrometheusApi, PrometheusConfig, Reporter, Rule, Verdict,
 };
 use weir_testbed::Prometheus;
 
@@ -32,6 +32,9 @@ pub fn gates() -> Gates {
         min_requests: 50,
         error_codes: Default::default(),
         max_slow_share: None,
+        rule: Rule::Threshold,
+        tolerance: 0.5,
+        confidence: 0.99,
     }
 }
 
@@ -59,6 +62,8 @@ pub fn request(service: &str, canary: &str, at: Timestamp) -> CheckRequest {
         gates: gates(),
         reporter: Reporter::Destination,
         custom: Vec::new(),
+        earlier: Default::default(),
+        pass_at: 100.0,
     }
 }
 
