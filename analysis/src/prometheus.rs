@@ -32,7 +32,7 @@ use crate::judge::{
     self, CustomObservation, Judgement, Observations, QueryFailure, QueryOutcome, Series, Standing,
 };
 use crate::promql::{BuiltinQueries, Target, Window};
-use crate::sequential::{RolloutEvidence, StepCounts};
+use crate::sequential::{LatencyBaseline, RolloutEvidence, StepCounts};
 use crate::verdict::Verdict;
 
 /// The header Grafana Mimir reads the tenant from.
@@ -210,7 +210,7 @@ pub struct CheckReport {
     pub step: Option<StepCounts>,
     /// The relative latency test's baseline, when this check chose it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub baseline_ms: Option<f64>,
+    pub baseline: Option<LatencyBaseline>,
 }
 
 /// The HTTP API of a Prometheus or Grafana Mimir, as weir's gates use it.
@@ -406,7 +406,7 @@ impl PrometheusApi {
                     &request.gates,
                 ),
                 step: None,
-                baseline_ms: None,
+                baseline: None,
             },
         };
         CheckReport {
@@ -414,7 +414,7 @@ impl PrometheusApi {
             window_seconds: window.duration().as_secs(),
             queries,
             step: judgement.step,
-            baseline_ms: judgement.baseline_ms,
+            baseline: judgement.baseline,
         }
     }
 

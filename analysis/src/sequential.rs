@@ -137,16 +137,152 @@ pub struct StepCounts {
 pub struct RolloutEvidence {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepCounts>,
-    /// The histogram bucket bound, in milliseconds, that the relative latency test
-    /// counts requests above: at the pooled traffic's latency quantile when first chosen.
+    /// The relative latency test's baseline, once chosen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub baseline_ms: Option<f64>,
+    pub baseline: Option<LatencyBaseline>,
 }
 
 impl RolloutEvidence {
     /// Whether nothing has been recorded yet.
     pub fn is_empty(&self) -> bool {
-        self.steps.is_empty() && self.baseline_ms.is_none()
+        self.steps.is_empty() && self.baseline.is_none()
+    }
+}
+
+/// What the relative latency test compares: each version's share of requests slower
+/// than `bound_ms`, a histogram bucket bound near stable's latency quantile.
+///
+/// Tolerance is stated in latency ("the canary may be 1.5 times as slow as stable"),
+/// but a histogram only counts requests per bucket. The translation: a canary `k` times
+/// as slow as stable (its latencies stable's scaled by `k`) has, above `bound_ms`, the
+/// share stable has above `bound_ms / k`; with stable's latencies log-normal (fitted to
+/// its median and quantile when the baseline is chosen), that is `ratio(k)` times
+/// stable's share. The test is exact for the shares; the log-normal shape is only used
+/// to say which share ratios a latency ratio means.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LatencyBaseline {
+    /// The bucket bound, in milliseconds.
+    pub bound_ms: f64,
+    /// The share ratio of a canary `1 + tolerance` times as slow as stable.
+    pub acceptable_ratio: f64,
+    /// The share ratio of a canary `1 + 2 tolerance` times as slow as stable.
+    pub bad_ratio: f64,
+}
+
+impl LatencyBaseline {
+    /// The baseline at `bound_ms` for a stable version whose latencies have median
+    /// `median_ms` and log-standard-deviation `sigma`, with the given tolerance. Falls
+    /// back to the share ratios themselves (`1 + tolerance`, twice that) when the fit
+    /// is degenerate.
+    pub fn fitted(bound_ms: f64, median_ms: f64, sigma: f64, tolerance: f64) -> LatencyBaseline {
+        let tolerance = tolerance.max(0.0);
+        let fallback = LatencyBaseline {
+            bound_ms,
+            acceptable_ratio: 1.0 + tolerance,
+            bad_ratio: 2.0 * (1.0 + tolerance),
+        };
+        if !(median_ms > 0.0 && sigma > 0.0 && sigma.is_finite() && bound_ms > 0.0) {
+            return fallback;
+        }
+        let tail = |scale: f64| normal_tail(((bound_ms / scale).ln() - median_ms.ln()) / sigma);
+        let base = tail(1.0);
+        if base <= 0.0 || !base.is_finite() {
+            return fallback;
+        }
+        let ratio = |k: f64| (tail(k) / base).max(1.0);
+        let acceptable_ratio = ratio(1.0 + tolerance);
+        let bad_ratio = ratio(1.0 + 2.0 * tolerance).max(acceptable_ratio * 1.2);
+        if acceptable_ratio.is_finite() && bad_ratio.is_finite() {
+            LatencyBaseline {
+                bound_ms,
+                acceptable_ratio,
+                bad_ratio,
+            }
+        } else {
+            fallback
+        }
+    }
+}
+
+/// `P(Z > z)` for a standard normal `Z`, accurate in the far tail (Numerical Recipes'
+/// Chebyshev fit of erfc, fractional error below 1.2e-7).
+pub fn normal_tail(z: f64) -> f64 {
+    if z.is_nan() {
+        return f64::NAN;
+    }
+    0.5 * erfc(z / std::f64::consts::SQRT_2)
+}
+
+fn erfc(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let r = t
+        * (-z * z - 1.265_512_23
+            + t * (1.000_023_68
+                + t * (0.374_091_96
+                    + t * (0.096_784_18
+                        + t * (-0.186_288_06
+                            + t * (0.278_868_07
+                                + t * (-1.135_203_98
+                                    + t * (1.488_515_87
+                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+            .exp();
+    if x >= 0.0 { r } else { 2.0 - r }
+}
+
+/// The `p` quantile of the standard normal distribution (Acklam's algorithm, relative
+/// error below 1.2e-9), for `p` in (0, 1).
+pub fn normal_quantile(p: f64) -> f64 {
+    const A: [f64; 6] = [
+        -3.969_683_028_665_376e1,
+        2.209_460_984_245_205e2,
+        -2.759_285_104_469_687e2,
+        1.383_577_518_672_69e2,
+        -3.066_479_806_614_716e1,
+        2.506_628_277_459_239,
+    ];
+    const B: [f64; 5] = [
+        -5.447_609_879_822_406e1,
+        1.615_858_368_580_409e2,
+        -1.556_989_798_598_866e2,
+        6.680_131_188_771_972e1,
+        -1.328_068_155_288_572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784_894_002_430_293e-3,
+        -3.223_964_580_411_365e-1,
+        -2.400_758_277_161_838,
+        -2.549_732_539_343_734,
+        4.374_664_141_464_968,
+        2.938_163_982_698_783,
+    ];
+    const D: [f64; 4] = [
+        7.784_695_709_041_462e-3,
+        3.224_671_290_700_398e-1,
+        2.445_134_137_142_996,
+        3.754_408_661_907_416,
+    ];
+    if p <= 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if p >= 1.0 {
+        return f64::INFINITY;
+    }
+    let low = 0.024_25;
+    let tail = |q: f64| {
+        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    };
+    if p < low {
+        tail((-2.0 * p.ln()).sqrt())
+    } else if p > 1.0 - low {
+        -tail((-2.0 * (1.0 - p).ln()).sqrt())
+    } else {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
     }
 }
 
@@ -166,15 +302,13 @@ const RATE_CEILING: f64 = 1.0 - 1e-6;
 
 /// Alternatives of the test against an absolute limit, as multiples of the limit.
 const ABOVE: [f64; 6] = [1.5, 2.0, 3.0, 5.0, 10.0, 30.0];
-/// Alternatives of the test for the canary, as fractions of the bad rate.
-const BELOW: [f64; 4] = [0.5, 0.25, 0.125, 0.0625];
+/// Alternatives of the test for the canary, as fractions of the bad rate, with their
+/// weights: most on the rates nearest the limit, where a healthy canary is hardest to
+/// tell from a bad one.
+const BELOW: [(f64, f64); 4] = [(0.5, 0.4), (0.25, 0.3), (0.125, 0.2), (0.0625, 0.1)];
 /// Alternatives of the test against the canary relative to stable, as multiples of the
 /// tolerated ratio.
 const WORSE: [f64; 6] = [1.5, 2.0, 3.0, 5.0, 10.0, 30.0];
-/// Alternatives of the test for the canary relative to stable, as multiples of the bad
-/// ratio, with their weights: most weight on "as good as stable" when the bad ratio is
-/// three times it (the defaults).
-const BETTER: [(f64, f64); 3] = [(1.0 / 3.0, 0.5), (0.5, 0.25), (1.0 / 6.0, 0.25)];
 
 /// Evidence that the canary's rate exceeds `limit`: an e-value against "rate ≤ limit".
 ///
@@ -214,12 +348,9 @@ pub fn below(canary: Tally, bad: f64) -> f64 {
         };
     }
     let bad = bad.clamp(RATE_FLOOR, RATE_CEILING);
-    mixture(BELOW.iter().map(|&m| {
+    mixture(BELOW.iter().map(|&(m, weight)| {
         let alternative = (bad * m).max(RATE_FLOOR);
-        (
-            1.0 / BELOW.len() as f64,
-            binomial_llr(canary, alternative, bad),
-        )
+        (weight, binomial_llr(canary, alternative, bad))
     }))
 }
 
@@ -240,12 +371,21 @@ pub fn worse(steps: &[Pair], tolerated: f64) -> f64 {
 
 /// Evidence that the canary's events are less than `bad` times as frequent as stable's:
 /// an e-value against "ratio ≥ bad", stratified by step.
-pub fn better(steps: &[Pair], bad: f64) -> f64 {
+///
+/// The alternatives are the acceptable canaries: as good as stable (half the weight),
+/// at the `acceptable` ratio, and halfway between.
+pub fn better(steps: &[Pair], bad: f64, acceptable: f64) -> f64 {
     let bad = bad.max(RATE_FLOOR);
-    mixture(BETTER.iter().map(|&(m, weight)| {
+    let acceptable = acceptable.clamp(RATE_FLOOR, bad);
+    let alternatives = [
+        (1.0_f64.min(acceptable), 0.5),
+        (acceptable, 0.25),
+        ((1.0 + acceptable) / 2.0, 0.25),
+    ];
+    mixture(alternatives.iter().map(|&(ratio, weight)| {
         (
             weight,
-            steps.iter().map(|s| share_llr(*s, bad * m, bad)).sum(),
+            steps.iter().map(|s| share_llr(*s, ratio, bad)).sum(),
         )
     }))
 }

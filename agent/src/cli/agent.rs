@@ -101,7 +101,7 @@ pub struct DefaultArgs {
     #[arg(long, default_value = "99%")]
     pub default_confidence: String,
     /// Default weir.dev/decision-timeout: how long a step may wait for evidence.
-    #[arg(long, default_value = "30m")]
+    #[arg(long, default_value = "2h")]
     pub default_decision_timeout: String,
 }
 

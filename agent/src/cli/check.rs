@@ -255,7 +255,7 @@ mod tests {
             window_seconds: 65,
             queries: Vec::new(),
             step: None,
-            baseline_ms: None,
+            baseline: None,
         }
     }
 

@@ -106,7 +106,7 @@ pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeu
             let judgement = Judgement {
                 verdict: report.verdict,
                 step: report.step,
-                baseline_ms: report.baseline_ms,
+                baseline: report.baseline,
             };
             ctx.last_checks
                 .lock()

@@ -472,10 +472,10 @@ impl<'a> Draft<'a> {
             verdict: verdict.clone(),
         });
         self.dirty = true;
-        if let Some(baseline) = judgement.baseline_ms
-            && self.status.evidence.baseline_ms.is_none()
+        if let Some(baseline) = judgement.baseline
+            && self.status.evidence.baseline.is_none()
         {
-            self.status.evidence.baseline_ms = Some(baseline);
+            self.status.evidence.baseline = Some(baseline);
         }
         let summary = summarize(verdict);
         match verdict {

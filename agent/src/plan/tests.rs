@@ -174,7 +174,7 @@ impl World {
             verdict.map(|verdict| Judgement {
                 verdict,
                 step: None,
-                baseline_ms: None,
+                baseline: None,
             }),
             fail_at,
         )
@@ -696,7 +696,7 @@ fn a_step_awaits_evidence_quietly_until_its_decision_timeout() {
 
 #[test]
 fn each_completed_step_records_its_counts_and_a_new_rollout_starts_afresh() {
-    use weir_analysis::sequential::{Counts, StepCounts};
+    use weir_analysis::sequential::{Counts, LatencyBaseline, StepCounts};
     let counts = |n: f64| StepCounts {
         canary: Counts {
             requests: n,
@@ -714,20 +714,28 @@ fn each_completed_step_records_its_counts_and_a_new_rollout_starts_afresh() {
     let judged = |n: f64, baseline: Option<f64>| Judgement {
         verdict: pass(),
         step: Some(counts(n)),
-        baseline_ms: baseline,
+        baseline: baseline.map(|bound_ms| LatencyBaseline {
+            bound_ms,
+            acceptable_ratio: 2.0,
+            bad_ratio: 4.0,
+        }),
     };
     // A pass before the step is held records the baseline, not the counts.
     w.tick(15);
     w.reconcile_judged(Some(judged(75.0, Some(250.0))), None);
     let evidence = w.status.clone().unwrap().evidence;
-    assert_eq!(evidence.baseline_ms, Some(250.0));
+    assert_eq!(evidence.baseline.map(|b| b.bound_ms), Some(250.0));
     assert!(evidence.steps.is_empty());
     w.tick(60);
     w.reconcile_judged(Some(judged(300.0, Some(500.0))), None);
     let status = w.status.clone().unwrap();
     assert_eq!(status.step, Some(1));
     assert_eq!(status.evidence.steps, vec![counts(300.0)]);
-    assert_eq!(status.evidence.baseline_ms, Some(250.0), "chosen once");
+    assert_eq!(
+        status.evidence.baseline.map(|b| b.bound_ms),
+        Some(250.0),
+        "chosen once"
+    );
     // The check request carries them to the judge, with the next step's weight.
     let due = check_due(
         &w.spec,

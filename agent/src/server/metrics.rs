@@ -558,7 +558,7 @@ mod tests {
             window_seconds: 60,
             queries: Vec::new(),
             step: None,
-            baseline_ms: None,
+            baseline: None,
         };
         let pass = Verdict::Pass {
             measurements: vec![Measurement {

@@ -62,7 +62,7 @@ pub const ALL: &[(&str, &str)] = &[
     (ANALYSIS, r#"weir.dev/analysis: "sequential""#),
     (TOLERANCE, r#"weir.dev/tolerance: "50%""#),
     (CONFIDENCE, r#"weir.dev/confidence: "99%""#),
-    (DECISION_TIMEOUT, r#"weir.dev/decision-timeout: "30m""#),
+    (DECISION_TIMEOUT, r#"weir.dev/decision-timeout: "1h""#),
     (METRICS, r#"weir.dev/metrics: "checkout-metrics""#),
     (PAUSE, r#"weir.dev/pause: "true""#),
     (PROMOTE, r#"weir.dev/promote: "v2""#),

@@ -115,7 +115,7 @@ impl Default for Defaults {
             gates: Gates::default(),
             failure_limit: 2,
             no_data_timeout: Duration::from_secs(600),
-            decision_timeout: Duration::from_secs(30 * 60),
+            decision_timeout: Duration::from_secs(2 * 60 * 60),
         }
     }
 }

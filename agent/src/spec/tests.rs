@@ -42,7 +42,7 @@ fn absent_annotations_take_the_defaults() {
             gates: defaults.gates.clone(),
             failure_limit: 2,
             no_data_timeout: Duration::from_secs(600),
-            decision_timeout: Duration::from_secs(1800),
+            decision_timeout: Duration::from_secs(7200),
             metrics_config_map: None,
         }
     );

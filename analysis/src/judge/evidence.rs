@@ -15,8 +15,9 @@
 //!   acceptable on every count in at most `1 - confidence` of rollouts.
 //! - **For the canary** (a step may advance when every gate reaches the step's
 //!   `pass_at`): is its error rate below twice `max-error-rate`, and is it either below
-//!   `2 (1 + tolerance)` times stable's or below half of `max-error-rate`? The same for
-//!   latency, with the shares of slow requests. A canary this bad is promoted in at most
+//!   `2 (1 + tolerance)` times stable's or below three quarters of `max-error-rate`? The
+//!   same for latency, with the shares of slow requests (its quantile below half of
+//!   `max-latency`, for the absolute alternative). A canary this bad is promoted in at most
 //!   `1 - confidence` of rollouts.
 //!
 //! Between the two lies the indifference zone (an error rate between the SLO and twice
@@ -30,9 +31,15 @@ use super::{
 use crate::gates::Gates;
 use crate::promql::VERSION_LABEL;
 use crate::sequential::{
-    self, Counts, Pair, RolloutEvidence, StepCounts, Tally, requests_to_reach,
+    self, Counts, LatencyBaseline, Pair, RolloutEvidence, StepCounts, Tally, requests_to_reach,
 };
 use crate::verdict::{Bound, Evidence, InconclusiveReason, Measurement, Verdict};
+
+/// A canary whose error rate is below this share of `max-error-rate` needs no
+/// comparison with stable: its errors are immaterial, whatever their ratio. Below it, a
+/// regression 3 times stable's is held only when stable is at a quarter of the SLO or
+/// more (0.25% at the default 1%).
+pub const IMMATERIAL_SHARE_OF_SLO: f64 = 0.75;
 
 /// The metric name of the canary's errors compared with stable's.
 pub const ERRORS_VS_STABLE: &str = "errors-vs-stable";
@@ -46,8 +53,8 @@ pub struct Judgement {
     pub verdict: Verdict,
     /// The current step's counts, recorded in the status when the step completes.
     pub step: Option<StepCounts>,
-    /// The baseline threshold of the relative latency test, when this check chose it.
-    pub baseline_ms: Option<f64>,
+    /// The relative latency test's baseline, when this check chose it.
+    pub baseline: Option<LatencyBaseline>,
 }
 
 /// Where the rollout stands: its earlier steps' evidence and what this step needs.
@@ -185,19 +192,25 @@ pub fn weigh(
     // from both versions' requests together, once there are enough of them to place the
     // quantile. Choosing it from the pooled traffic leaves which version each slow
     // request came from as random as before, so the test stays exact for equal versions.
+    //
+    // What the tolerance means at that bound is read off stable's histogram at the same
+    // moment (see [`LatencyBaseline`]).
     let tail = 1.0 - gates.latency_quantile;
     let mut chosen_now = None;
-    let baseline = standing.earlier.baseline_ms.or_else(|| {
+    let baseline = standing.earlier.baseline.or_else(|| {
         let (c, s) = histograms.as_ref()?;
         let pooled = pool(c, s);
         let timed = at(&pooled, f64::INFINITY)?;
         if timed < 20.0 / tail.max(1e-6) {
             return None;
         }
-        let chosen = choose_baseline(&pooled, timed, tail)?;
+        let bound = choose_baseline(&pooled, timed, tail)?;
+        let (median, sigma) = fit_log_normal(s).unwrap_or((f64::NAN, f64::NAN));
+        let chosen = LatencyBaseline::fitted(bound, median, sigma, gates.tolerance);
         chosen_now = Some(chosen);
         Some(chosen)
     });
+    let baseline_bound = baseline.map(|b| b.bound_ms);
 
     let count = |h: Option<&Histogram>, requests: Option<f64>, errors: Option<f64>| {
         let over = |bound: Option<f64>| match (h, bound) {
@@ -210,7 +223,7 @@ pub fn weigh(
             timed: h.and_then(|h| at(h, f64::INFINITY)).unwrap_or(0.0),
             over_slo: over(slo_bound),
             over_half_slo: over(half_bound),
-            over_baseline: over(baseline),
+            over_baseline: over(baseline_bound),
             over_slow_threshold: over(slow_gate_bound.and_then(|(_, b)| b)),
         }
     };
@@ -327,8 +340,8 @@ pub fn weigh(
         );
         let against = sequential::worse(&error_strata, tolerated);
         let for_canary = either(
-            sequential::better(&error_strata, bad_ratio),
-            sequential::below(all_errors, gates.max_error_rate / 2.0),
+            sequential::better(&error_strata, bad_ratio, tolerated),
+            sequential::below(all_errors, IMMATERIAL_SHARE_OF_SLO * gates.max_error_rate),
         );
         weigh_gate(
             Measurement {
@@ -361,9 +374,12 @@ pub fn weigh(
         let immaterial = sequential::below(all_over_half, tail);
         let (against, for_canary, metric) = match baseline {
             Some(b) => (
-                sequential::worse(&baseline_strata, tolerated),
-                either(sequential::better(&baseline_strata, bad_ratio), immaterial),
-                format!("{}{SLOWER_VS_STABLE_SUFFIX}", slow_share_metric(b)),
+                sequential::worse(&baseline_strata, b.acceptable_ratio),
+                either(
+                    sequential::better(&baseline_strata, b.bad_ratio, b.acceptable_ratio),
+                    immaterial,
+                ),
+                format!("{}{SLOWER_VS_STABLE_SUFFIX}", slow_share_metric(b.bound_ms)),
             ),
             // No baseline yet: only "fast in absolute terms" can speak for the canary.
             None => (
@@ -481,7 +497,7 @@ pub fn weigh(
             canary: step.canary.rounded(),
             stable: step.stable.rounded(),
         }),
-        baseline_ms: chosen_now,
+        baseline: chosen_now,
     }
 }
 
@@ -561,6 +577,45 @@ fn choose_baseline(pooled: &Histogram, timed: f64, tail: f64) -> Option<f64> {
         .find(|(_, within)| (timed - within) / timed >= tail)
         .or_else(|| finite_bounds.clone().next())
         .map(|(le, _)| *le)
+}
+
+/// The log-normal distribution closest to a histogram: a least-squares line through the
+/// points `(z, ln bound)`, where `z` is the standard normal quantile of the share of
+/// requests at or below `bound` (a probit plot). Reads the shape from every bucket, not
+/// from interpolated quantiles, which coarse buckets skew. `(median, sigma)`, or `None`
+/// with fewer than two usable buckets.
+fn fit_log_normal(histogram: &Histogram) -> Option<(f64, f64)> {
+    let total = at(histogram, f64::INFINITY)?;
+    if total.is_nan() || total <= 0.0 {
+        return None;
+    }
+    let points: Vec<(f64, f64)> = histogram
+        .iter()
+        .filter(|(le, _)| le.is_finite() && *le > 0.0)
+        .filter_map(|&(le, within)| {
+            let share = within / total;
+            // Shares within one request of 0 or 1 say nothing about the shape.
+            let margin = (1.0 / total).max(0.001);
+            (share > margin && share < 1.0 - margin)
+                .then(|| (sequential::normal_quantile(share), le.ln()))
+        })
+        .collect();
+    if points.len() < 2 {
+        return None;
+    }
+    let n = points.len() as f64;
+    let (mz, my) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (z, y)| (a + z / n, b + y / n));
+    let (sxy, sxx) = points.iter().fold((0.0, 0.0), |(a, b), (z, y)| {
+        (a + (z - mz) * (y - my), b + (z - mz) * (z - mz))
+    });
+    if sxx <= 0.0 {
+        return None;
+    }
+    let sigma = sxy / sxx;
+    let median = (my - sigma * mz).exp();
+    (sigma > 0.0 && median.is_finite()).then_some((median, sigma))
 }
 
 /// The `q` quantile of a histogram by linear interpolation within its bucket, as

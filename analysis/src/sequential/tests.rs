@@ -155,7 +155,7 @@ fn better_is_anytime_valid_at_the_bad_ratio_while_the_share_changes() {
                 8,
                 stable_rate,
                 bad,
-                |steps| better(steps, bad) >= 1.0 / ALPHA,
+                |steps| better(steps, bad, bad / 2.0) >= 1.0 / ALPHA,
             ) {
                 crossed += 1;
             }
@@ -200,7 +200,7 @@ fn equal_versions_gather_evidence_for_the_canary() {
     let mut reached = 0;
     for _ in 0..200 {
         if strata(&mut rng, 50.0, &[10.0, 25.0, 50.0], 4, 0.01, 1.0, |steps| {
-            better(steps, 3.0) >= 100.0
+            better(steps, 3.0, 1.5) >= 100.0
         }) {
             reached += 1;
         }
@@ -218,7 +218,7 @@ fn no_data_is_no_evidence_either_way() {
     assert!(one(exceeds(nothing, 0.01)));
     assert!(one(below(nothing, 0.02)));
     assert!(one(worse(&[], 1.5)));
-    assert!(one(better(&[Pair::default()], 3.0)));
+    assert!(one(better(&[Pair::default()], 3.0, 1.5)));
     // Only stable served: nothing about the canary's share of events.
     let stable_only = Pair {
         canary: Tally::default(),
@@ -308,4 +308,97 @@ fn the_request_estimate_extrapolates_the_growth_so_far() {
     assert_eq!(requests_to_reach(0.5, 100.0, 10.0), None);
     // e grew to 10 over 100 requests: another 100 bring it to 100.
     assert_eq!(requests_to_reach(10.0, 100.0, 100.0), Some(100));
+}
+
+#[test]
+fn the_normal_distribution_is_computed_to_its_tails() {
+    assert!((normal_tail(0.0) - 0.5).abs() < 1e-7);
+    assert!((normal_tail(2.326_347_874) - 0.01).abs() < 1e-8);
+    assert!((normal_tail(-1.644_853_627) - 0.95).abs() < 1e-7);
+    // Far in the tail, the relative error stays small.
+    assert!((normal_tail(6.0) / 9.865_876_450_377e-10 - 1.0).abs() < 1e-5);
+    for p in [1e-6, 0.01, 0.3, 0.5, 0.9, 0.99, 0.999_999] {
+        let z = normal_quantile(p);
+        assert!(
+            (1.0 - normal_tail(z) - p).abs() < 1e-7 * p.max(1e-3),
+            "p {p}: z {z}"
+        );
+    }
+}
+
+#[test]
+fn a_latency_ratio_is_translated_into_the_share_ratios_it_means() {
+    // Stable: median 50 ms, p99 200 ms (sigma = ln 4 / 2.326). At 100 ms, stable has
+    // 12.2% above; 1.5 times slower, 31.5%; twice as slow, 50%.
+    let sigma = 4f64.ln() / 2.326_347_874;
+    let baseline = LatencyBaseline::fitted(100.0, 50.0, sigma, 0.5);
+    assert!(
+        (baseline.acceptable_ratio - 0.315 / 0.122).abs() < 0.05,
+        "{baseline:?}"
+    );
+    assert!(
+        (baseline.bad_ratio - 0.5 / 0.122).abs() < 0.05,
+        "{baseline:?}"
+    );
+    // A degenerate fit falls back to the ratios themselves.
+    let flat = LatencyBaseline::fitted(100.0, 50.0, 0.0, 0.5);
+    assert_eq!((flat.acceptable_ratio, flat.bad_ratio), (1.5, 3.0));
+}
+
+/// The numbers docs/analysis.md's worked example quotes.
+#[test]
+fn the_worked_example_of_the_analysis_docs() {
+    let canary = Tally {
+        requests: 600.0,
+        events: 3.0,
+    };
+    let step = [Pair {
+        canary,
+        stable: Tally {
+            requests: 5400.0,
+            events: 27.0,
+        },
+    }];
+    let near = |value: f64, quoted: f64| (value - quoted).abs() <= quoted * 0.05 + 0.005;
+    assert!(
+        near(exceeds(canary, 0.01), 0.03),
+        "{}",
+        exceeds(canary, 0.01)
+    );
+    assert!(near(below(canary, 0.02), 79.0), "{}", below(canary, 0.02));
+    assert!(near(worse(&step, 1.5), 0.10), "{}", worse(&step, 1.5));
+    let relative = better(&step, 3.0, 1.5);
+    let immaterial = below(canary, 0.0075);
+    assert!(near(relative, 8.2), "{relative}");
+    assert!(near(immaterial, 0.6), "{immaterial}");
+    assert!(near((relative + immaterial) / 2.0, 4.4));
+    assert!(near(required_for(0.99, 25), 3.16));
+    // After one minute, errors against stable had 1.3.
+    let minute = Tally {
+        requests: 300.0,
+        events: 2.0,
+    };
+    let first = [Pair {
+        canary: minute,
+        stable: Tally {
+            requests: 2700.0,
+            events: 14.0,
+        },
+    }];
+    let early = (better(&first, 3.0, 1.5) + below(minute, 0.0075)) / 2.0;
+    assert!(near(early, 1.27), "{early}");
+    // The bad canary at its first check.
+    let bad = Tally {
+        requests: 75.0,
+        events: 15.0,
+    };
+    let gross = [Pair {
+        canary: bad,
+        stable: Tally {
+            requests: 675.0,
+            events: 3.0,
+        },
+    }];
+    assert!(near(exceeds(bad, 0.01), 2.8e12), "{}", exceeds(bad, 0.01));
+    assert!(near(worse(&gross, 1.5), 4.4e8), "{}", worse(&gross, 1.5));
 }

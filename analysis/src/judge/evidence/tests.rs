@@ -121,7 +121,7 @@ fn a_healthy_canary_with_enough_requests_passes() {
     }
     // The baseline is chosen from this check's traffic, and the counts are returned for
     // the status to record.
-    assert_eq!(judgement.baseline_ms, Some(100.0));
+    assert_eq!(judgement.baseline.map(|b| b.bound_ms), Some(100.0));
     let step = judgement.step.unwrap();
     assert_eq!(step.canary.requests, 5000.0);
     assert_eq!(step.canary.errors, 10.0);
@@ -192,7 +192,7 @@ fn earlier_steps_count_toward_the_evidence() {
             .step
             .unwrap(),
         ],
-        baseline_ms: Some(100.0),
+        baseline: Some(LatencyBaseline::fitted(100.0, 25.0, 1.0, 0.5)),
     };
     let obs = observations((60.0, 0.0, FAST), (540.0, 1.0, FAST));
     assert!(matches!(
@@ -206,7 +206,7 @@ fn earlier_steps_count_toward_the_evidence() {
         judgement.verdict
     );
     // A baseline already chosen is kept, not chosen again.
-    assert_eq!(judgement.baseline_ms, None);
+    assert_eq!(judgement.baseline, None);
 }
 
 #[test]
@@ -230,7 +230,7 @@ fn too_few_requests_in_this_step_hold_it_whatever_the_evidence() {
                 ..Counts::default()
             },
         }],
-        baseline_ms: Some(100.0),
+        baseline: Some(LatencyBaseline::fitted(100.0, 25.0, 1.0, 0.5)),
     };
     let obs = observations((20.0, 0.0, FAST), (180.0, 0.0, FAST));
     let Verdict::Inconclusive { reason, .. } = weigh_now(&obs, &earlier, 100.0).verdict else {
@@ -343,4 +343,26 @@ fn the_baseline_is_the_bucket_at_or_below_the_pooled_quantile() {
     assert_eq!(choose_baseline(&pooled, 10000.0, 0.005), Some(250.0));
     // Nothing slow at all: the smallest bound.
     assert_eq!(choose_baseline(&pooled, 10000.0, 0.5), Some(100.0));
+}
+
+#[test]
+fn a_log_normal_is_fitted_to_the_buckets_not_to_interpolated_quantiles() {
+    // Median 50 ms, p99 200 ms: 12.2% above 100 ms, 0.35% above 250 ms.
+    let sigma = 4f64.ln() / 2.326_347_874;
+    let cdf = |le: f64| 1.0 - crate::sequential::normal_tail((le / 50.0).ln() / sigma);
+    let h: Histogram = BOUNDS
+        .iter()
+        .map(|&le| (le, 1e6 * cdf(le)))
+        .chain([(f64::INFINITY, 1e6)])
+        .collect();
+    let (median, fitted) = fit_log_normal(&h).unwrap();
+    assert!((median - 50.0).abs() < 1.0, "median {median}");
+    assert!(
+        (fitted - sigma).abs() < 0.01,
+        "sigma {fitted} against {sigma}"
+    );
+    assert_eq!(
+        fit_log_normal(&vec![(100.0, 10.0), (f64::INFINITY, 10.0)]),
+        None
+    );
 }
