@@ -14,6 +14,9 @@ pub const ERROR_RATE: &str = "sim.weir.dev/error-rate";
 /// Mean response latency of a version in milliseconds (`250`, `12.5`). Default
 /// [`DEFAULT_LATENCY_MS`].
 pub const LATENCY_MS: &str = "sim.weir.dev/latency-ms";
+/// In the noisy mode, a version's 99th-percentile latency in milliseconds (`400`);
+/// [`LATENCY_MS`] is then its median. Default: four times the median.
+pub const LATENCY_P99_MS: &str = "sim.weir.dev/latency-p99-ms";
 /// Requests per second for each HTTP route whose first destination is this Service;
 /// `0` stops its traffic. Default: the simulator's `--rps`.
 pub const RPS: &str = "sim.weir.dev/rps";
@@ -64,6 +67,22 @@ pub fn latency_ms(annotations: &Annotations) -> Result<f64, AnnotationError> {
             expected: "a non-negative number of milliseconds (250)",
         }),
     }
+}
+
+/// The 99th-percentile latency configured by [`LATENCY_P99_MS`], or `None` when absent.
+pub fn latency_p99_ms(annotations: &Annotations) -> Result<Option<f64>, AnnotationError> {
+    annotations
+        .get(LATENCY_P99_MS)
+        .map(|value| {
+            non_negative(value)
+                .filter(|v| *v > 0.0)
+                .ok_or_else(|| AnnotationError {
+                    annotation: LATENCY_P99_MS,
+                    value: value.clone(),
+                    expected: "a positive number of milliseconds (400)",
+                })
+        })
+        .transpose()
 }
 
 /// The request rate configured by [`RPS`], or `None` when absent.

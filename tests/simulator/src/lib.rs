@@ -94,12 +94,15 @@ pub struct SimulatorConfig {
     pub listen: SocketAddr,
     /// How often requests are generated.
     pub tick: Duration,
+    /// `Some(seed)`: the noisy mode, reproducible from the seed; `None`: exact
+    /// apportioning.
+    pub noise: Option<u64>,
 }
 
 impl SimulatorConfig {
     /// A configuration for `namespace` with the defaults: reporter `destination`, 50
     /// requests per second per route, version label `version`, metrics on a free
-    /// loopback port, a 100 ms tick.
+    /// loopback port, a 100 ms tick, exact apportioning.
     pub fn new(namespace: impl Into<String>) -> Self {
         SimulatorConfig {
             namespace: namespace.into(),
@@ -108,6 +111,7 @@ impl SimulatorConfig {
             version_label: "version".to_owned(),
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             tick: Duration::from_millis(100),
+            noise: None,
         }
     }
 }

@@ -29,6 +29,10 @@ struct Args {
     /// The pod template label that names a version.
     #[arg(long, default_value = "version")]
     version_label: String,
+    /// Noisy traffic (Poisson arrivals, random routing, Bernoulli errors, log-normal
+    /// latencies), reproducible from this seed; without it, exact apportioning.
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 #[tokio::main]
@@ -47,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
         default_rps: args.rps,
         version_label: args.version_label,
         listen: args.listen,
+        noise: args.seed,
         ..SimulatorConfig::new(args.namespace)
     };
     let simulator = Simulator::start(client, config).await?;

@@ -103,8 +103,11 @@ pub struct Workload {
 pub struct Behaviour {
     /// Share of responses that are 5xx.
     pub error_rate: ErrorRate,
-    /// Mean latency in milliseconds.
+    /// Mean latency in milliseconds (the exact mode); the median in the noisy mode.
     pub mean_latency_ms: f64,
+    /// The 99th-percentile latency in milliseconds (noisy mode); `None`: four times the
+    /// median.
+    pub p99_latency_ms: Option<f64>,
 }
 
 impl Default for Behaviour {
@@ -112,6 +115,7 @@ impl Default for Behaviour {
         Behaviour {
             error_rate: ErrorRate::ZERO,
             mean_latency_ms: DEFAULT_LATENCY_MS,
+            p99_latency_ms: None,
         }
     }
 }
@@ -138,6 +142,11 @@ impl ErrorRate {
     /// The rate in parts per million.
     pub fn parts_per_million(self) -> u32 {
         self.0
+    }
+
+    /// The rate as a fraction of one.
+    pub fn fraction(self) -> f64 {
+        f64::from(self.0) / f64::from(Self::ONE_PPM)
     }
 }
 

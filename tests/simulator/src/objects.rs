@@ -188,6 +188,7 @@ pub fn workload(deployment: &Deployment, version_label: &str) -> Workload {
             error_rate: annotations::error_rate(annotations).unwrap_or(defaults.error_rate),
             mean_latency_ms: annotations::latency_ms(annotations)
                 .unwrap_or(defaults.mean_latency_ms),
+            p99_latency_ms: annotations::latency_p99_ms(annotations).unwrap_or(None),
         },
     }
 }
@@ -198,6 +199,7 @@ pub fn annotation_problems(meta: &ObjectMeta) -> Vec<AnnotationError> {
     let annotations = meta.annotations.as_ref().unwrap_or(&none);
     [
         annotations::error_rate(annotations).err(),
+        annotations::latency_p99_ms(annotations).err(),
         annotations::latency_ms(annotations).err(),
         annotations::rps(annotations).err(),
     ]

@@ -191,7 +191,10 @@ async fn generate_traffic(stores: Stores, metrics: Arc<Metrics>, config: Simulat
     let mut ticks = tokio::time::interval(config.tick);
     // After a stall, one longer tick catches up (its elapsed time is measured).
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut generator = TrafficGenerator::default();
+    let mut generator = match config.noise {
+        Some(seed) => TrafficGenerator::noisy(seed),
+        None => TrafficGenerator::exact(),
+    };
     let mut last = Instant::now();
     loop {
         ticks.tick().await;

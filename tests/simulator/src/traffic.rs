@@ -1,12 +1,23 @@
-//! Turning a traffic plan into individual requests, deterministically.
+//! Turning a traffic plan into individual requests, in one of two modes.
 //!
-//! Nothing here is random: requests are apportioned to destinations by credit
-//! accumulators (smooth weighted round robin), errors by an error credit per version,
-//! and latencies follow a low-discrepancy sequence. Over any run of requests, each
-//! share is exact up to one request.
+//! - **Exact** (the default): nothing is random. Requests are apportioned to
+//!   destinations by credit accumulators (smooth weighted round robin), errors by an
+//!   error credit per version, and latencies follow a low-discrepancy sequence. Over any
+//!   run of requests, each share is exact up to one request: for tests that need exact
+//!   counts.
+//! - **Noisy** (seeded): traffic as a real mesh sees it. Arrivals are a Poisson
+//!   process at the route's rate; each request picks its destination at random with the
+//!   route's weights (as Envoy's weighted clusters do); each fails with its version's
+//!   error rate; each takes a latency drawn from its version's log-normal distribution,
+//!   given by its median (`sim.weir.dev/latency-ms`) and 99th percentile
+//!   (`sim.weir.dev/latency-p99-ms`). For every test of a decision.
 
 use std::collections::HashMap;
 use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, LogNormal, Poisson};
 
 use crate::mesh::{Backend, ErrorRate, RouteKey, RoutePlan};
 
@@ -122,7 +133,15 @@ pub struct Tick<'a> {
 pub struct TrafficGenerator {
     routes: HashMap<RouteKey, RouteState>,
     versions: HashMap<String, VersionState>,
+    /// The noisy mode's random source; `None`: the exact mode.
+    noise: Option<StdRng>,
 }
+
+/// A version's p99 latency, when not configured: four times its median.
+pub const DEFAULT_P99_OVER_MEDIAN: f64 = 4.0;
+
+/// `z` of the 99th percentile of the standard normal distribution.
+const Z_99: f64 = 2.326_347_874_040_841;
 
 #[derive(Debug, Default)]
 struct RouteState {
@@ -140,10 +159,26 @@ struct VersionState {
 }
 
 impl TrafficGenerator {
+    /// A generator in the exact mode.
+    pub fn exact() -> TrafficGenerator {
+        TrafficGenerator::default()
+    }
+
+    /// A generator in the noisy mode, reproducible from `seed`.
+    pub fn noisy(seed: u64) -> TrafficGenerator {
+        TrafficGenerator {
+            noise: Some(StdRng::seed_from_u64(seed)),
+            ..TrafficGenerator::default()
+        }
+    }
+
     /// The requests sent over the `elapsed` time since the previous tick.
     pub fn tick<'a>(&mut self, plans: &'a [RoutePlan], elapsed: Duration) -> Tick<'a> {
         self.routes
             .retain(|key, _| plans.iter().any(|p| &p.route == key));
+        if let Some(rng) = self.noise.as_mut() {
+            return noisy_tick(rng, plans, elapsed);
+        }
         let mut tick = Tick::default();
         for plan in plans {
             let route = self.routes.entry(plan.route.clone()).or_default();
@@ -182,6 +217,60 @@ impl TrafficGenerator {
         }
         tick
     }
+}
+
+/// One tick of the noisy mode: see the module documentation.
+fn noisy_tick<'a>(rng: &mut StdRng, plans: &'a [RoutePlan], elapsed: Duration) -> Tick<'a> {
+    let mut tick = Tick::default();
+    for plan in plans {
+        let mean = plan.rps * elapsed.as_secs_f64();
+        let count = match Poisson::new(mean) {
+            Ok(arrivals) if mean > 0.0 => arrivals.sample(rng) as u64,
+            _ => 0,
+        };
+        let total: u64 = plan.destinations.iter().map(|d| u64::from(d.weight)).sum();
+        if total == 0 {
+            continue;
+        }
+        for _ in 0..count {
+            let mut pick = rng.random_range(0..total);
+            let Some(destination) = plan.destinations.iter().find(|d| {
+                let weight = u64::from(d.weight);
+                if pick < weight {
+                    true
+                } else {
+                    pick -= weight;
+                    false
+                }
+            }) else {
+                continue;
+            };
+            if destination.backends.is_empty() {
+                tick.dropped += 1;
+                continue;
+            }
+            let backend = &destination.backends[rng.random_range(0..destination.backends.len())];
+            let behaviour = &backend.behaviour;
+            let fails = rng.random_bool(behaviour.error_rate.fraction().clamp(0.0, 1.0));
+            tick.served.push(Request {
+                backend,
+                response_code: if fails { SERVER_ERROR } else { OK },
+                latency_ms: log_normal_latency(rng, behaviour),
+            });
+        }
+    }
+    tick
+}
+
+/// A latency from the log-normal distribution with the behaviour's median and p99.
+fn log_normal_latency(rng: &mut StdRng, behaviour: &crate::mesh::Behaviour) -> f64 {
+    let median = behaviour.mean_latency_ms.max(0.001);
+    let p99 = behaviour
+        .p99_latency_ms
+        .unwrap_or(median * DEFAULT_P99_OVER_MEDIAN)
+        .max(median * 1.000_001);
+    let sigma = (p99 / median).ln() / Z_99;
+    LogNormal::new(median.ln(), sigma).map_or(median, |d| d.sample(rng))
 }
 
 #[cfg(test)]
@@ -289,6 +378,7 @@ mod tests {
             behaviour: Behaviour {
                 error_rate: ErrorRate::from_fraction(error_rate).unwrap(),
                 mean_latency_ms: 20.0,
+                p99_latency_ms: None,
             },
         }
     }
@@ -426,5 +516,105 @@ mod tests {
         let (counts, _) = run(&mut generator, &after, 20);
         assert_eq!(count(&counts, "checkout-v1", OK), 80);
         assert_eq!(count(&counts, "checkout-v2", OK), 20);
+    }
+}
+
+#[cfg(test)]
+mod noisy_tests {
+    use super::*;
+    use crate::mesh::{Behaviour, PlannedDestination, ServiceRef};
+
+    fn backend(workload: &str, error_rate: f64, median: f64, p99: f64) -> Backend {
+        Backend {
+            service: ServiceRef {
+                name: "checkout".to_owned(),
+                namespace: "shop".to_owned(),
+            },
+            workload: workload.to_owned(),
+            version: workload.to_owned(),
+            behaviour: Behaviour {
+                error_rate: ErrorRate::from_fraction(error_rate).unwrap(),
+                mean_latency_ms: median,
+                p99_latency_ms: Some(p99),
+            },
+        }
+    }
+
+    /// Over 100 s at 500 rps, 90/10: the noisy mode reproduces the configured rates and
+    /// distributions in the large, and varies in the small, reproducibly by seed.
+    #[test]
+    fn noisy_traffic_has_the_configured_rates_and_is_reproducible() {
+        let plans = [RoutePlan {
+            route: RouteKey {
+                virtual_service: "checkout".to_owned(),
+                index: 0,
+            },
+            rps: 500.0,
+            destinations: vec![
+                PlannedDestination {
+                    host: "checkout".to_owned(),
+                    subset: None,
+                    weight: 90,
+                    backends: vec![backend("v1", 0.01, 50.0, 200.0)],
+                },
+                PlannedDestination {
+                    host: "checkout".to_owned(),
+                    subset: None,
+                    weight: 10,
+                    backends: vec![backend("v2", 0.2, 100.0, 400.0)],
+                },
+            ],
+        }];
+        let run = |seed: u64| {
+            let mut generator = TrafficGenerator::noisy(seed);
+            let mut per_tick = Vec::new();
+            let mut latencies: HashMap<String, Vec<f64>> = HashMap::new();
+            let mut errors: HashMap<String, usize> = HashMap::new();
+            for _ in 0..1000 {
+                let tick = generator.tick(&plans, Duration::from_millis(100));
+                per_tick.push(tick.served.len());
+                for r in tick.served {
+                    latencies
+                        .entry(r.backend.version.clone())
+                        .or_default()
+                        .push(r.latency_ms);
+                    if r.response_code == SERVER_ERROR {
+                        *errors.entry(r.backend.version.clone()).or_default() += 1;
+                    }
+                }
+            }
+            (per_tick, latencies, errors)
+        };
+        let (per_tick, mut latencies, errors) = run(7);
+        let total: usize = per_tick.iter().sum();
+        assert!((49_000..51_000).contains(&total), "{total} requests");
+        // Poisson: the count per tick varies (mean 50, sd about 7).
+        assert!(per_tick.iter().any(|&n| n < 42) && per_tick.iter().any(|&n| n > 58));
+        let v2 = latencies["v2"].len() as f64;
+        assert!(
+            (0.09..0.11).contains(&(v2 / total as f64)),
+            "canary share {}",
+            v2 / total as f64
+        );
+        let rate = |v: &str| errors[v] as f64 / latencies[v].len() as f64;
+        assert!((0.008..0.012).contains(&rate("v1")), "v1 {}", rate("v1"));
+        assert!((0.18..0.22).contains(&rate("v2")), "v2 {}", rate("v2"));
+        for (version, median, p99) in [("v1", 50.0, 200.0), ("v2", 100.0, 400.0)] {
+            let samples = latencies.get_mut(version).unwrap();
+            samples.sort_by(f64::total_cmp);
+            let at = |q: f64| samples[(q * samples.len() as f64) as usize];
+            assert!(
+                (at(0.5) / median - 1.0).abs() < 0.05,
+                "{version} median {}",
+                at(0.5)
+            );
+            assert!(
+                (at(0.99) / p99 - 1.0).abs() < 0.15,
+                "{version} p99 {}",
+                at(0.99)
+            );
+        }
+        assert_eq!(run(7).0, per_tick, "the same seed, the same traffic");
+        assert_ne!(run(8).0, per_tick);
     }
 }
