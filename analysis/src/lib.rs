@@ -24,4 +24,6 @@ pub use prometheus::{
     BasicAuth, CheckReport, CheckRequest, ConfigError, PrometheusApi, PrometheusConfig, QueryError,
     RanQuery,
 };
-pub use verdict::{Bound, Evidence, InconclusiveReason, Measurement, Verdict};
+pub use verdict::{
+    Bound, Evidence, InconclusiveReason, Measurement, Verdict, format_evidence, format_value,
+};

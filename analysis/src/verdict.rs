@@ -126,3 +126,64 @@ pub struct Evidence {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub more_requests: Option<u64>,
 }
+
+/// A metric's value in its unit, for people: `20.00%` for shares (error rates, shares
+/// of slow requests), `20ms` for latencies, `120` for request counts, the number itself
+/// for custom metrics; `none` when missing. The one formatting the agent's messages and
+/// the CLI share.
+pub fn format_value(metric: &str, value: Option<f64>) -> String {
+    let Some(v) = value else {
+        return "none".to_owned();
+    };
+    let share = metric == crate::judge::ERROR_RATE
+        || metric.starts_with(crate::judge::SLOW_SHARE_PREFIX)
+        || metric.ends_with(crate::judge::SLOWER_VS_STABLE_SUFFIX);
+    match metric {
+        _ if share => format!("{:.2}%", v * 100.0),
+        "latency" => format!("{v:.0}ms"),
+        "request-count" => format!("{v:.0}"),
+        _ => {
+            let text = format!("{v:.4}");
+            let text = text.trim_end_matches('0').trim_end_matches('.');
+            if text.is_empty() || text == "-" {
+                "0".to_owned()
+            } else {
+                text.to_owned()
+            }
+        }
+    }
+}
+
+/// An e-value for people: two significant figures below 100, whole above, powers of ten
+/// beyond a million.
+pub fn format_evidence(e: f64) -> String {
+    if e >= 1e6 {
+        format!("{e:.0e}")
+    } else if e >= 100.0 {
+        format!("{e:.0}")
+    } else if e >= 10.0 {
+        format!("{e:.1}")
+    } else {
+        format!("{e:.2}")
+    }
+}
+
+impl Evidence {
+    /// `for 4.4/3.2, against 0.10/400`, and the requests still needed when the canary's
+    /// evidence falls short: what `weir check` shows per gate.
+    pub fn describe(&self) -> String {
+        let more = match self.more_requests {
+            Some(n) if self.for_canary < self.pass_at && n > 0 => {
+                format!(" (~{n} more canary requests)")
+            }
+            _ => String::new(),
+        };
+        format!(
+            "for {}/{}, against {}/{}{more}",
+            format_evidence(self.for_canary),
+            format_evidence(self.pass_at),
+            format_evidence(self.against),
+            format_evidence(self.abort_at)
+        )
+    }
+}

@@ -520,10 +520,9 @@ async fn controls_steer_a_rollout_and_watch_reports_how_it_ended() -> anyhow::Re
 async fn check_and_explain_tell_what_the_agent_sees() -> anyhow::Result<()> {
     let bed = Bed::start().await?;
     bed.deploy_app(&App::held("checkout")).await?;
-    // The agent must not abort payments before `check` sees its gates fail: once
-    // aborted, there is no rollout left to check.
-    bed.deploy_app(&App::held("payments").with("failure-limit", "1000"))
-        .await?;
+    // The agent aborts payments at its first check; `check` then names the version and
+    // a window, as one checks a version by hand.
+    bed.deploy_app(&App::held("payments")).await?;
     bed.deploy_app(&App::held("quiet")).await?;
     bed.annotate("quiet", "sim.weir.dev/rps", Some("0")).await?;
     bed.deploy_app(&App::new("search").with("steps", "10,5"))
@@ -535,7 +534,7 @@ async fn check_and_explain_tell_what_the_agent_sees() -> anyhow::Result<()> {
     bed.deploy_version("checkout", "v2", 0.0).await?;
     bed.deploy_version("payments", "v2", 0.2).await?;
     bed.deploy_version("quiet", "v2", 0.0).await?;
-    for name in ["checkout", "payments", "quiet"] {
+    for name in ["checkout", "quiet"] {
         bed.wait_status(name, "v2 progressing", |s| s.phase == Phase::Progressing)
             .await?;
     }
@@ -582,11 +581,10 @@ async fn check_and_explain_tell_what_the_agent_sees() -> anyhow::Result<()> {
         "{}",
         pass.stdout
     );
-    assert!(
-        pass.stdout.contains("METRIC         CANARY"),
-        "{}",
-        pass.stdout
-    );
+    // The sequential judge's evidence, per gate, against what the step needs.
+    for column in ["METRIC", "CANARY", "EVIDENCE", "errors-vs-stable", "for "] {
+        assert!(pass.stdout.contains(column), "{column}: {}", pass.stdout);
+    }
     assert!(pass.stdout.ends_with("Verdict: pass\n"), "{}", pass.stdout);
     let json = check("checkout", &["-o", "json"]).await?;
     let report: Value = serde_json::from_str(&json.stdout).with_context(|| json.stdout.clone())?;
@@ -602,7 +600,7 @@ async fn check_and_explain_tell_what_the_agent_sees() -> anyhow::Result<()> {
         "payments' gates to fail",
         Duration::from_secs(120),
         || async {
-            let run = check("payments", &[]).await?;
+            let run = check("payments", &["--canary", "v2", "--window", "30s"]).await?;
             anyhow::ensure!(
                 run.code == Some(1),
                 "exit {:?}: {}{}",
@@ -615,7 +613,7 @@ async fn check_and_explain_tell_what_the_agent_sees() -> anyhow::Result<()> {
     )
     .await?;
     assert!(
-        fail.stdout.contains("Verdict: fail (error-rate)"),
+        fail.stdout.contains("Verdict: fail (error-rate"),
         "{}",
         fail.stdout
     );
@@ -671,6 +669,24 @@ async fn check_and_explain_tell_what_the_agent_sees() -> anyhow::Result<()> {
         text.contains("Failed checks in this rollout: 0 of"),
         "{text}"
     );
+    // Once checked, each gate's evidence: what it has, what the step needs.
+    weir_testbed::wait_until(
+        "explain to show the last check's evidence",
+        Duration::from_secs(120),
+        || async {
+            let text = ok(&bed.cli(&["explain", "checkout"]).await?).to_owned();
+            for part in [
+                "Evidence (e-values",
+                "error-rate: canary",
+                "errors-vs-stable: canary",
+                "of the 400 that aborts",
+            ] {
+                anyhow::ensure!(text.contains(part), "no {part:?} in:\n{text}");
+            }
+            Ok(())
+        },
+    )
+    .await?;
     Ok(())
 }
 

@@ -196,6 +196,14 @@ pub fn render(service: &str, canary: &str, stable: &str, report: &CheckReport) -
         .map(|m| {
             let verdict = match (&m.bound, m.canary) {
                 _ if failed.contains(&m.metric) => "fail",
+                _ if m
+                    .evidence
+                    .as_ref()
+                    .is_some_and(|e| e.for_canary >= e.pass_at) =>
+                {
+                    "pass"
+                }
+                _ if m.evidence.is_some() => "awaiting",
                 (_, None) => "no data",
                 (None, Some(_)) => "-",
                 (Some(bound), Some(_))
@@ -220,6 +228,9 @@ pub fn render(service: &str, canary: &str, stable: &str, report: &CheckReport) -
                         format!("{op} {}", view::bound_value(&m.metric, b))
                     },
                 ),
+                m.evidence
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), weir_analysis::Evidence::describe),
                 verdict.to_owned(),
             ]
         })
@@ -229,7 +240,7 @@ pub fn render(service: &str, canary: &str, stable: &str, report: &CheckReport) -
         view::duration(Duration::from_secs(report.window_seconds))
     );
     out.push_str(&view::table(
-        &["METRIC", "CANARY", "STABLE", "BOUND", "VERDICT"],
+        &["METRIC", "CANARY", "STABLE", "BOUND", "EVIDENCE", "VERDICT"],
         &rows,
     ));
     let verdict = match &report.verdict {
@@ -301,10 +312,10 @@ mod tests {
             text,
             "Service checkout: canary v3 against stable v1, over the last 1m 5s\n\
              \n\
-             METRIC         CANARY  STABLE  BOUND    VERDICT\n\
-             request-count  100     900     ≥ 50     pass\n\
-             error-rate     20.00%  0.00%   ≤ 1.00%  fail\n\
-             latency        none    20ms    ≤ 500ms  no data\n\
+             METRIC         CANARY  STABLE  BOUND    EVIDENCE  VERDICT\n\
+             request-count  100     900     ≥ 50     -         pass\n\
+             error-rate     20.00%  0.00%   ≤ 1.00%  -         fail\n\
+             latency        none    20ms    ≤ 500ms  -         no data\n\
              \n\
              Verdict: fail (error-rate)\n"
         );
@@ -320,6 +331,53 @@ mod tests {
     }
 
     #[test]
+    fn a_check_awaiting_evidence_shows_each_gates_evidence_and_what_it_waits_for() {
+        let evidence = |for_canary: f64, more: Option<u64>| weir_analysis::Evidence {
+            against: 0.1,
+            abort_at: 400.0,
+            for_canary,
+            pass_at: 3.16,
+            more_requests: more,
+        };
+        let mut gates = measurements(300.0, 0.0067);
+        gates[1].evidence = Some(evidence(4.5, Some(0)));
+        gates.insert(
+            2,
+            Measurement {
+                metric: "errors-vs-stable".into(),
+                canary: Some(0.0067),
+                stable: Some(0.0052),
+                bound: None,
+                evidence: Some(evidence(1.27, Some(850))),
+            },
+        );
+        let verdict = Verdict::Inconclusive {
+            reason: InconclusiveReason::AwaitingEvidence,
+            detail: "errors-vs-stable: evidence for the canary 1.27 of the 3.16 this step needs"
+                .into(),
+            measurements: gates,
+        };
+        let text = render("checkout", "v2", "v1", &report(verdict.clone()));
+        assert!(
+            text.contains(
+                "error-rate        0.67%   0.00%   ≤ 1.00%  for 4.50/3.16, against 0.10/400                              pass"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "errors-vs-stable  0.67%   0.52%   -        for 1.27/3.16, against 0.10/400 (~850 more canary requests)  awaiting"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("Verdict: inconclusive (awaiting-evidence): errors-vs-stable: evidence for the canary 1.27 of the 3.16 this step needs\n"),
+            "{text}"
+        );
+        assert_eq!(exit_code(&verdict), 2);
+    }
+
+    #[test]
     fn an_inconclusive_check_says_why_and_exits_2() {
         let verdict = Verdict::Inconclusive {
             reason: InconclusiveReason::TooFewRequests,
@@ -328,7 +386,7 @@ mod tests {
         };
         let text = render("checkout", "v2", "v1", &report(verdict.clone()));
         assert!(
-            text.contains("request-count  8       900     ≥ 50     too few"),
+            text.contains("request-count  8       900     ≥ 50     -         too few"),
             "{text}"
         );
         assert!(

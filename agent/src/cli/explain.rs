@@ -298,6 +298,48 @@ fn phase(
             view::duration(view::between(check.at, now)),
             view::verdict_summary(&check.verdict)
         );
+        evidence(out, &check.verdict);
+    }
+}
+
+/// Each gate's evidence, as the last check weighed it: how far the evidence for the
+/// canary has come against what this step needs, how far the evidence against it has
+/// come against what aborts it, and roughly how many more requests the step waits for.
+fn evidence(out: &mut String, verdict: &weir_analysis::Verdict) {
+    let weighed: Vec<_> = verdict
+        .measurements()
+        .iter()
+        .filter_map(|m| m.evidence.as_ref().map(|e| (m, e)))
+        .collect();
+    if weighed.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  Evidence (e-values: 1 is none either way; see docs/analysis.md):"
+    );
+    for (m, e) in weighed {
+        let standing = if e.against >= e.abort_at {
+            "bad: aborts the canary".to_owned()
+        } else if e.for_canary >= e.pass_at {
+            "enough for this step".to_owned()
+        } else {
+            match e.more_requests {
+                Some(n) if n > 0 => format!("awaiting about {n} more canary requests"),
+                _ => "awaiting more requests".to_owned(),
+            }
+        };
+        let _ = writeln!(
+            out,
+            "    {}: canary {} (stable {}); for the canary {} of the {} this step needs, against it {} of the {} that aborts: {standing}",
+            m.metric,
+            view::value(&m.metric, m.canary),
+            view::value(&m.metric, m.stable),
+            weir_analysis::format_evidence(e.for_canary),
+            weir_analysis::format_evidence(e.pass_at),
+            weir_analysis::format_evidence(e.against),
+            weir_analysis::format_evidence(e.abort_at),
+        );
     }
 }
 
@@ -319,7 +361,7 @@ fn timing(out: &mut String, status: &Status, spec: &RolloutSpec, now: Timestamp)
     if now < held {
         let _ = writeln!(
             out,
-            "  The step began {} ago and holds at least {}: {} left, then it advances at the first passing check.",
+            "  The step began {} ago and holds at least {}: {} left, then it advances at the first passing check (every gate's evidence for the canary at what the step needs).",
             view::duration(view::between(since, now)),
             view::duration(spec.step_interval),
             view::duration(view::between(now, held))

@@ -238,26 +238,7 @@ pub fn bound_value(metric: &str, bound: &Bound) -> String {
 
 /// A metric's value in its unit: `20.00%`, `20ms`, `120`; `none` when missing.
 pub fn value(metric: &str, v: Option<f64>) -> String {
-    let Some(v) = v else {
-        return "none".to_owned();
-    };
-    match metric {
-        "error-rate" => format!("{:.2}%", v * 100.0),
-        slow if slow.starts_with(weir_analysis::judge::SLOW_SHARE_PREFIX) => {
-            format!("{:.2}%", v * 100.0)
-        }
-        "latency" => format!("{v:.0}ms"),
-        "request-count" => format!("{v:.0}"),
-        _ => {
-            let text = format!("{v:.4}");
-            let text = text.trim_end_matches('0').trim_end_matches('.');
-            if text.is_empty() || text == "-" {
-                "0".to_owned()
-            } else {
-                text.to_owned()
-            }
-        }
-    }
+    weir_analysis::format_value(metric, v)
 }
 
 fn short_name(metric: &str) -> &str {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use weir_analysis::judge::Judgement;
 use weir_analysis::sequential::{RolloutEvidence, StepCounts};
-use weir_analysis::{Bound, InconclusiveReason, Verdict};
+use weir_analysis::{Bound, InconclusiveReason, Verdict, format_value};
 
 use super::{
     Action, CheckRecord, CheckRequest, Event, EventType, FailedVersion, Observed, Phase, Plan,
@@ -813,24 +813,16 @@ fn summarize(verdict: &Verdict) -> String {
         .measurements()
         .iter()
         .map(|m| {
-            let fmt = |v: Option<f64>| match v {
-                None => "none".to_string(),
-                Some(v) => format_value(&m.metric, v),
-            };
+            let fmt = |v: Option<f64>| format_value(&m.metric, v);
             let bound = match &m.bound {
-                Some(Bound::Max(b)) => format!(", max {}", format_value(&m.metric, *b)),
-                Some(Bound::Min(b)) => format!(", min {}", format_value(&m.metric, *b)),
+                Some(Bound::Max(b)) => format!(", max {}", format_value(&m.metric, Some(*b))),
+                Some(Bound::Min(b)) => format!(", min {}", format_value(&m.metric, Some(*b))),
                 None => String::new(),
             };
-            let evidence = m.evidence.as_ref().map_or_else(String::new, |e| {
-                format!(
-                    "; evidence for {}/{}, against {}/{}",
-                    evidence_value(e.for_canary),
-                    evidence_value(e.pass_at),
-                    evidence_value(e.against),
-                    evidence_value(e.abort_at)
-                )
-            });
+            let evidence = m
+                .evidence
+                .as_ref()
+                .map_or_else(String::new, |e| format!("; evidence {}", e.describe()));
             format!(
                 "{} {} (stable {}{bound}{evidence})",
                 m.metric,
@@ -846,34 +838,9 @@ fn summarize(verdict: &Verdict) -> String {
     }
 }
 
-/// An e-value for people: two significant figures below 100, whole above.
-fn evidence_value(e: f64) -> String {
-    if e >= 1e6 {
-        format!("{e:.0e}")
-    } else if e >= 100.0 {
-        format!("{e:.0}")
-    } else if e >= 10.0 {
-        format!("{e:.1}")
-    } else {
-        format!("{e:.2}")
-    }
-}
-
 /// `99%`, `99.9%`.
 fn percent(fraction: f64) -> String {
     format!("{}%", (fraction * 1000.0).round() / 10.0)
-}
-
-fn format_value(metric: &str, v: f64) -> String {
-    match metric {
-        "error-rate" | "errors-vs-stable" => format!("{:.2}%", v * 100.0),
-        "latency" => format!("{v:.0}ms"),
-        "request-count" => format!("{v:.0}"),
-        m if m.starts_with("slower-than-") || m.ends_with("-vs-stable") => {
-            format!("{:.2}%", v * 100.0)
-        }
-        _ => format!("{v}"),
-    }
 }
 
 fn normal(reason: &str, message: String) -> Event {

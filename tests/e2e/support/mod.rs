@@ -26,6 +26,11 @@ use weir_testbed::{ControlPlane, OwnedProcess, Prometheus, mark_deployment_avail
 /// Generous: the machine may be a loaded 2-core box.
 pub const DEADLINE: Duration = Duration::from_secs(120);
 
+/// Requests per second per route of the simulated mesh.
+pub const RPS: f64 = 500.0;
+/// The simulator's seed: every run draws the same traffic, as far as timing allows.
+pub const SEED: u64 = 20261130;
+
 pub struct Bed {
     pub control_plane: ControlPlane,
     pub client: Client,
@@ -73,7 +78,18 @@ impl Bed {
         let client = control_plane.client();
         let namespace = "shop".to_string();
         control_plane.create_namespace(&namespace).await?;
-        let simulator = Simulator::start(client.clone(), SimulatorConfig::new(&namespace)).await?;
+        // Decisions are tested as a mesh would exercise them: noisy traffic (Poisson
+        // arrivals, random routing, Bernoulli errors, log-normal latencies), at a rate
+        // that lets the sequential judge gather its evidence in seconds.
+        let simulator = Simulator::start(
+            client.clone(),
+            SimulatorConfig {
+                default_rps: RPS,
+                noise: Some(SEED),
+                ..SimulatorConfig::new(&namespace)
+            },
+        )
+        .await?;
         let prometheus = Prometheus::start(&[simulator.metrics_addr()]).await?;
         prometheus.wait_for_scrape().await?;
         Ok(Bed {
