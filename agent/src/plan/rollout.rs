@@ -502,9 +502,10 @@ impl<'a> Draft<'a> {
             } => {
                 self.status.failed_checks += 1;
                 self.abort(format!(
-                    "the evidence against it reached {} confidence on {}: {summary}",
+                    "the evidence against it reached {} confidence on {}: {}",
                     percent(self.spec.gates.confidence),
-                    failed.join(", ")
+                    failed.join(", "),
+                    summarize_only(verdict, failed)
                 ));
             }
             Verdict::Inconclusive {
@@ -809,9 +810,24 @@ fn converge(status: &Status, observed: &Observed) -> Convergence {
 
 /// One line of measured values, for events and the status message.
 fn summarize(verdict: &Verdict) -> String {
+    summarize_measurements(verdict, |_| true)
+}
+
+/// The request count and the named metrics' values, for a message about those.
+fn summarize_only(verdict: &Verdict, metrics: &[String]) -> String {
+    summarize_measurements(verdict, |m| {
+        m.metric == "request-count" || metrics.contains(&m.metric)
+    })
+}
+
+fn summarize_measurements(
+    verdict: &Verdict,
+    keep: impl Fn(&weir_analysis::Measurement) -> bool,
+) -> String {
     let parts: Vec<String> = verdict
         .measurements()
         .iter()
+        .filter(|m| keep(m))
         .map(|m| {
             let fmt = |v: Option<f64>| format_value(&m.metric, v);
             let bound = match &m.bound {

@@ -34,6 +34,9 @@ const CHECKOUT: &str = include_str!("../manifests/checkout.yaml");
 const CHECKOUT_V2: &str = include_str!("../manifests/checkout-v2.yaml");
 const CHECKOUT_V3: &str = include_str!("../manifests/checkout-v3.yaml");
 
+/// The traffic simulator's seed.
+const SIMULATOR_SEED: u64 = 2026;
+
 /// Generous: the machine may be a loaded 2-core box.
 const AGENT_READY: Duration = Duration::from_secs(120);
 
@@ -107,7 +110,15 @@ pub async fn run(options: &Options) -> anyhow::Result<Summary> {
         2,
         "Starting the traffic simulator (it stands in for Istio's data plane) and Prometheus scraping it",
     );
-    let simulator = Simulator::start(client.clone(), SimulatorConfig::new(NAMESPACE)).await?;
+    // Noisy traffic, as a mesh would carry it: weir decides on evidence, not on luck.
+    let simulator = Simulator::start(
+        client.clone(),
+        SimulatorConfig {
+            noise: Some(SIMULATOR_SEED),
+            ..SimulatorConfig::new(NAMESPACE)
+        },
+    )
+    .await?;
     let prometheus = Prometheus::start(&[simulator.metrics_addr()]).await?;
     prometheus.wait_for_scrape().await?;
 
