@@ -418,7 +418,16 @@ fn t0() -> Timestamp {
 }
 
 fn spec(rule: Rule) -> RolloutSpec {
+    spec_with(rule, &[])
+}
+
+/// The spec of `rule` with `extra` annotations (`key`, value) on top of the defaults
+/// and WEIR_BENCH_ANNOTATIONS.
+fn spec_with(rule: Rule, extra: &[(&str, &str)]) -> RolloutSpec {
     let mut annotations = BTreeMap::new();
+    for (key, value) in extra {
+        annotations.insert(format!("weir.dev/{key}"), (*value).to_string());
+    }
     annotations.insert("weir.dev/analysis".to_string(), rule.as_str().to_string());
     // Other settings than the defaults, to explore them:
     // WEIR_BENCH_ANNOTATIONS="tolerance=30%,decision-timeout=1h".
@@ -435,8 +444,14 @@ fn spec(rule: Rule) -> RolloutSpec {
 
 /// One rollout, from v2 becoming available to its promotion or abort.
 fn trial(scenario: &Scenario, rule: Rule, seed: u64) -> Outcome {
+    trial_with(scenario, &spec(rule), seed)
+}
+
+/// [`trial`] with a given spec.
+fn trial_with(scenario: &Scenario, spec: &RolloutSpec, seed: u64) -> Outcome {
+    let rule = spec.gates.rule;
+    let spec = spec.clone();
     let mut rng = StdRng::seed_from_u64(seed);
-    let spec = spec(rule);
     let version = |name: &str, created: i64| Version {
         name: name.into(),
         deployment: format!("checkout-{name}"),
@@ -612,6 +627,17 @@ fn run(scenario: &Scenario, rule: Rule, trials: u64) -> Summary {
 }
 
 fn main() {
+    pure_part();
+    if std::env::var("WEIR_BENCH_E2E").as_deref() != Ok("0") {
+        let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+        if let Err(e) = runtime.block_on(end_to_end::part()) {
+            eprintln!("end-to-end part failed: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn pure_part() {
     let trials: u64 = std::env::var("WEIR_BENCH_TRIALS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -687,4 +713,336 @@ fn main() {
         missed.join("; "),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// The end-to-end part: a few scenarios through the real agent (its controller, run in
+/// this process), the traffic simulator in its noisy mode and a real Prometheus, on the
+/// test bed; and the same scenarios through the pure part with the same settings, side
+/// by side. Each trial is its own Service, so that a scenario's trials run at once.
+mod end_to_end {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+
+    use anyhow::Context as _;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Service;
+    use kube::Client;
+    use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
+    use serde_json::json;
+    use weir::controller::lease::Leadership;
+    use weir::controller::{self, AgentConfig};
+    use weir::plan::{Phase, Status};
+    use weir::server::Telemetry;
+    use weir::spec::Defaults;
+    use weir_analysis::{PrometheusApi, PrometheusConfig, Reporter, Rule};
+    use weir_simulator::{Simulator, SimulatorConfig};
+    use weir_testbed::{ControlPlane, Prometheus, mark_deployment_available};
+
+    use super::{Behaviour, Decision, Scenario, Target};
+
+    const NAMESPACE: &str = "bench";
+    /// The settings every end-to-end trial runs with, shorter than the defaults so that
+    /// a scenario takes about a minute; the pure part is run with the same.
+    const SETTINGS: &[(&str, &str)] = &[("step-interval", "10s"), ("check-interval", "5s")];
+    const RPS: f64 = 500.0;
+
+    fn scenarios() -> Vec<Scenario> {
+        let b = Behaviour::new;
+        let s = |name, stable, canary, target| Scenario {
+            name,
+            rps: RPS,
+            stable,
+            canary,
+            target,
+        };
+        vec![
+            s(
+                "e2e healthy equal 0.5%",
+                b(0.005),
+                b(0.005),
+                Target::Promote(0.99),
+            ),
+            s(
+                "e2e regress 3x 0.5%->1.5%",
+                b(0.005),
+                b(0.015),
+                Target::Abort(0.99),
+            ),
+            s(
+                "e2e regress p99 2x",
+                b(0.001).latency(50.0, 200.0),
+                b(0.001).latency(100.0, 400.0),
+                Target::Abort(0.99),
+            ),
+            s(
+                "e2e gross 20% errors",
+                b(0.001),
+                b(0.2),
+                Target::Abort(0.99),
+            ),
+        ]
+    }
+
+    pub async fn part() -> anyhow::Result<()> {
+        let per_scenario: usize = std::env::var("WEIR_BENCH_E2E_TRIALS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10);
+        let started = Instant::now();
+        println!(
+            "\nend-to-end: {per_scenario} rollouts per scenario through the real agent, the noisy simulator and Prometheus ({RPS} rps, {})",
+            SETTINGS
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let control_plane = ControlPlane::start().await?;
+        control_plane.create_namespace(NAMESPACE).await?;
+        let client = control_plane.client();
+        let simulator = Simulator::start(
+            client.clone(),
+            SimulatorConfig {
+                noise: Some(7),
+                default_rps: RPS,
+                ..SimulatorConfig::new(NAMESPACE)
+            },
+        )
+        .await?;
+        let prometheus = Prometheus::start(&[simulator.metrics_addr()]).await?;
+        prometheus.wait_for_scrape().await?;
+        let api = PrometheusApi::new(&PrometheusConfig {
+            url: prometheus.url(),
+            tenant: None,
+            bearer_token_file: None,
+            basic_auth: None,
+            ca_file: None,
+            query_timeout: Duration::from_secs(5),
+            check_timeout: Duration::from_secs(10),
+        })?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let agent = tokio::spawn(controller::run(
+            client.clone(),
+            AgentConfig {
+                namespace: NAMESPACE.into(),
+                defaults: Defaults::default(),
+                reporter: Reporter::Destination,
+                scrape_interval: Duration::from_secs(1),
+                dry_run: false,
+                instance: "bench".into(),
+            },
+            api,
+            Telemetry::default(),
+            Leadership::always(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+
+        println!(
+            "{:<30} {:>10} {:>8} {:>8} {:>9}   {:>10} {:>8} {:>8} {:>9}",
+            "scenario",
+            "real n",
+            "promote",
+            "abort",
+            "median s",
+            "pure n",
+            "promote",
+            "abort",
+            "median s"
+        );
+        for (index, scenario) in scenarios().iter().enumerate() {
+            let names: Vec<String> = (0..per_scenario).map(|i| format!("s{index}-{i}")).collect();
+            for name in &names {
+                deploy_app(&client, name, &scenario.stable).await?;
+            }
+            for name in &names {
+                wait_status(&client, name, |s| s.phase == Phase::Idle).await?;
+            }
+            let released = Instant::now();
+            for name in &names {
+                deploy_version(&client, name, "v2", &scenario.canary).await?;
+            }
+            let mut outcomes: Vec<(Decision, u64)> = Vec::new();
+            for name in &names {
+                let status = wait_status(&client, name, |s| {
+                    s.phase == Phase::Aborted
+                        || (s.phase == Phase::Idle && s.stable.as_deref() == Some("v2"))
+                })
+                .await?;
+                let decision = if status.phase == Phase::Aborted {
+                    Decision::Aborted
+                } else {
+                    Decision::Promoted
+                };
+                let seconds = status
+                    .rollout_started_at
+                    .map(|start| status.last_transition_at.duration_since(start).as_secs())
+                    .unwrap_or_else(|| released.elapsed().as_secs() as i64);
+                outcomes.push((decision, seconds.max(0) as u64));
+            }
+            let real = summarize(&outcomes);
+            let spec = super::spec_with(Rule::Sequential, SETTINGS);
+            let pure: Vec<(Decision, u64)> = (0..1000)
+                .map(|seed| {
+                    let o = super::trial_with(scenario, &spec, seed);
+                    (o.decision, o.seconds.max(0) as u64)
+                })
+                .collect();
+            let pure = summarize(&pure);
+            println!(
+                "{:<30} {:>10} {:>7.0}% {:>7.0}% {:>9}   {:>10} {:>7.1}% {:>7.1}% {:>9}",
+                scenario.name,
+                outcomes.len(),
+                real.0 * 100.0,
+                real.1 * 100.0,
+                real.2,
+                1000,
+                pure.0 * 100.0,
+                pure.1 * 100.0,
+                pure.2,
+            );
+            for name in &names {
+                remove_app(&client, name).await?;
+            }
+        }
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), agent).await;
+        drop(prometheus);
+        drop(simulator);
+        drop(control_plane);
+        println!("end-to-end part: {:.0}s", started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// (P(promote), P(abort), median seconds).
+    fn summarize(outcomes: &[(Decision, u64)]) -> (f64, f64, u64) {
+        let n = outcomes.len().max(1) as f64;
+        let share = |d: Decision| outcomes.iter().filter(|o| o.0 == d).count() as f64 / n;
+        let mut times: Vec<u64> = outcomes.iter().map(|o| o.1).collect();
+        times.sort_unstable();
+        (
+            share(Decision::Promoted),
+            share(Decision::Aborted),
+            times.get(times.len() / 2).copied().unwrap_or(0),
+        )
+    }
+
+    fn behaviour_annotations(b: &Behaviour) -> serde_json::Value {
+        json!({
+            "sim.weir.dev/error-rate": b.error_rate.to_string(),
+            "sim.weir.dev/latency-ms": b.median_ms.to_string(),
+            "sim.weir.dev/latency-p99-ms": b.p99_ms.to_string(),
+        })
+    }
+
+    async fn deploy_app(client: &Client, name: &str, stable: &Behaviour) -> anyhow::Result<()> {
+        let mut annotations: BTreeMap<String, String> = SETTINGS
+            .iter()
+            .map(|(k, v)| (format!("weir.dev/{k}"), (*v).to_string()))
+            .collect();
+        annotations.insert("weir.dev/enabled".into(), "true".into());
+        let service: Service = serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80}]}
+        }))?;
+        Api::<Service>::namespaced(client.clone(), NAMESPACE)
+            .create(&PostParams::default(), &service)
+            .await?;
+        deploy_version(client, name, "v1", stable).await?;
+        for object in [
+            json!({
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "VirtualService",
+                "metadata": {"name": name},
+                "spec": {"hosts": [name], "http": [{"name": "primary", "route": [
+                    {"destination": {"host": name, "subset": "stable"}, "weight": 100}]}]}
+            }),
+            json!({
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "DestinationRule",
+                "metadata": {"name": name},
+                "spec": {"host": name, "subsets": [
+                    {"name": "stable", "labels": {"version": "v1"}},
+                    {"name": "canary", "labels": {"version": "v1"}}]}
+            }),
+        ] {
+            let kind = object["kind"].as_str().unwrap_or_default();
+            let gvk = GroupVersionKind::gvk("networking.istio.io", "v1", kind);
+            let object: DynamicObject = serde_json::from_value(object.clone())?;
+            Api::<DynamicObject>::namespaced_with(
+                client.clone(),
+                NAMESPACE,
+                &ApiResource::from_gvk(&gvk),
+            )
+            .create(&PostParams::default(), &object)
+            .await
+            .with_context(|| format!("creating {kind} {name}"))?;
+        }
+        Ok(())
+    }
+
+    async fn deploy_version(
+        client: &Client,
+        app: &str,
+        version: &str,
+        behaviour: &Behaviour,
+    ) -> anyhow::Result<()> {
+        let name = format!("{app}-{version}");
+        let deployment: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": behaviour_annotations(behaviour)},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": app, "version": version}},
+                "template": {
+                    "metadata": {"labels": {"app": app, "version": version}},
+                    "spec": {"containers": [{"name": "app", "image": format!("example.test/{app}:{version}")}]}
+                }
+            }
+        }))?;
+        Api::<Deployment>::namespaced(client.clone(), NAMESPACE)
+            .create(&PostParams::default(), &deployment)
+            .await?;
+        mark_deployment_available(client, NAMESPACE, &name).await
+    }
+
+    /// Removes a trial's Service and Deployments, so that the next scenario's traffic
+    /// and queries do not carry them.
+    async fn remove_app(client: &Client, name: &str) -> anyhow::Result<()> {
+        let deployments = Api::<Deployment>::namespaced(client.clone(), NAMESPACE);
+        for version in ["v1", "v2"] {
+            let _ = deployments
+                .delete(&format!("{name}-{version}"), &Default::default())
+                .await;
+        }
+        let _ = Api::<Service>::namespaced(client.clone(), NAMESPACE)
+            .delete(name, &Default::default())
+            .await;
+        Ok(())
+    }
+
+    async fn wait_status(
+        client: &Client,
+        name: &str,
+        done: impl Fn(&Status) -> bool,
+    ) -> anyhow::Result<Status> {
+        let services = Api::<Service>::namespaced(client.clone(), NAMESPACE);
+        weir_testbed::wait_until(
+            &format!("{name} to reach its state"),
+            Duration::from_secs(1800),
+            || async {
+                let service = services.get(name).await?;
+                let raw = service
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("weir.dev/status"))
+                    .context("no status yet")?;
+                let status: Status = serde_json::from_str(raw)?;
+                anyhow::ensure!(done(&status), "{:?}: {}", status.phase, status.message);
+                Ok(status)
+            },
+        )
+        .await
+    }
 }
