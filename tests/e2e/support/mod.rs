@@ -516,6 +516,8 @@ impl Drop for WeightLog {
 pub struct Agent {
     process: Option<OwnedProcess>,
     log: PathBuf,
+    first_log: PathBuf,
+    runs: usize,
     args: Vec<String>,
     kubeconfig: PathBuf,
 }
@@ -526,13 +528,22 @@ impl Agent {
     }
 
     fn start_as(bed: &Bed, kubeconfig: &std::path::Path, extra: &[&str]) -> anyhow::Result<Agent> {
+        Agent::start_full(bed, kubeconfig, &bed.prometheus.url(), extra)
+    }
+
+    fn start_full(
+        bed: &Bed,
+        kubeconfig: &std::path::Path,
+        prometheus: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Agent> {
         let port = weir_testbed::free_port()?;
         let mut args: Vec<String> = [
             "agent",
             "--namespace",
             &bed.namespace,
             "--prometheus-url",
-            &bed.prometheus.url(),
+            prometheus,
             "--scrape-interval",
             "1s",
             "--query-timeout",
@@ -553,9 +564,12 @@ impl Agent {
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         let n = std::fs::read_dir(bed.logs.path())?.count();
+        let log = bed.logs.path().join(format!("agent-{n}.log"));
         let mut agent = Agent {
             process: None,
-            log: bed.logs.path().join(format!("agent-{n}.log")),
+            first_log: log.clone(),
+            runs: 0,
+            log,
             args,
             kubeconfig: kubeconfig.to_path_buf(),
         };
@@ -583,10 +597,25 @@ impl Agent {
         self.process = None;
     }
 
+    /// SIGKILLs the agent if it runs, and starts it again with the same flags; each run
+    /// logs to a file of its own (`agent-0.log`, `agent-0.1.log`, …).
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
-        self.log = self.log.with_extension("restarted.log");
+        self.runs += 1;
+        let stem = self
+            .first_log
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.log = self
+            .first_log
+            .with_file_name(format!("{stem}.{}.log", self.runs));
         self.spawn()
+    }
+
+    /// Whether the agent process is running (not killed).
+    pub fn is_running(&self) -> bool {
+        self.process.is_some()
     }
 
     pub fn log(&self) -> String {
@@ -615,6 +644,17 @@ impl Bed {
         extra: &[&str],
     ) -> anyhow::Result<Agent> {
         Agent::start_as(self, kubeconfig, extra)
+    }
+
+    /// Starts the real `weir agent` like [`Bed::agent`], but reading metrics from
+    /// `prometheus` (for example a proxy that injects faults) instead of the bed's.
+    pub fn agent_with_prometheus(&self, prometheus: &str, extra: &[&str]) -> anyhow::Result<Agent> {
+        Agent::start_full(
+            self,
+            self.control_plane.kubeconfig_path(),
+            prometheus,
+            extra,
+        )
     }
 }
 

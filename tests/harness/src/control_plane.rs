@@ -42,6 +42,8 @@ pub struct ControlPlane {
     // Fields drop in order: the apiserver goes before its etcd, the directory last.
     apiserver: OwnedProcess,
     etcd: OwnedProcess,
+    /// How the apiserver was started, to start it again ([`ControlPlane::restart_apiserver`]).
+    apiserver_start: ApiserverStart,
     client: kube::Client,
     server_url: String,
     ca_pem: String,
@@ -128,14 +130,19 @@ impl ControlPlane {
             "--enable-priority-and-fairness=false".to_owned(),
             "--endpoint-reconciler-type=none".to_owned(),
             "--profiling=false".to_owned(),
+            // Watches are served from etcd's history rather than the apiserver's cache,
+            // so a watch resumes where it left off across an apiserver restart (the
+            // chaos suite's recorder must see every revision).
+            "--watch-cache=false".to_owned(),
         ];
-        let mut apiserver = OwnedProcess::spawn(
-            "kube-apiserver",
-            &testbed.join("bin/kube-apiserver"),
-            &args,
-            NO_ENV,
-            files.join("kube-apiserver.log"),
-        )?;
+        let apiserver_start = ApiserverStart {
+            program: testbed.join("bin/kube-apiserver"),
+            args: args.to_vec(),
+            log: files.join("kube-apiserver.log"),
+            port,
+            restarts: 0,
+        };
+        let mut apiserver = apiserver_start.spawn()?;
 
         let kubeconfig = dir.path().join("kubeconfig");
         write_kubeconfig(
@@ -160,6 +167,7 @@ impl ControlPlane {
         Ok(ControlPlane {
             apiserver,
             etcd,
+            apiserver_start,
             client,
             server_url,
             ca_pem: pki.ca_pem,
@@ -211,6 +219,27 @@ impl ControlPlane {
             }
         })
         .await
+    }
+
+    /// Kills the apiserver (SIGKILL), waits `down_for`, and starts it again with the same
+    /// flags, port and etcd (so with every object), waiting until it is ready. Clients
+    /// see refused connections, then the same server again.
+    pub async fn restart_apiserver(&mut self, down_for: Duration) -> anyhow::Result<()> {
+        self.apiserver.kill();
+        tokio::time::sleep(down_for).await;
+        self.apiserver_start.restarts += 1;
+        self.apiserver = self.apiserver_start.spawn()?;
+        let client = self.client.clone();
+        self.apiserver
+            .wait_ready(self.apiserver_start.port, APISERVER_READY, || {
+                let client = client.clone();
+                async move {
+                    let request = http::Request::get("/readyz").body(Vec::new())?;
+                    client.request_text(request).await?;
+                    Ok(())
+                }
+            })
+            .await
     }
 
     /// A client acting as the admin (group `system:masters`).
@@ -269,6 +298,26 @@ impl ControlPlane {
             token,
         )?;
         Ok(path)
+    }
+}
+
+/// What it takes to start the apiserver (again).
+struct ApiserverStart {
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    port: u16,
+    restarts: usize,
+}
+
+impl ApiserverStart {
+    fn spawn(&self) -> anyhow::Result<OwnedProcess> {
+        let log = if self.restarts == 0 {
+            self.log.clone()
+        } else {
+            self.log.with_extension(format!("{}.log", self.restarts))
+        };
+        OwnedProcess::spawn("kube-apiserver", &self.program, &self.args, NO_ENV, log)
     }
 }
 

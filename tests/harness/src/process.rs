@@ -83,6 +83,12 @@ impl OwnedProcess {
         self.child.id()
     }
 
+    /// SIGKILLs and reaps the process now (dropping it does the same).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Waits until this process listens on `port` and `probe` succeeds, failing at once
     /// if the process exits and after `deadline` otherwise; both errors quote the end of
     /// the log.

@@ -23,6 +23,10 @@ const JOB: &str = "simulator";
 pub struct Prometheus {
     // Fields drop in order: the process goes before its directory.
     process: OwnedProcess,
+    program: PathBuf,
+    args: Vec<String>,
+    port: u16,
+    log: PathBuf,
     url: String,
     targets: Vec<SocketAddr>,
     http: reqwest::Client,
@@ -72,13 +76,8 @@ impl Prometheus {
             "--web.enable-lifecycle".to_owned(),
             "--log.level=warn".to_owned(),
         ];
-        let mut process = OwnedProcess::spawn(
-            "prometheus",
-            program,
-            &args,
-            NO_ENV,
-            dir.path().join("prometheus.log"),
-        )?;
+        let log = dir.path().join("prometheus.log");
+        let mut process = OwnedProcess::spawn("prometheus", program, &args, NO_ENV, log.clone())?;
         let url = format!("http://{address}");
         let http = reqwest::Client::new();
         let ready = format!("{url}/-/ready");
@@ -93,11 +92,41 @@ impl Prometheus {
             .await?;
         Ok(Prometheus {
             process,
+            program: program.to_path_buf(),
+            args: args.to_vec(),
+            port,
+            log,
             url,
             targets: targets.to_vec(),
             http,
             _dir: dir,
         })
+    }
+
+    /// Kills Prometheus (SIGKILL), waits `down_for`, and starts it again on the same port
+    /// and TSDB: queries are refused meanwhile, and the scrapes it missed are a gap in
+    /// its data, as when a real Prometheus restarts.
+    pub async fn restart(&mut self, down_for: Duration) -> anyhow::Result<()> {
+        self.process.kill();
+        tokio::time::sleep(down_for).await;
+        self.process = OwnedProcess::spawn(
+            "prometheus",
+            &self.program,
+            &self.args,
+            NO_ENV,
+            self.log.with_extension("restarted.log"),
+        )?;
+        let ready = format!("{}/-/ready", self.url);
+        let http = self.http.clone();
+        self.process
+            .wait_ready(self.port, READY, || {
+                let request = http.get(&ready);
+                async move {
+                    request.send().await?.error_for_status()?;
+                    Ok(())
+                }
+            })
+            .await
     }
 
     /// The base URL, e.g. `http://127.0.0.1:39133` (no trailing slash).

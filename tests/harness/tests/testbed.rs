@@ -409,6 +409,40 @@ async fn dropped_servers_leave_no_process_behind() {
     assert!(left.is_empty(), "processes left behind: {left:?}");
 }
 
+/// The chaos suite restarts the apiserver under the agent: objects survive, and the same
+/// client reaches it again.
+#[tokio::test]
+async fn a_restarted_apiserver_serves_the_same_objects_on_the_same_address() {
+    let mut control_plane = start_control_plane().await;
+    control_plane.create_namespace("shop").await.unwrap();
+    let pid = control_plane.pids()[0];
+    control_plane
+        .restart_apiserver(Duration::from_millis(500))
+        .await
+        .unwrap();
+    assert_ne!(control_plane.pids()[0], pid, "a new apiserver process");
+    let namespaces: Api<Namespace> = Api::all(control_plane.client());
+    let shop = namespaces.get("shop").await.unwrap();
+    assert_eq!(shop.metadata.name.as_deref(), Some("shop"));
+}
+
+/// A restarted Prometheus answers on the same address, with the data it had.
+#[tokio::test]
+async fn a_restarted_prometheus_answers_again_with_its_data() {
+    let mut prometheus = Prometheus::start(&[]).await.unwrap();
+    let pid = prometheus.pid();
+    let before = prometheus.query("vector(1)").await.unwrap();
+    prometheus
+        .restart(Duration::from_millis(500))
+        .await
+        .unwrap();
+    assert_ne!(prometheus.pid(), pid);
+    assert_eq!(
+        prometheus.query("vector(1)").await.unwrap()[0]["value"][1],
+        before[0]["value"][1]
+    );
+}
+
 #[tokio::test]
 async fn prometheus_scrapes_a_target_and_answers_queries() {
     let live = TcpListener::bind("127.0.0.1:0").await.unwrap();
