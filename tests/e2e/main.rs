@@ -4,6 +4,7 @@
 
 mod support;
 
+mod bad_inputs;
 mod cli;
 mod controls;
 mod demo;

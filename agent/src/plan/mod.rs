@@ -179,6 +179,30 @@ impl Status {
         }
     }
 
+    /// Whether this status could have been written by the agent: a rollout in progress
+    /// names its canary, and its weight is its step's (of the steps it records, or else
+    /// of `steps`, the spec's); otherwise the canary weight is 0. A status that fails this
+    /// was edited by hand or corrupted, and the planner treats it as absent rather than
+    /// let it set a weight.
+    pub fn is_coherent(&self, steps: &[Weight]) -> bool {
+        match self.phase {
+            Phase::Progressing | Phase::Paused => {
+                let steps = if self.steps.is_empty() {
+                    steps
+                } else {
+                    &self.steps
+                };
+                self.canary.is_some()
+                    && self
+                        .step
+                        .and_then(|i| steps.get(i))
+                        .is_some_and(|w| *w == self.weight)
+            }
+            Phase::Promoting => self.canary.is_some() && self.weight <= 100,
+            Phase::Idle | Phase::Aborted | Phase::Misconfigured => self.weight <= 100,
+        }
+    }
+
     /// Whether `version` with pod template `template` was aborted and not retried since.
     pub fn has_failed(&self, version: &str, template: &str) -> bool {
         self.failed

@@ -27,7 +27,10 @@ const MAX_FAILED: usize = 10;
 
 /// Whether the gates must be evaluated now, and for what.
 pub fn check_due(spec: &RolloutSpec, observed: &Observed, now: Timestamp) -> Option<CheckRequest> {
-    let status = observed.status.as_ref()?;
+    let status = observed
+        .status
+        .as_ref()
+        .filter(|s| s.is_coherent(&spec.steps))?;
     if status.phase != Phase::Progressing || observed.controls.pause {
         return None;
     }
@@ -82,7 +85,7 @@ pub fn next_check_at(
 /// The rollout's progress stays in the status so that fixing the annotation resumes it.
 pub fn misconfigured(status: Option<&Status>, reason: &str, now: Timestamp) -> Plan {
     let current = status.cloned().unwrap_or_else(|| Status::new(now));
-    if current.phase == Phase::Misconfigured && current.message == reason {
+    if current.phase == Phase::Misconfigured && current.message == bounded(reason) {
         return Plan {
             actions: Vec::new(),
             requeue_after: None,
@@ -90,7 +93,7 @@ pub fn misconfigured(status: Option<&Status>, reason: &str, now: Timestamp) -> P
     }
     let mut next = current;
     next.phase = Phase::Misconfigured;
-    next.message = reason.to_string();
+    next.message = bounded(reason);
     next.last_transition_at = now;
     Plan {
         actions: vec![
@@ -98,7 +101,7 @@ pub fn misconfigured(status: Option<&Status>, reason: &str, now: Timestamp) -> P
                 status: Box::new(next),
                 consumed: Vec::new(),
             },
-            Action::Emit(warning("Misconfigured", reason.to_string())),
+            Action::Emit(warning("Misconfigured", bounded(reason))),
         ],
         requeue_after: None,
     }
@@ -164,7 +167,13 @@ impl<'a> Draft<'a> {
         versions: &'a [Version],
         now: Timestamp,
     ) -> Self {
-        let (status, dirty) = match &observed.status {
+        // A status that contradicts itself (hand-edited, corrupted) is not trusted to
+        // move traffic: it is treated as absent, and the planner starts from Idle.
+        let stored = observed
+            .status
+            .as_ref()
+            .filter(|s| s.is_coherent(&spec.steps));
+        let (status, dirty) = match stored {
             Some(s) => (s.clone(), false),
             None => (Status::new(now), true),
         };
@@ -672,6 +681,7 @@ impl<'a> Draft<'a> {
     }
 
     fn set_message(&mut self, message: String) {
+        let message = bounded(&message);
         if self.status.message != message {
             self.status.message = message;
             self.dirty = true;
@@ -872,6 +882,18 @@ fn warning(reason: &str, message: String) -> Event {
         type_: EventType::Warning,
         reason: reason.into(),
         message,
+    }
+}
+
+/// The longest status message kept, in characters: enough for every problem of a
+/// Service, short enough that the status never approaches the apiserver's 256 KiB limit
+/// on a Service's annotations, whatever a user wrote.
+const MAX_MESSAGE: usize = 4000;
+
+fn bounded(message: &str) -> String {
+    match message.char_indices().nth(MAX_MESSAGE) {
+        Some((cut, _)) => format!("{}… (cut at {MAX_MESSAGE} characters)", &message[..cut]),
+        None => message.to_owned(),
     }
 }
 

@@ -1080,3 +1080,40 @@ fn requeue_tracks_the_next_check() {
     let plan = w.reconcile(Some(pass()), None);
     assert_eq!(plan.requeue_after, Some(Duration::from_secs(15)));
 }
+
+#[test]
+fn a_huge_misconfiguration_is_recorded_cut_and_only_once() {
+    let reason = "x".repeat(300_000);
+    let first = misconfigured(None, &reason, t0());
+    let Some(Action::WriteStatus { status, .. }) = first.actions.first() else {
+        panic!("{first:?}");
+    };
+    assert!(status.message.len() < 5_000, "{}", status.message.len());
+    // The same reason again changes nothing: no write loop.
+    let again = misconfigured(Some(status), &reason, t0());
+    assert!(again.actions.is_empty(), "{again:?}");
+}
+
+#[test]
+fn a_tampered_status_is_not_trusted_to_set_a_weight() {
+    let mut w = World::new();
+    w.reconcile(None, None);
+    w.versions.push(version("v2", "t2", 60));
+    // Someone writes a status claiming v2 at weight 100 in its first step.
+    let mut forged = Status::new(t0());
+    forged.phase = Phase::Progressing;
+    forged.stable = Some("v1".into());
+    forged.canary = Some("v2".into());
+    forged.canary_template = Some("t2".into());
+    forged.step = Some(0);
+    forged.steps = vec![10, 25, 50];
+    forged.weight = 100;
+    forged.step_started_at = Some(w.now);
+    assert!(!forged.is_coherent(&w.spec.steps));
+    w.status = Some(forged);
+    w.reconcile(None, None);
+    // The planner started from Idle: v2's rollout starts at its first step, 10.
+    let status = w.status.clone().unwrap();
+    assert_eq!((status.phase, status.weight), (Phase::Progressing, 10));
+    assert_eq!(w.traffic.canary, 10);
+}

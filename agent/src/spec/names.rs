@@ -28,9 +28,16 @@ pub fn parse_subset_name(text: &str) -> Result<String, InvalidValue> {
 
 /// The name of an HTTP route in a VirtualService. Istio allows any string; an empty one
 /// cannot name a route, and whitespace is almost certainly a copy-paste slip.
+/// The longest route name accepted: as long as a Kubernetes object name, which is more
+/// than any route needs; a longer one is a mistake, and would be quoted in messages.
+pub const MAX_ROUTE_NAME: usize = 253;
+
 pub fn parse_route_name(text: &str) -> Result<String, InvalidValue> {
     if text.is_empty() {
         return invalid("must not be empty");
+    }
+    if text.chars().count() > MAX_ROUTE_NAME {
+        return invalid(format!("must be at most {MAX_ROUTE_NAME} characters"));
     }
     if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return invalid("must not contain spaces or control characters");

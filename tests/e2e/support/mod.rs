@@ -284,13 +284,21 @@ impl Bed {
 
     pub async fn create_dynamic(&self, object: &Value) -> anyhow::Result<()> {
         let kind = object["kind"].as_str().unwrap_or_default();
+        let api_version = object["apiVersion"].as_str().unwrap_or_default();
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        if kind.is_empty() || version.is_empty() {
+            bail!("an object without apiVersion or kind: {object}");
+        }
         let obj: DynamicObject = serde_json::from_value(object.clone())?;
-        let api = match kind {
-            "VirtualService" => self.virtual_services(),
-            "DestinationRule" => self.destination_rules(),
-            other => bail!("unexpected kind {other}"),
-        };
-        api.create(&PostParams::default(), &obj).await?;
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &self.namespace,
+            &ApiResource::from_gvk(&gvk),
+        );
+        api.create(&PostParams::default(), &obj)
+            .await
+            .with_context(|| format!("creating {kind} {:?}", obj.metadata.name))?;
         Ok(())
     }
 
