@@ -225,6 +225,10 @@ defaults:
   minRequests: 200
   failureLimit: 3
   noDataTimeout: 15m
+  analysis: threshold
+  tolerance: 25%
+  confidence: 99.9%
+  decisionTimeout: 45m
   maxSlowShare: 5%
   slowThreshold: 250ms
 logFormat: text
@@ -478,6 +482,10 @@ async fn chart_lints_and_every_rendering_is_accepted_by_the_apiserver() -> anyho
         "--default-min-requests=200",
         "--default-failure-limit=3",
         "--default-no-data-timeout=15m",
+        "--default-analysis=threshold",
+        "--default-tolerance=25%",
+        "--default-confidence=99.9%",
+        "--default-decision-timeout=45m",
         "--log-format=text",
         "--listen=0.0.0.0:9095",
         "--dry-run",
@@ -579,6 +587,14 @@ fn invalid_values_are_refused_naming_the_value() -> anyhow::Result<()> {
         (
             "defaults:\n  failureLimit: 0",
             &["/defaults/failureLimit", "0"],
+        ),
+        (
+            "defaults:\n  analysis: bayesian",
+            &["/defaults/analysis", "'sequential', 'threshold'"],
+        ),
+        (
+            "defaults:\n  tolerance: \"0.5\"",
+            &["/defaults/tolerance", "'0.5'"],
         ),
         (
             "leaderElection:\n  enabled: false\nreplicas: 2",
