@@ -57,6 +57,18 @@ async fn rollouts_under_faults_keep_every_invariant() -> anyhow::Result<()> {
         )
         .await?;
     }
+    // Stable fails as often as a healthy release: "healthy" means as good as stable.
+    for name in &names {
+        bed.deployments()
+            .patch(
+                &format!("{name}-v1"),
+                &PatchParams::default(),
+                &Patch::Merge(
+                    &json!({"metadata": {"annotations": {"sim.weir.dev/error-rate": "0.003"}}}),
+                ),
+            )
+            .await?;
+    }
     let proxy = FaultProxy::start(bed.prometheus.url()).await?;
     let replica = |instance: &str| {
         bed.agent_with_prometheus(
