@@ -365,7 +365,13 @@ impl PrometheusApi {
         )
         .await
         .into_iter();
-        let mut next = || outcomes.next().expect("one outcome per query");
+        // One outcome per query, in order; should one be missing, its gate has no data,
+        // which never advances a step.
+        let mut next = || {
+            outcomes
+                .next()
+                .unwrap_or_else(|| Err(QueryFailure::Error("the query was not run".to_string())))
+        };
         let request_count = next();
         let error_count = next();
         let latency = if quantile { next() } else { Ok(Vec::new()) };

@@ -2,14 +2,15 @@
 //!
 //! One reconcile reads top to bottom like DESIGN.md's lifecycle:
 //! [`observe`] (reads the Service, VirtualServices and DestinationRules fresh and the
-//! Deployments from the watch cache) → [`crate::spec`] and [`crate::mesh`]
-//! (validate, pure) → the gates (Prometheus, only when a check is due) →
+//! Deployments from the watch cache) → [`validate`] (through [`crate::spec`] and
+//! [`crate::mesh`], pure) → the gates (Prometheus, only when a check is due) →
 //! [`crate::plan`] (pure) → [`apply`] (the only writes).
 
 mod apply;
 pub mod lease;
 mod observe;
 mod reconcile;
+pub mod validate;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

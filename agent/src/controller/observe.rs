@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 
+use super::validate::Misconfiguration;
 use super::{opted_in, service_ref};
 use crate::mesh::{self, DestinationRule, VirtualService};
 use crate::plan::Version;
@@ -22,31 +23,29 @@ pub fn versions(
     service: &Service,
     deployments: &[std::sync::Arc<Deployment>],
     version_label: &str,
-) -> Result<Vec<Version>, String> {
+) -> Result<Vec<Version>, Misconfiguration> {
     let Some(selector) = selector(service) else {
-        return Err(format!(
-            "Service {:?} has no selector, so no Deployment can be told apart as a version; add spec.selector",
-            service.name_any()
-        ));
+        return Err(Misconfiguration::NoSelector {
+            service: service.name_any(),
+        });
     };
     let mut found: Vec<Version> = Vec::new();
     for deployment in deployments.iter().filter(|d| selects(selector, d)) {
         let labels = template_labels(deployment).cloned().unwrap_or_default();
         let Some(name) = labels.get(version_label) else {
-            return Err(format!(
-                "Deployment {:?} matches the selector of Service {:?} but its pod template has no {version_label:?} label; \
-                 add it (or set {} to the label that names versions)",
-                deployment.name_any(),
-                service.name_any(),
-                keys::VERSION_LABEL
-            ));
+            return Err(Misconfiguration::NoVersionLabel {
+                deployment: deployment.name_any(),
+                service: service.name_any(),
+                label: version_label.to_string(),
+            });
         };
         if let Some(other) = found.iter().find(|v| &v.name == name) {
-            return Err(format!(
-                "Deployments {:?} and {:?} both have {version_label}={name}; give each version its own label value",
-                other.deployment,
-                deployment.name_any()
-            ));
+            return Err(Misconfiguration::SharedVersion {
+                first: other.deployment.clone(),
+                second: deployment.name_any(),
+                label: version_label.to_string(),
+                version: name.clone(),
+            });
         }
         found.push(Version {
             name: name.clone(),
@@ -231,7 +230,18 @@ mod tests {
     fn a_selected_deployment_without_a_version_label_is_a_misconfiguration() {
         let ds = vec![deployment("checkout", &[("app", "checkout")], "a:1")];
         let err = versions(&service(), &ds, "version").unwrap_err();
-        assert!(err.contains("has no \"version\" label"), "{err}");
+        assert_eq!(
+            err,
+            Misconfiguration::NoVersionLabel {
+                deployment: "checkout".into(),
+                service: "checkout".into(),
+                label: "version".into(),
+            }
+        );
+        assert!(
+            err.to_string().contains("has no \"version\" label"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -241,7 +251,11 @@ mod tests {
             deployment("b", &[("app", "checkout"), ("version", "v1")], "a:2"),
         ];
         let err = versions(&service(), &ds, "version").unwrap_err();
-        assert!(err.contains("both have version=v1"), "{err}");
+        assert!(
+            matches!(&err, Misconfiguration::SharedVersion { first, second, .. } if first == "a" && second == "b"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("both have version=v1"), "{err}");
     }
 
     #[test]

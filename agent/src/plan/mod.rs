@@ -237,6 +237,25 @@ pub struct Plan {
     pub requeue_after: Option<Duration>,
 }
 
+impl Plan {
+    /// The status the plan writes last, if it writes one.
+    pub fn written_status(&self) -> Option<&Status> {
+        self.actions.iter().rev().find_map(|action| match action {
+            Action::WriteStatus { status, .. } => Some(status.as_ref()),
+            _ => None,
+        })
+    }
+}
+
+/// What the planner decided for a misconfigured Service: the status that records why,
+/// and the Event that tells people. It has no place for a mesh write: a misconfigured
+/// Service's traffic does not change, and there is no resolved route to write to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    pub status: Box<Status>,
+    pub event: Event,
+}
+
 /// A request to evaluate the gates now.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckRequest {

@@ -18,7 +18,7 @@ use weir_analysis::{Bound, InconclusiveReason, Verdict, format_value};
 
 use super::{
     Action, CheckRecord, CheckRequest, Event, EventType, FailedVersion, Observed, Phase, Plan,
-    Status, Subset, Traffic, Version,
+    Report, Status, Subset, Traffic, Version,
 };
 use crate::spec::{RolloutSpec, keys};
 
@@ -78,30 +78,23 @@ pub fn next_check_at(
     })
 }
 
-/// The plan for a Service whose configuration is invalid: record why, change no traffic.
-/// The rollout's progress stays in the status so that fixing the annotation resumes it.
-pub fn misconfigured(status: Option<&Status>, reason: &str, now: Timestamp) -> Plan {
+/// The report for a Service whose configuration is invalid: record why, change no
+/// traffic. `None` when the status already says so: it is reported once, not on every
+/// reconcile. The rollout's progress stays in the status so that fixing the
+/// configuration resumes it.
+pub fn misconfigured(status: Option<&Status>, reason: &str, now: Timestamp) -> Option<Report> {
     let current = status.cloned().unwrap_or_else(|| Status::new(now));
     if current.phase == Phase::Misconfigured && current.message == reason {
-        return Plan {
-            actions: Vec::new(),
-            requeue_after: None,
-        };
+        return None;
     }
     let mut next = current;
     next.phase = Phase::Misconfigured;
     next.message = reason.to_string();
     next.last_transition_at = now;
-    Plan {
-        actions: vec![
-            Action::WriteStatus {
-                status: Box::new(next),
-                consumed: Vec::new(),
-            },
-            Action::Emit(warning("Misconfigured", reason.to_string())),
-        ],
-        requeue_after: None,
-    }
+    Some(Report {
+        status: Box::new(next),
+        event: warning("Misconfigured", reason.to_string()),
+    })
 }
 
 /// Decide what to do now. `check` is the gates' judgement if [`check_due`] asked for one.
@@ -135,7 +128,9 @@ pub fn plan(
             let why = draft.status.message.clone();
             draft.promote(why)
         }
-        Phase::Misconfigured => unreachable!("recovered above"),
+        // `recover_from_misconfiguration` replaced it with the phase to resume; were it
+        // ever left, planning nothing changes no traffic.
+        Phase::Misconfigured => {}
     }
     draft.finish(checked)
 }
@@ -385,7 +380,11 @@ impl<'a> Draft<'a> {
     }
 
     fn start(&mut self, version: &Version, reason: String) {
-        let weight = self.spec.steps[0];
+        // The spec parser never yields empty steps; without a first step there is no
+        // weight that is safe to start at.
+        let Some(&weight) = self.spec.steps.first() else {
+            return;
+        };
         let paused = self.observed.controls.pause;
         let s = &mut self.status;
         s.phase = if paused {
@@ -591,9 +590,8 @@ impl<'a> Draft<'a> {
         if let Some(counts) = counts {
             self.status.evidence.steps.push(counts);
         }
-        if step + 1 < total {
+        if let Some(&to) = self.spec.steps.get(step + 1) {
             let from = self.status.weight;
-            let to = self.spec.steps[step + 1];
             self.status.step = Some(step + 1);
             self.status.weight = to;
             self.status.step_started_at = Some(self.now);
@@ -748,13 +746,16 @@ fn converge(status: &Status, observed: &Observed) -> Convergence {
     let mut mesh = Vec::new();
     let traffic = observed.traffic;
     let subsets = &observed.subsets;
+    // Saturating: a weight above 100 then fails the patch's own check instead of the
+    // reconcile's arithmetic.
     let weights = |canary: u8| {
         Action::SetWeights(Traffic {
-            stable: 100 - canary,
+            stable: 100u8.saturating_sub(canary),
             canary,
         })
     };
-    let off_target = |canary: u8| traffic.canary != canary || traffic.stable != 100 - canary;
+    let off_target =
+        |canary: u8| traffic.canary != canary || traffic.stable != 100u8.saturating_sub(canary);
     if subsets.stable.is_none()
         && let Some(stable) = &status.stable
     {

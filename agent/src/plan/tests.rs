@@ -608,21 +608,20 @@ fn misconfiguration_changes_no_traffic_and_fixing_it_resumes() {
     w.reconcile(None, None);
     w.versions.push(version("v2", "t2", 60));
     w.reconcile(None, None);
-    let plan = misconfigured(w.status.as_ref(), "weir.dev/steps: bad", w.now);
-    assert!(
-        plan.actions
-            .iter()
-            .all(|a| matches!(a, Action::WriteStatus { .. } | Action::Emit(_)))
-    );
-    for a in &plan.actions {
-        w.apply(a);
-    }
+    let before = w.clone();
+    let report = misconfigured(w.status.as_ref(), "weir.dev/steps: bad", w.now)
+        .expect("a new misconfiguration is reported");
+    assert_eq!(report.event.reason, "Misconfigured");
+    w.apply(&Action::WriteStatus {
+        status: report.status,
+        consumed: Vec::new(),
+    });
+    w.assert_invariants(&before, None);
     assert_eq!(w.status.as_ref().unwrap().phase, Phase::Misconfigured);
     // Reported once, not on every reconcile.
-    assert!(
-        misconfigured(w.status.as_ref(), "weir.dev/steps: bad", w.now)
-            .actions
-            .is_empty()
+    assert_eq!(
+        misconfigured(w.status.as_ref(), "weir.dev/steps: bad", w.now),
+        None
     );
     w.reconcile(None, None);
     let status = w.status.clone().unwrap();

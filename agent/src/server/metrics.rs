@@ -29,7 +29,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use weir_analysis::{CheckReport, Verdict};
 
-use crate::plan::{Action, Phase, Status};
+use crate::plan::{Phase, Status};
 use crate::spec::Weight;
 
 /// The Content-Type of [`Metrics::encode`]'s output.
@@ -260,18 +260,14 @@ impl Metrics {
 
     /// Records what one reconcile applied: the status it wrote (if any) and, when that
     /// status ends a rollout, its outcome and duration. `before` is the status the
-    /// reconcile read; call this after the actions were applied.
+    /// reconcile read; call this after the writes were made.
     pub fn observe_applied(
         &self,
         service: &str,
         before: Option<&Status>,
-        actions: &[Action],
+        written: Option<&Status>,
         now: Timestamp,
     ) {
-        let written = actions.iter().rev().find_map(|action| match action {
-            Action::WriteStatus { status, .. } => Some(status.as_ref()),
-            _ => None,
-        });
         let Some(after) = written.or(before) else {
             return;
         };
@@ -432,13 +428,6 @@ mod tests {
         }
     }
 
-    fn write(status: Status) -> Vec<Action> {
-        vec![Action::WriteStatus {
-            status: Box::new(status),
-            consumed: Vec::new(),
-        }]
-    }
-
     /// The lines of `text` that start with `prefix`.
     fn lines<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
         text.lines().filter(|l| l.starts_with(prefix)).collect()
@@ -484,9 +473,9 @@ mod tests {
         let metrics = Metrics::new();
         let before = status(Phase::Progressing, Some("v3"), Some(0), 10);
         let after = status(Phase::Aborted, Some("v3"), None, 0);
-        metrics.observe_applied("checkout", Some(&before), &write(after.clone()), at(90));
+        metrics.observe_applied("checkout", Some(&before), Some(&after), at(90));
         // The next reconcile reads the aborted status and writes nothing new.
-        metrics.observe_applied("checkout", Some(&after), &[], at(95));
+        metrics.observe_applied("checkout", Some(&after), None, at(95));
         let text = metrics.encode();
         assert!(
             text.contains(r#"weir_rollouts_total{service="checkout",outcome="aborted"} 1"#),
@@ -513,7 +502,7 @@ mod tests {
                 stable: Some("v2".into()),
                 ..status(Phase::Idle, None, None, 0)
             };
-            metrics.observe_applied("checkout", Some(&last_step), &write(idle), at(300));
+            metrics.observe_applied("checkout", Some(&last_step), Some(&idle), at(300));
             let text = metrics.encode();
             assert!(
                 text.contains(r#"weir_rollouts_total{service="checkout",outcome="promoted"} 1"#),
@@ -532,7 +521,7 @@ mod tests {
         let progressing = status(Phase::Progressing, Some("v2"), Some(0), 10);
         // The canary's Deployment was deleted: back to idle, stable unchanged.
         let idle = status(Phase::Idle, None, None, 0);
-        metrics.observe_applied("checkout", Some(&progressing), &write(idle), at(30));
+        metrics.observe_applied("checkout", Some(&progressing), Some(&idle), at(30));
         assert!(!metrics.encode().contains("weir_rollouts_total{"));
     }
 
@@ -541,7 +530,7 @@ mod tests {
         // A restarted agent must show the phase at once, before anything changes.
         let metrics = Metrics::new();
         let paused = status(Phase::Paused, Some("v2"), Some(0), 10);
-        metrics.observe_applied("checkout", Some(&paused), &[], at(5));
+        metrics.observe_applied("checkout", Some(&paused), None, at(5));
         let text = metrics.encode();
         assert!(
             text.contains(r#"weir_rollout_phase{service="checkout",phase="paused"} 1"#),
