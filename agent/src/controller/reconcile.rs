@@ -34,6 +34,9 @@ pub enum Error {
     NotLeader,
     #[error("cannot encode the status annotation: {0}")]
     EncodeStatus(serde_json::Error),
+    /// A bug in weir: the reconcile panicked (see [`super::contain_panics`]).
+    #[error("the reconcile panicked ({message}); this is a bug in weir, please report it")]
+    Panicked { message: String },
 }
 
 /// Everything one reconcile read, before any validation.
@@ -174,6 +177,9 @@ pub fn error_policy(service: Arc<Service>, error: &Error, ctx: Arc<Context>) -> 
         }
         // Leading again reconciles every Service.
         Error::NotLeader => Requeue::await_change(),
+        // Counted and logged where it was caught; a panic that repeats on every run
+        // should not fill the log every few seconds.
+        Error::Panicked { .. } => Requeue::requeue(Duration::from_secs(30)),
         _ => {
             ctx.metrics.reconcile_error(&service.name_any());
             warn!(service = %service.name_any(), %error, "reconcile failed");
