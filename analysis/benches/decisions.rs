@@ -441,6 +441,7 @@ fn trial(scenario: &Scenario, rule: Rule, seed: u64) -> Outcome {
         name: name.into(),
         deployment: format!("checkout-{name}"),
         template: format!("t-{name}"),
+        legacy_template: format!("legacy-{name}"),
         available: true,
         created: t0() + SignedDuration::from_secs(created),
     };

@@ -10,6 +10,7 @@ mod apply;
 pub mod lease;
 mod observe;
 mod reconcile;
+pub mod template;
 pub mod validate;
 
 use std::collections::HashMap;

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 
+use super::template::{legacy_template_hash, template_identity};
 use super::validate::Misconfiguration;
 use super::{opted_in, service_ref};
 use crate::mesh::{self, DestinationRule, VirtualService};
@@ -50,7 +51,8 @@ pub fn versions(
         found.push(Version {
             name: name.clone(),
             deployment: deployment.name_any(),
-            template: template_hash(deployment),
+            template: template_identity(&deployment.spec.template),
+            legacy_template: legacy_template_hash(&deployment.spec.template),
             available: is_available(deployment),
             created: deployment
                 .creation_timestamp()
@@ -93,19 +95,6 @@ fn is_available(deployment: &Deployment) -> bool {
             c.type_.as_deref() == Some("Available") && c.status.as_deref() == Some("True")
         });
     current && available
-}
-
-/// A hash of the pod template that is stable across agent versions and restarts
-/// (FNV-1a over its JSON, whose field order is fixed by the type): it tells a new build
-/// of a version from the one that was aborted.
-pub fn template_hash(deployment: &Deployment) -> String {
-    let json = serde_json::to_vec(&deployment.spec.template).unwrap_or_default();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in json {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{hash:016x}")
 }
 
 /// Opted-in Services whose selector picks `deployment`'s pods.
@@ -259,15 +248,12 @@ mod tests {
     }
 
     #[test]
-    fn template_hash_changes_with_the_template_only() {
+    fn a_version_carries_both_template_identities() {
         let a = deployment("a", &[("app", "checkout"), ("version", "v1")], "a:1");
-        let b = deployment("a", &[("app", "checkout"), ("version", "v1")], "a:2");
-        let mut scaled = (*a).clone();
-        scaled.spec.replicas = Some(5);
-        assert_ne!(template_hash(&a), template_hash(&b));
-        assert_eq!(template_hash(&a), template_hash(&scaled));
-        // Stable across releases of the agent: a persisted hash must keep matching.
-        assert_eq!(template_hash(&a), template_hash(&a.clone()));
-        assert_eq!(template_hash(&a).len(), 16);
+        let v = versions(&service(), std::slice::from_ref(&a), "version").unwrap();
+        assert_eq!(v[0].template, template_identity(&a.spec.template));
+        assert_eq!(v[0].legacy_template, legacy_template_hash(&a.spec.template));
+        assert!(v[0].built_as(&v[0].template) && v[0].built_as(&v[0].legacy_template));
+        assert!(!v[0].built_as("t2:0000000000000000"));
     }
 }

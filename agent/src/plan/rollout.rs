@@ -40,7 +40,11 @@ pub fn check_due(spec: &RolloutSpec, observed: &Observed, now: Timestamp) -> Opt
         .as_deref()?
         .iter()
         .find(|v| &v.name == canary)?;
-    if status.canary_template.as_ref() != Some(&version.template) {
+    if !status
+        .canary_template
+        .as_deref()
+        .is_some_and(|t| version.built_as(t))
+    {
         // The plan restarts the rollout; a check of the old template means nothing.
         return None;
     }
@@ -114,6 +118,7 @@ pub fn plan(
     };
     let mut draft = Draft::new(spec, observed, versions, now);
     draft.recover_from_misconfiguration();
+    draft.rerecord_legacy_templates();
     if !draft.settle_stable() {
         return draft.finish(false);
     }
@@ -192,6 +197,33 @@ impl<'a> Draft<'a> {
             "Reconfigured",
             "the configuration is valid again; resuming".into(),
         ));
+    }
+
+    /// Replaces template hashes recorded by earlier agents with the identity of the same
+    /// build, once a version shows which build they meant: from then on the status no
+    /// longer depends on how k8s-openapi serialises a pod template. A record whose
+    /// version is not observed keeps its hash, which [`Version::built_as`] still reads.
+    fn rerecord_legacy_templates(&mut self) {
+        let versions = self.versions;
+        let current = |name: &str, recorded: &str| {
+            versions
+                .iter()
+                .find(|v| v.name == name && v.template != recorded && v.legacy_template == recorded)
+                .map(|v| v.template.clone())
+        };
+        let s = &mut self.status;
+        if let (Some(canary), Some(recorded)) = (&s.canary, &s.canary_template)
+            && let Some(identity) = current(canary, recorded)
+        {
+            s.canary_template = Some(identity);
+            self.dirty = true;
+        }
+        for failed in &mut s.failed {
+            if let Some(identity) = current(&failed.version, &failed.template) {
+                failed.template = identity;
+                self.dirty = true;
+            }
+        }
     }
 
     /// Make `status.stable` agree with the stable subset, adopting a version when the
@@ -351,7 +383,7 @@ impl<'a> Draft<'a> {
             .iter()
             .filter(|v| v.available && Some(v.name.as_str()) != stable)
             .filter(|v| stable_key.is_none_or(|key| (v.created, v.name.as_str()) > key))
-            .filter(|v| !self.status.has_failed(&v.name, &v.template))
+            .filter(|v| !self.status.has_failed(v))
             .collect();
         found.sort_by(|a, b| (b.created, &b.name).cmp(&(a.created, &a.name)));
         found
@@ -442,7 +474,12 @@ impl<'a> Draft<'a> {
             self.start(newer, format!("{} supersedes {canary}", newer.name));
             return false;
         }
-        if self.status.canary_template.as_ref() != Some(&version.template) {
+        if !self
+            .status
+            .canary_template
+            .as_deref()
+            .is_some_and(|t| version.built_as(t))
+        {
             self.start(
                 &version,
                 format!("the pod template of {canary} changed; starting over"),
