@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use weir::plan::Phase;
 
@@ -77,5 +78,70 @@ async fn misconfigurations_are_reported_and_move_no_traffic() -> anyhow::Result<
         s.stable.as_deref() == Some("v2")
     })
     .await?;
+    Ok(())
+}
+
+/// An edit that takes the managed route out of a VirtualService wakes the Service at
+/// once: the watch remembers which Services each routing object routed to, since the
+/// edited object no longer names them. Nothing else changes meanwhile (no Deployment
+/// event), and an idle Service has no periodic requeue that could hide a missed wake.
+#[tokio::test(flavor = "multi_thread")]
+async fn removing_the_managed_route_is_reported_at_once() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    bed.deploy_app(&App::held("edge")).await?;
+    let _agent = bed.agent(&[])?;
+    bed.wait_phase("edge", Phase::Idle).await?;
+    // Let the reconcile that the agent's own status write caused come and go.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The route becomes a TCP route: the VirtualService no longer routes HTTP to edge.
+    let patch = json!({"spec": {
+        "http": null,
+        "tcp": [{"route": [{"destination": {"host": "edge", "subset": "stable"}}]}]
+    }});
+    bed.virtual_services()
+        .patch("edge", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let status = tokio::time::timeout(
+        Duration::from_secs(15),
+        bed.wait_phase("edge", Phase::Misconfigured),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("edge was not reported Misconfigured within 15s of the edit"))??;
+    assert!(
+        status
+            .message
+            .contains("has an HTTP route to Service \"edge\""),
+        "{}",
+        status.message
+    );
+
+    // Deleting it is noticed too: the message names the missing object now. First put
+    // the route back, so that the Service is valid again.
+    let restore = json!({"spec": {
+        "tcp": null,
+        "http": [{
+            "name": "primary",
+            "route": [{"destination": {"host": "edge", "subset": "stable"}, "weight": 100}]
+        }]
+    }});
+    bed.virtual_services()
+        .patch("edge", &PatchParams::default(), &Patch::Merge(&restore))
+        .await?;
+    tokio::time::timeout(Duration::from_secs(15), bed.wait_phase("edge", Phase::Idle))
+        .await
+        .map_err(|_| anyhow::anyhow!("edge did not recover within 15s of the fix"))??;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    bed.virtual_services()
+        .delete("edge", &Default::default())
+        .await?;
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        bed.wait_phase("edge", Phase::Misconfigured),
+    )
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!("edge was not reported Misconfigured within 15s of the deletion")
+    })??;
     Ok(())
 }

@@ -103,9 +103,9 @@ const SUBSCRIBER_BUFFER: usize = 1024;
 /// replica, leader or not, so that a failover starts with hot caches. Reconciles start
 /// only once both caches hold their first full list: before that, a Service's versions
 /// are "not observed yet", never "gone" (DESIGN.md, invariant 7). VirtualServices and
-/// DestinationRules are only watched, to wake the Services they concern: a reconcile
-/// reads them fresh, because it writes them. Reconciles and writes happen only while
-/// `leadership` says this agent leads.
+/// DestinationRules are only watched, to wake the Services they concern (now, or before
+/// an edit): a reconcile reads them fresh, because it writes them. Reconciles and writes
+/// happen only while `leadership` says this agent leads.
 pub async fn run(
     client: Client,
     config: AgentConfig,
@@ -191,26 +191,29 @@ pub async fn run(
         "watch caches synced: ready"
     );
 
-    let vs_events = watcher(
-        Api::<VirtualService>::namespaced(client.clone(), &ns),
-        watch.clone(),
-    )
-    .default_backoff()
-    .touched_objects();
-    let dr_events = watcher(Api::<DestinationRule>::namespaced(client, &ns), watch)
-        .default_backoff()
-        .touched_objects();
-
     let (s1, s2, s3) = (services.clone(), services.clone(), services.clone());
+    let vs_wakes = observe::routing_wakes(
+        watcher(
+            Api::<VirtualService>::namespaced(client.clone(), &ns),
+            watch.clone(),
+        )
+        .default_backoff(),
+        move |vs| observe::services_routed_by(&s2, vs),
+    );
+    let dr_wakes = observe::routing_wakes(
+        watcher(Api::<DestinationRule>::namespaced(client, &ns), watch).default_backoff(),
+        move |dr| observe::services_with_subsets_in(&s3, dr),
+    );
+
     Controller::for_shared_stream(service_events, services)
         .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .watches_shared_stream(deployment_events, move |d| {
             observe::services_selecting(&s1, &d)
         })
-        .watches_stream(vs_events, move |vs| observe::services_routed_by(&s2, &vs))
-        .watches_stream(dr_events, move |dr| {
-            observe::services_with_subsets_in(&s3, &dr)
-        })
+        // Routing objects wake the Services they concern now or concerned before an
+        // edit (see `observe::RoutingWakes`).
+        .reconcile_on(vs_wakes)
+        .reconcile_on(dr_wakes)
         // A new leader looks at every Service at once, from its hot caches.
         .reconcile_all_on(leadership.acquisitions())
         .graceful_shutdown_on(shutdown)

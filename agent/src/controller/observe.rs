@@ -1,12 +1,16 @@
 //! Reads: the watch caches → the planner's view of one Service, and watch events →
 //! the Services they concern.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use futures::{Stream, StreamExt};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
-use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use tracing::warn;
 
 use super::template::{legacy_template_hash, template_identity};
 use super::validate::Misconfiguration;
@@ -149,6 +153,98 @@ pub fn services_with_subsets_in(
         .collect()
 }
 
+/// Wakes the Services a routing object (VirtualService, DestinationRule) concerns, now
+/// **or before** its latest change: an edit that takes the managed route out of a
+/// VirtualService names the Service no more, yet it is the Service that must hear of
+/// it, at once, to report itself misconfigured. Remembers, per object, the Services it
+/// woke last; a deletion wakes them too, and so does a re-list that no longer has the
+/// object (deleted while the watch was down, which sends no delete event).
+pub struct RoutingWakes<K: Resource<DynamicType = ()>> {
+    woke: HashMap<ObjectRef<K>, HashSet<ObjectRef<Service>>>,
+    /// The objects of the re-list under way, between `Init` and `InitDone`.
+    listing: Option<HashSet<ObjectRef<K>>>,
+}
+
+impl<K: Resource<DynamicType = ()>> Default for RoutingWakes<K> {
+    fn default() -> Self {
+        RoutingWakes {
+            woke: HashMap::new(),
+            listing: None,
+        }
+    }
+}
+
+impl<K: Resource<DynamicType = ()>> RoutingWakes<K> {
+    /// The Services to wake for one watch event; `concerned` names the Services an
+    /// object concerns as it is now.
+    pub fn wake(
+        &mut self,
+        event: watcher::Event<K>,
+        concerned: impl Fn(&K) -> Vec<ObjectRef<Service>>,
+    ) -> Vec<ObjectRef<Service>> {
+        match event {
+            watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
+                let key = ObjectRef::from_obj(&object);
+                if let Some(listing) = &mut self.listing {
+                    listing.insert(key.clone());
+                }
+                let now: HashSet<_> = concerned(&object).into_iter().collect();
+                let before = self.woke.insert(key, now.clone()).unwrap_or_default();
+                now.union(&before).cloned().collect()
+            }
+            watcher::Event::Delete(object) => {
+                let before = self
+                    .woke
+                    .remove(&ObjectRef::from_obj(&object))
+                    .unwrap_or_default();
+                let now: HashSet<_> = concerned(&object).into_iter().collect();
+                now.union(&before).cloned().collect()
+            }
+            watcher::Event::Init => {
+                self.listing = Some(HashSet::new());
+                Vec::new()
+            }
+            watcher::Event::InitDone => {
+                let Some(listed) = self.listing.take() else {
+                    return Vec::new();
+                };
+                let gone: Vec<ObjectRef<K>> = self
+                    .woke
+                    .keys()
+                    .filter(|key| !listed.contains(key))
+                    .cloned()
+                    .collect();
+                let mut wake = HashSet::new();
+                for key in gone {
+                    wake.extend(self.woke.remove(&key).unwrap_or_default());
+                }
+                wake.into_iter().collect()
+            }
+        }
+    }
+}
+
+/// The Services to reconcile for a watch of routing objects (see [`RoutingWakes`]).
+pub fn routing_wakes<K>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    concerned: impl Fn(&K) -> Vec<ObjectRef<Service>> + Send + 'static,
+) -> impl Stream<Item = ObjectRef<Service>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Send + 'static,
+{
+    let mut wakes = RoutingWakes::<K>::default();
+    events.flat_map(move |event| {
+        let services = match event {
+            Ok(event) => wakes.wake(event, &concerned),
+            Err(e) => {
+                warn!(kind = %K::kind(&()), error = %e, "watching routing objects failed; retrying");
+                Vec::new()
+            }
+        };
+        futures::stream::iter(services)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::apps::v1::DeploymentSpec;
@@ -255,5 +351,117 @@ mod tests {
         assert_eq!(v[0].legacy_template, legacy_template_hash(&a.spec.template));
         assert!(v[0].built_as(&v[0].template) && v[0].built_as(&v[0].legacy_template));
         assert!(!v[0].built_as("t2:0000000000000000"));
+    }
+
+    fn routed(name: &str, routes_to: &[&str]) -> VirtualService {
+        let http: Vec<serde_json::Value> = routes_to
+            .iter()
+            .map(|host| serde_json::json!({"route": [{"destination": {"host": host}}]}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"hosts": ["shop.example"], "http": http}
+        }))
+        .unwrap()
+    }
+
+    /// The Services of the namespace that `vs` routes to, as the controller's mapper
+    /// finds them.
+    fn concerned(vs: &VirtualService) -> Vec<ObjectRef<Service>> {
+        ["checkout", "payments"]
+            .into_iter()
+            .filter(|s| mesh::routes_to(vs, s, "shop"))
+            .map(|s| ObjectRef::new(s).within("shop"))
+            .collect()
+    }
+
+    fn names(mut refs: Vec<ObjectRef<Service>>) -> Vec<String> {
+        refs.sort_by(|a, b| a.name.cmp(&b.name));
+        refs.into_iter().map(|r| r.name).collect()
+    }
+
+    #[test]
+    fn an_edit_that_drops_a_route_wakes_the_service_it_routed_to() {
+        let mut wakes = RoutingWakes::default();
+        let both = routed("front", &["checkout", "payments"]);
+        let only_payments = routed("front", &["payments"]);
+        let wake =
+            |wakes: &mut RoutingWakes<VirtualService>, event| names(wakes.wake(event, concerned));
+
+        assert_eq!(
+            wake(&mut wakes, watcher::Event::Apply(both)),
+            ["checkout", "payments"]
+        );
+        // checkout's route is gone: checkout must hear of it.
+        assert_eq!(
+            wake(&mut wakes, watcher::Event::Apply(only_payments.clone())),
+            ["checkout", "payments"]
+        );
+        // Told once: the next edit concerns payments only.
+        assert_eq!(
+            wake(&mut wakes, watcher::Event::Apply(only_payments.clone())),
+            ["payments"]
+        );
+        // A route to nobody any more still wakes whom it routed to.
+        let none = routed("front", &[]);
+        assert_eq!(
+            wake(&mut wakes, watcher::Event::Apply(none.clone())),
+            ["payments"]
+        );
+        assert!(wake(&mut wakes, watcher::Event::Apply(none)).is_empty());
+    }
+
+    #[test]
+    fn a_deletion_wakes_whom_the_object_routed_to_even_when_seen_only_in_a_relist() {
+        let mut wakes = RoutingWakes::default();
+        let wake =
+            |wakes: &mut RoutingWakes<VirtualService>, event| names(wakes.wake(event, concerned));
+        wake(
+            &mut wakes,
+            watcher::Event::Apply(routed("front", &["checkout"])),
+        );
+        wake(
+            &mut wakes,
+            watcher::Event::Apply(routed("back", &["payments"])),
+        );
+
+        // A delete event carries the object's last state; the memory answers too, should
+        // that state be stale.
+        assert_eq!(
+            wake(&mut wakes, watcher::Event::Delete(routed("front", &[]))),
+            ["checkout"]
+        );
+
+        // `back` is deleted while the watch is down: the re-list does not have it.
+        assert!(wake(&mut wakes, watcher::Event::Init).is_empty());
+        let other = routed("other", &["checkout"]);
+        assert_eq!(
+            wake(&mut wakes, watcher::Event::InitApply(other)),
+            ["checkout"]
+        );
+        assert_eq!(wake(&mut wakes, watcher::Event::InitDone), ["payments"]);
+        // Forgotten: a second re-list without it wakes nobody for it.
+        wake(&mut wakes, watcher::Event::Init);
+        wake(
+            &mut wakes,
+            watcher::Event::InitApply(routed("other", &["checkout"])),
+        );
+        assert!(wake(&mut wakes, watcher::Event::InitDone).is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_stream_wakes_each_service_named_now_or_before() {
+        let events = futures::stream::iter([
+            Ok(watcher::Event::Apply(routed("front", &["checkout"]))),
+            Err(watcher::Error::NoResourceVersion),
+            Ok(watcher::Event::Apply(routed("front", &[]))),
+        ]);
+        let woken: Vec<String> = routing_wakes(events, concerned)
+            .map(|r| r.name)
+            .collect()
+            .await;
+        assert_eq!(woken, ["checkout", "checkout"]);
     }
 }
