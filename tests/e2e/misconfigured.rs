@@ -46,6 +46,20 @@ async fn misconfigurations_are_reported_and_move_no_traffic() -> anyhow::Result<
     // A metrics ConfigMap that does not exist.
     bed.deploy_app(&App::new("nometrics").with("metrics", "absent-metrics"))
         .await?;
+    // A custom metric with a PromQL syntax error (a parenthesis left open), with a
+    // canary waiting: refused before any traffic moves, not held inconclusive as a
+    // connection problem.
+    bed.create_config_map(
+        "broken-metrics",
+        &[(
+            "broken-ratio",
+            "query: sum(rate(errors{version=\"{version}\"}[{window}]) / sum(rate(requests{version=\"{version}\"}[{window}]))\nmax: 0.1\n",
+        )],
+    )
+    .await?;
+    bed.deploy_app(&App::new("badquery").with("metrics", "broken-metrics"))
+        .await?;
+    bed.deploy_version("badquery", "v2", 0.0).await?;
 
     let _agent = bed.agent(&[])?;
     assert_misconfigured(&bed, "typo", "strictly ascending").await?;
@@ -53,9 +67,21 @@ async fn misconfigurations_are_reported_and_move_no_traffic() -> anyhow::Result<
     assert_misconfigured(&bed, "novs", "missing").await?;
     assert_misconfigured(&bed, "noroute", "nope").await?;
     assert_misconfigured(&bed, "twice", "twice-again").await?;
+    assert_misconfigured(
+        &bed,
+        "badquery",
+        "key \"broken-ratio\": `query` is not valid PromQL: unclosed left parenthesis",
+    )
+    .await?;
+    let message = bed
+        .wait_phase("badquery", Phase::Misconfigured)
+        .await?
+        .message;
+    assert_eq!(message.matches("broken-ratio").count(), 1, "{message}");
+    assert!(!message.contains("credentials"), "{message}");
 
     tokio::time::sleep(Duration::from_secs(5)).await;
-    for app in ["typo", "novs", "noroute", "twice", "nometrics"] {
+    for app in ["typo", "novs", "noroute", "twice", "nometrics", "badquery"] {
         assert_eq!(
             bed.route(app).await?.0,
             Weights {
