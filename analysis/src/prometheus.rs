@@ -191,8 +191,8 @@ pub struct CheckRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RanQuery {
     /// The metric it measures: `request-count`, `error-rate` (the error count behind it),
-    /// `latency`, `slower-than` (the latency buckets behind the slow-share gate), or a
-    /// custom metric's name.
+    /// `latency`, `latency-buckets` (the bucket counts behind the latency evidence and
+    /// the slow-share gate), or a custom metric's name.
     pub metric: String,
     /// For a custom metric, the version the template was evaluated for; the built-in
     /// queries measure both versions at once.
