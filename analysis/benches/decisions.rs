@@ -456,6 +456,7 @@ fn trial_with(scenario: &Scenario, spec: &RolloutSpec, seed: u64) -> Outcome {
         name: name.into(),
         deployment: format!("checkout-{name}"),
         template: format!("t-{name}"),
+        legacy_template: format!("legacy-{name}"),
         available: true,
         created: t0() + SignedDuration::from_secs(created),
     };

@@ -10,7 +10,8 @@
 //! max: stable * 1.2 + 0.001
 //! ```
 //!
-//! - `query`: PromQL returning one series. `{namespace}`, `{service}`, `{version}` and
+//! - `query`: PromQL returning one series (an instant vector), checked with a PromQL
+//!   parser when the ConfigMap is read. `{namespace}`, `{service}`, `{version}` and
 //!   `{stable_version}` are replaced by values escaped with [`crate::promql::escape`], so
 //!   they must stand inside double-quoted strings; `{version}` is required, and is the
 //!   canary's version in the canary's query and the stable version's in the stable's.
@@ -22,6 +23,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use promql_parser::parser::value::ValueType;
 use serde::Deserialize;
 
 use crate::judge::{ERROR_RATE, LATENCY, REQUEST_COUNT, SLOW_SHARE_PREFIX};
@@ -182,12 +184,47 @@ impl MetricTemplate {
                     .to_string(),
             );
         }
-        Ok(MetricTemplate {
+        let template = MetricTemplate {
             name: name.to_string(),
             query: query.to_string(),
             bound,
             segments,
-        })
+        };
+        template.check_promql()?;
+        Ok(template)
+    }
+
+    /// Refuses a query Prometheus would refuse, before any traffic moves: the template
+    /// is rendered with stand-in values (every value stands inside a string literal, and
+    /// the window is a valid range, so no value can make or break the syntax) and
+    /// parsed. It must also return an instant vector: weir reads one value per version.
+    fn check_promql(&self) -> Result<(), String> {
+        let rendered = self.render(&TemplateValues {
+            namespace: "namespace",
+            service: "service",
+            version: "version",
+            stable_version: "stable-version",
+            window: Window::since(
+                jiff::Timestamp::UNIX_EPOCH,
+                jiff::Timestamp::UNIX_EPOCH,
+                std::time::Duration::from_secs(60),
+            ),
+        });
+        let expr = promql_parser::parser::parse(&rendered).map_err(|error| {
+            format!(
+                "`query` is not valid PromQL: {}; fix the query",
+                error.trim()
+            )
+        })?;
+        match expr.value_type() {
+            ValueType::Vector => Ok(()),
+            other => Err(format!(
+                "`query` returns a {} where weir needs an instant vector (one value per \
+                 version): e.g. turn a range into a rate with rate(...[{{window}}]), and \
+                 aggregate with sum(...)",
+                describe_type(other)
+            )),
+        }
     }
 
     /// The PromQL for one version: every placeholder replaced, values escaped.
@@ -206,6 +243,15 @@ impl MetricTemplate {
             }
         }
         promql
+    }
+}
+
+fn describe_type(value_type: ValueType) -> &'static str {
+    match value_type {
+        ValueType::Vector => "instant vector",
+        ValueType::Matrix => "range vector",
+        ValueType::Scalar => "scalar",
+        ValueType::String => "string",
     }
 }
 

@@ -4,10 +4,12 @@
 //!
 //! Transient failures (connection errors, HTTP 5xx and 429, Prometheus's `timeout` and
 //! `unavailable`) are retried with exponential backoff until the check's deadline. A
-//! request that Prometheus or a proxy refuses (`bad_data`, any other 4xx, an answer that
+//! request that Prometheus or a proxy refuses (any 4xx but a query error, an answer that
 //! is not the Prometheus API, a server certificate that is not trusted) is a
 //! [`QueryError::Refused`] at once: retrying would not fix a wrong URL, tenant, credential
-//! or CA. A check reports it as [`crate::InconclusiveReason::Misconfigured`].
+//! or CA. A query Prometheus refuses as such (`bad_data`, `execution`, a result that is
+//! not an instant vector) is a [`QueryError::InvalidQuery`], whose fix is the query. A
+//! check reports either as [`crate::InconclusiveReason::Misconfigured`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -117,6 +119,10 @@ pub enum QueryError {
         status: String,
         message: String,
     },
+    /// Prometheus refused the query itself (`bad_data`, `execution`), or it returned
+    /// something other than an instant vector. Not retried: the query must change.
+    #[error("{endpoint} refused the query: {message}; fix the query")]
+    InvalidQuery { endpoint: String, message: String },
     /// The bearer token file could not be read.
     #[error("cannot read the bearer token file {path}: {reason}")]
     TokenFile { path: PathBuf, reason: String },
@@ -185,8 +191,8 @@ pub struct CheckRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RanQuery {
     /// The metric it measures: `request-count`, `error-rate` (the error count behind it),
-    /// `latency`, `slower-than` (the latency buckets behind the slow-share gate), or a
-    /// custom metric's name.
+    /// `latency`, `latency-buckets` (the bucket counts behind the latency evidence and
+    /// the slow-share gate), or a custom metric's name.
     pub metric: String,
     /// For a custom metric, the version the template was evaluated for; the built-in
     /// queries measure both versions at once.
@@ -365,7 +371,13 @@ impl PrometheusApi {
         )
         .await
         .into_iter();
-        let mut next = || outcomes.next().expect("one outcome per query");
+        // One outcome per query, in order; should one be missing, its gate has no data,
+        // which never advances a step.
+        let mut next = || {
+            outcomes
+                .next()
+                .unwrap_or_else(|| Err(QueryFailure::Error("the query was not run".to_string())))
+        };
         let request_count = next();
         let error_count = next();
         let latency = if quantile { next() } else { Ok(Vec::new()) };
@@ -434,9 +446,9 @@ impl PrometheusApi {
             let detail = format!("{error} (after {attempts} attempt{})", plural(attempts));
             match error {
                 QueryError::Timeout { .. } => QueryFailure::Timeout(detail),
-                QueryError::Refused { .. } | QueryError::TokenFile { .. } => {
-                    QueryFailure::Refused(detail)
-                }
+                QueryError::Refused { .. }
+                | QueryError::InvalidQuery { .. }
+                | QueryError::TokenFile { .. } => QueryFailure::Refused(detail),
                 QueryError::Unavailable { .. } => QueryFailure::Error(detail),
             }
         })
@@ -635,9 +647,13 @@ fn interpret(endpoint: &str, answer: &Answer<'_>) -> Result<Vec<Series>, QueryEr
                 PrometheusErrorType::Unavailable
                 | PrometheusErrorType::Canceled
                 | PrometheusErrorType::Internal => Err(unavailable(message)),
-                PrometheusErrorType::BadData
-                | PrometheusErrorType::Execution
-                | PrometheusErrorType::NotFound => Err(refused(message)),
+                PrometheusErrorType::BadData | PrometheusErrorType::Execution => {
+                    Err(QueryError::InvalidQuery {
+                        endpoint: endpoint.to_string(),
+                        message,
+                    })
+                }
+                PrometheusErrorType::NotFound => Err(refused(message)),
                 _ if is_transient_status(status) => Err(unavailable(message)),
                 _ => Err(refused(message)),
             }
@@ -674,9 +690,8 @@ fn series(endpoint: &str, data: Data) -> Result<Vec<Series>, QueryError> {
         Data::Matrix(_) => "range vector",
         Data::Scalar(_) => "scalar",
     };
-    Err(QueryError::Refused {
+    Err(QueryError::InvalidQuery {
         endpoint: endpoint.to_string(),
-        status: "HTTP 200".to_string(),
         message: format!("the query returned a {result_type} where an instant vector was expected"),
     })
 }
@@ -928,6 +943,7 @@ mod tests {
     fn answers_are_classified_by_error_type_then_status() {
         enum Kind {
             Refused,
+            Invalid,
             Unavailable,
             Timeout,
         }
@@ -938,14 +954,14 @@ mod tests {
                 400,
                 true,
                 prometheus_error("bad_data"),
-                Kind::Refused,
+                Kind::Invalid,
                 "bad_data: it went wrong",
             ),
             (
                 422,
                 true,
                 prometheus_error("execution"),
-                Kind::Refused,
+                Kind::Invalid,
                 "execution: it went wrong",
             ),
             (
@@ -1022,14 +1038,14 @@ mod tests {
                 200,
                 true,
                 matrix.into(),
-                Kind::Refused,
+                Kind::Invalid,
                 "a range vector where an instant vector",
             ),
             (
                 200,
                 true,
                 scalar.into(),
-                Kind::Refused,
+                Kind::Invalid,
                 "a scalar where an instant vector",
             ),
             (
@@ -1065,7 +1081,14 @@ mod tests {
             assert!(shown.starts_with(ENDPOINT), "{shown:?} names the endpoint");
             let ok = match kind {
                 Kind::Refused => {
-                    matches!(error, QueryError::Refused { .. }) && !error.is_transient()
+                    matches!(error, QueryError::Refused { .. })
+                        && !error.is_transient()
+                        && shown.contains("check the Prometheus URL, tenant and credentials")
+                }
+                Kind::Invalid => {
+                    matches!(error, QueryError::InvalidQuery { .. })
+                        && !error.is_transient()
+                        && shown.ends_with("; fix the query")
                 }
                 Kind::Unavailable => {
                     matches!(error, QueryError::Unavailable { .. }) && error.is_transient()

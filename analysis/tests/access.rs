@@ -486,11 +486,15 @@ async fn bad_data_is_not_retried() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(error, QueryError::Refused { .. }), "{error:?}");
+    // A refused query is the query's fault, not the URL's or the credentials'.
     assert!(
-        error.to_string().contains("bad_data: 1:1: parse error"),
-        "{error}"
+        matches!(error, QueryError::InvalidQuery { .. }),
+        "{error:?}"
     );
+    let shown = error.to_string();
+    assert!(shown.contains("bad_data: 1:1: parse error"), "{shown}");
+    assert!(shown.ends_with("; fix the query"), "{shown}");
+    assert!(!shown.contains("credentials"), "{shown}");
     assert_eq!(proxy.seen().len(), 1, "a refusal is not retried");
 }
 

@@ -563,7 +563,7 @@ async fn slow_share_just_under_the_bound_passes_and_just_over_fails() {
         "stable"
     );
     assert_eq!(brisk.queries.len(), 4, "one more query for the buckets");
-    assert_eq!(brisk.queries[3].metric, "slower-than");
+    assert_eq!(brisk.queries[3].metric, "latency-buckets");
 
     for service in ["sluggish", "openmetrics"] {
         let report = api.check(&slow_share_request(service, 250, at)).await;

@@ -126,6 +126,6 @@ async fn services_progress_independently_and_others_are_untouched() -> anyhow::R
             .resource_version,
         bystander_dr
     );
-    assert!(bed.events("search").await?.is_empty());
+    assert_eq!(bed.events("search").await?, Vec::<(String, String)>::new());
     Ok(())
 }

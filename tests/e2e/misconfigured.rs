@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use weir::plan::Phase;
 
@@ -45,6 +46,20 @@ async fn misconfigurations_are_reported_and_move_no_traffic() -> anyhow::Result<
     // A metrics ConfigMap that does not exist.
     bed.deploy_app(&App::new("nometrics").with("metrics", "absent-metrics"))
         .await?;
+    // A custom metric with a PromQL syntax error (a parenthesis left open), with a
+    // canary waiting: refused before any traffic moves, not held inconclusive as a
+    // connection problem.
+    bed.create_config_map(
+        "broken-metrics",
+        &[(
+            "broken-ratio",
+            "query: sum(rate(errors{version=\"{version}\"}[{window}]) / sum(rate(requests{version=\"{version}\"}[{window}]))\nmax: 0.1\n",
+        )],
+    )
+    .await?;
+    bed.deploy_app(&App::new("badquery").with("metrics", "broken-metrics"))
+        .await?;
+    bed.deploy_version("badquery", "v2", 0.0).await?;
 
     let _agent = bed.agent(&[])?;
     assert_misconfigured(&bed, "typo", "strictly ascending").await?;
@@ -52,9 +67,21 @@ async fn misconfigurations_are_reported_and_move_no_traffic() -> anyhow::Result<
     assert_misconfigured(&bed, "novs", "missing").await?;
     assert_misconfigured(&bed, "noroute", "nope").await?;
     assert_misconfigured(&bed, "twice", "twice-again").await?;
+    assert_misconfigured(
+        &bed,
+        "badquery",
+        "key \"broken-ratio\": `query` is not valid PromQL: unclosed left parenthesis",
+    )
+    .await?;
+    let message = bed
+        .wait_phase("badquery", Phase::Misconfigured)
+        .await?
+        .message;
+    assert_eq!(message.matches("broken-ratio").count(), 1, "{message}");
+    assert!(!message.contains("credentials"), "{message}");
 
     tokio::time::sleep(Duration::from_secs(5)).await;
-    for app in ["typo", "novs", "noroute", "twice", "nometrics"] {
+    for app in ["typo", "novs", "noroute", "twice", "nometrics", "badquery"] {
         assert_eq!(
             bed.route(app).await?.0,
             Weights {
@@ -77,5 +104,70 @@ async fn misconfigurations_are_reported_and_move_no_traffic() -> anyhow::Result<
         s.stable.as_deref() == Some("v2")
     })
     .await?;
+    Ok(())
+}
+
+/// An edit that takes the managed route out of a VirtualService wakes the Service at
+/// once: the watch remembers which Services each routing object routed to, since the
+/// edited object no longer names them. Nothing else changes meanwhile (no Deployment
+/// event), and an idle Service has no periodic requeue that could hide a missed wake.
+#[tokio::test(flavor = "multi_thread")]
+async fn removing_the_managed_route_is_reported_at_once() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    bed.deploy_app(&App::held("edge")).await?;
+    let _agent = bed.agent(&[])?;
+    bed.wait_phase("edge", Phase::Idle).await?;
+    // Let the reconcile that the agent's own status write caused come and go.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The route becomes a TCP route: the VirtualService no longer routes HTTP to edge.
+    let patch = json!({"spec": {
+        "http": null,
+        "tcp": [{"route": [{"destination": {"host": "edge", "subset": "stable"}}]}]
+    }});
+    bed.virtual_services()
+        .patch("edge", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let status = tokio::time::timeout(
+        Duration::from_secs(15),
+        bed.wait_phase("edge", Phase::Misconfigured),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("edge was not reported Misconfigured within 15s of the edit"))??;
+    assert!(
+        status
+            .message
+            .contains("has an HTTP route to Service \"edge\""),
+        "{}",
+        status.message
+    );
+
+    // Deleting it is noticed too: the message names the missing object now. First put
+    // the route back, so that the Service is valid again.
+    let restore = json!({"spec": {
+        "tcp": null,
+        "http": [{
+            "name": "primary",
+            "route": [{"destination": {"host": "edge", "subset": "stable"}, "weight": 100}]
+        }]
+    }});
+    bed.virtual_services()
+        .patch("edge", &PatchParams::default(), &Patch::Merge(&restore))
+        .await?;
+    tokio::time::timeout(Duration::from_secs(15), bed.wait_phase("edge", Phase::Idle))
+        .await
+        .map_err(|_| anyhow::anyhow!("edge did not recover within 15s of the fix"))??;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    bed.virtual_services()
+        .delete("edge", &Default::default())
+        .await?;
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        bed.wait_phase("edge", Phase::Misconfigured),
+    )
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!("edge was not reported Misconfigured within 15s of the deletion")
+    })??;
     Ok(())
 }

@@ -2,23 +2,30 @@
 //! misconfigured and the exact fix.
 //!
 //! The agent's status says where the release is; this command adds what follows from the
-//! Service's annotations (timings, limits), validates them here with the agent's own
-//! parser, and resolves the VirtualService and DestinationRule as the agent would.
+//! Service's annotations (timings, limits), and validates the whole configuration here
+//! with the agent's own function ([`validate::validate`]): the annotations, the metrics
+//! ConfigMap, the versions and the VirtualService and DestinationRule, so that it names
+//! the same [`Misconfiguration`] the agent would.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use clap::Args;
 use jiff::Timestamp;
-use kube::Api;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::ListParams;
+use kube::{Api, ResourceExt};
 
 use super::agent::DefaultArgs;
 use super::cluster::{Cluster, ClusterArgs, Error};
 use super::view::{self, ServiceView};
-use crate::mesh::{self, DestinationRule, Target, VirtualService};
+use crate::controller::validate::{self, Inputs, Misconfiguration};
+use crate::mesh::{DestinationRule, Target, VirtualService};
 use crate::plan::{self, Phase, Status};
-use crate::spec::{self, RolloutSpec, SpecErrors, keys};
+use crate::spec::{self, Defaults, RolloutSpec, SpecErrors, keys};
 
 /// Flags of `weir explain`.
 #[derive(Debug, Args)]
@@ -34,12 +41,13 @@ pub struct ExplainArgs {
     pub defaults: DefaultArgs,
 }
 
-/// What resolving the Service's VirtualService and DestinationRule found.
+/// What validating the Service's whole configuration, as the agent does, found.
 #[derive(Clone, Debug)]
 pub enum Routing {
+    /// Valid: the route and subsets the agent manages.
     Resolved(Box<Target>),
-    /// The agent would report this as a misconfiguration.
-    Problem(String),
+    /// The agent would report this misconfiguration.
+    Problem(Box<Misconfiguration>),
     /// Not looked at: the annotations are invalid, or the objects could not be read.
     Unknown(String),
 }
@@ -53,7 +61,7 @@ impl ExplainArgs {
         let spec = spec::parse(&view.name, &view.annotations, &defaults);
         let controls = spec::controls(&view.annotations).err();
         let routing = match &spec {
-            Ok(spec) => routing(&cluster, spec).await,
+            Ok(_) => routing(&cluster, &service, &defaults).await,
             Err(_) => Routing::Unknown("the annotations must be fixed first".into()),
         };
         print!(
@@ -71,27 +79,56 @@ impl ExplainArgs {
     }
 }
 
-async fn routing(cluster: &Cluster, spec: &RolloutSpec) -> Routing {
-    let vss: Api<VirtualService> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
-    let drs: Api<DestinationRule> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+/// Reads what the agent reads for `service` and validates it with the agent's function.
+async fn routing(cluster: &Cluster, service: &Service, defaults: &Defaults) -> Routing {
+    let ns = &cluster.namespace;
     let all = ListParams::default();
-    let lists = async {
-        let vss = vss
+    let reads = async {
+        let vss = Api::<VirtualService>::namespaced(cluster.client.clone(), ns)
             .list(&all)
             .await
             .map_err(|e| cluster.error(e, "list", "virtualservices"))?;
-        let drs = drs
+        let drs = Api::<DestinationRule>::namespaced(cluster.client.clone(), ns)
             .list(&all)
             .await
             .map_err(|e| cluster.error(e, "list", "destinationrules"))?;
-        Ok::<_, Error>((vss.items, drs.items))
+        let deployments = Api::<Deployment>::namespaced(cluster.client.clone(), ns)
+            .list(&all)
+            .await
+            .map_err(|e| cluster.error(e, "list", "deployments"))?;
+        let metrics = match service.annotations().get(keys::METRICS) {
+            Some(name) if spec::parse_object_name(name).is_ok() => {
+                Api::<ConfigMap>::namespaced(cluster.client.clone(), ns)
+                    .get_opt(name)
+                    .await
+                    .map_err(|e| cluster.error(e, "get", "configmaps"))?
+            }
+            _ => None,
+        };
+        let deployments: Vec<Arc<Deployment>> =
+            deployments.items.into_iter().map(Arc::new).collect();
+        Ok::<_, Error>((vss.items, drs.items, deployments, metrics))
     };
-    match lists.await {
-        Ok((vss, drs)) => match mesh::resolve(spec, &cluster.namespace, &vss, &drs) {
-            Ok(target) => Routing::Resolved(Box::new(target)),
-            Err(problem) => Routing::Problem(problem.to_string()),
-        },
-        Err(e) => Routing::Unknown(e.to_string()),
+    let (vss, drs, deployments, metrics) = match reads.await {
+        Ok(read) => read,
+        Err(e) => return Routing::Unknown(e.to_string()),
+    };
+    let inputs = Inputs {
+        namespace: ns,
+        defaults,
+        service,
+        virtual_services: &vss,
+        destination_rules: &drs,
+        metrics: metrics.as_ref(),
+        deployments: Some(&deployments),
+    };
+    match validate::validate(&inputs) {
+        Ok(valid) => Routing::Resolved(Box::new(valid.target)),
+        // Listed with the other annotation problems.
+        Err(Misconfiguration::Annotations(_)) => {
+            Routing::Unknown("the annotations must be fixed first".into())
+        }
+        Err(problem) => Routing::Problem(Box::new(problem)),
     }
 }
 
@@ -184,7 +221,7 @@ pub fn explain(
         Routing::Problem(problem) => {
             let _ = writeln!(
                 out,
-                "\nRouting is misconfigured; weir changes no traffic until it is fixed:\n  - {problem}"
+                "\nMisconfigured; weir changes no traffic until it is fixed:\n  - {problem}"
             );
         }
         Routing::Unknown(why) => {
@@ -484,6 +521,30 @@ mod tests {
         assert!(text.contains("did you mean weir.dev/steps?"), "{text}");
         assert!(
             text.contains("kubectl annotate service checkout -n shop --overwrite"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_misconfiguration_beyond_the_annotations_is_named_as_the_agent_names_it() {
+        let view = view_of(None, &[(keys::ENABLED, "true"), (keys::METRICS, "absent")]);
+        let spec = spec::parse(&view.name, &view.annotations, &Defaults::default());
+        let problem = Misconfiguration::MetricsConfigMapMissing {
+            config_map: "absent".into(),
+            namespace: "shop".into(),
+        };
+        let text = explain(
+            &view,
+            "shop",
+            &spec,
+            None,
+            &Routing::Problem(Box::new(problem.clone())),
+            at(1),
+        );
+        assert!(
+            text.contains(&format!(
+                "Misconfigured; weir changes no traffic until it is fixed:\n  - {problem}"
+            )),
             "{text}"
         );
     }

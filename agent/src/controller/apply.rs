@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use super::Context;
 use super::reconcile::{Error, Reads};
 use crate::mesh::{self, DestinationRule, Target, VirtualService};
-use crate::plan::{Action, EventType, Subset};
+use crate::plan::{Action, EventType, Report, Status, Subset};
 use crate::spec::{RolloutSpec, keys};
 
 /// The field manager of every write, so that `managedFields` tells weir's edits apart.
@@ -22,6 +22,14 @@ pub const FIELD_MANAGER: &str = "weir";
 
 /// `reportingController` of weir's Events.
 const REPORTING_CONTROLLER: &str = "weir";
+
+/// The managed route and subsets, resolved, with the spec that resolved them: what a
+/// plan's mesh actions write to. Only a valid Service has one, and [`Writer::apply`]
+/// takes one, so mesh writes cannot be performed without a target.
+pub struct MeshTarget<'s> {
+    pub spec: &'s RolloutSpec,
+    pub target: Target,
+}
 
 pub struct Writer<'a> {
     ctx: &'a Context,
@@ -40,60 +48,48 @@ impl<'a> Writer<'a> {
         }
     }
 
-    /// Performs `actions` in order. Mesh actions need the spec and the resolved target;
-    /// after each mesh write the target is resolved again from the object the apiserver
-    /// returned, so that the next patch's guards test what is there now.
+    /// Performs `actions` in order. Mesh actions write to `mesh`'s target; after each
+    /// mesh write the target is resolved again from the object the apiserver returned,
+    /// so that the next patch's guards test what is there now.
     pub async fn apply(
         &mut self,
-        mesh_target: Option<(&RolloutSpec, Target)>,
+        mut mesh: MeshTarget<'_>,
         actions: &[Action],
     ) -> Result<(), Error> {
-        let (spec, mut target) = match mesh_target {
-            Some((spec, target)) => (Some(spec), Some(target)),
-            None => (None, None),
-        };
         let name = self.service.name_any();
         for action in actions {
-            // Checked before every write, not once per reconcile: leadership can be lost
-            // while a reconcile waits on Prometheus or the apiserver.
-            if !self.ctx.leadership.is_leader() {
-                return Err(Error::NotLeader);
-            }
-            if self.ctx.config.dry_run {
-                info!(service = %name, ?action, "dry run: not applied");
+            if !self.may_write(action)? {
                 continue;
             }
             match action {
                 Action::WriteStatus { status, consumed } => {
-                    let json = serde_json::to_string(status).expect("status serializes");
-                    self.write_status(json, consumed).await?;
+                    self.write_status(status, consumed).await?;
                 }
                 Action::SetWeights(traffic) => {
-                    let (spec, t) = spec
-                        .zip(target.as_ref())
-                        .expect("mesh actions come with a target");
-                    let patch = mesh::weight_patch(t, *traffic)?;
+                    let patch = mesh::weight_patch(&mesh.target, *traffic)?;
                     let patched = self
-                        .patch_virtual_service(&t.virtual_service.name, patch)
+                        .patch_virtual_service(&mesh.target.virtual_service.name, patch)
                         .await?;
                     info!(service = %name, stable = traffic.stable, canary = traffic.canary, "weights set");
-                    target = Some(self.replace_and_resolve(spec, Some(patched), None)?);
+                    mesh.target = self.replace_and_resolve(mesh.spec, Some(patched), None)?;
                 }
                 Action::SetSubsetVersion { subset, version } => {
-                    let (spec, t) = spec
-                        .zip(target.as_ref())
-                        .expect("mesh actions come with a target");
-                    let patch =
-                        mesh::subset_version_patch(t, *subset, &spec.version_label, version);
+                    let spec = mesh.spec;
+                    let patch = mesh::subset_version_patch(
+                        &mesh.target,
+                        *subset,
+                        &spec.version_label,
+                        version,
+                    );
                     let patched = self
-                        .patch_destination_rule(&t.destination_rule.name, patch)
+                        .patch_destination_rule(&mesh.target.destination_rule.name, patch)
                         .await?;
                     let which = match subset {
                         Subset::Stable => &spec.stable_subset,
                         Subset::Canary => &spec.canary_subset,
                     };
                     info!(service = %name, subset = %which, %version, "subset repointed");
-                    target = Some(self.replace_and_resolve(spec, None, Some(patched))?);
+                    mesh.target = self.replace_and_resolve(spec, None, Some(patched))?;
                 }
                 Action::Emit(event) => self.emit(event).await,
             }
@@ -101,16 +97,40 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
+    /// Records a misconfiguration: its status, then its Event. Touches no mesh object.
+    pub async fn record(&mut self, report: &Report) -> Result<(), Error> {
+        if self.may_write(report)? {
+            self.write_status(&report.status, &[]).await?;
+            self.emit(&report.event).await;
+        }
+        Ok(())
+    }
+
+    /// Whether `what` may be written now: not in a dry run (which logs it instead), and
+    /// only while this agent leads. Checked before every write, not once per reconcile:
+    /// leadership can be lost while a reconcile waits on Prometheus or the apiserver.
+    fn may_write(&self, what: &impl std::fmt::Debug) -> Result<bool, Error> {
+        if !self.ctx.leadership.is_leader() {
+            return Err(Error::NotLeader);
+        }
+        if self.ctx.config.dry_run {
+            info!(service = %self.service.name_any(), ?what, "dry run: not applied");
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     /// Writes the status annotation and removes consumed controls, in one merge patch
     /// guarded by the resourceVersion that was read: if a person changed the Service
     /// meanwhile (a new control, a new annotation), the plan is made again.
     async fn write_status(
         &mut self,
-        status: String,
+        status: &Status,
         consumed: &[&'static str],
     ) -> Result<(), Error> {
+        let json = serde_json::to_string(status).map_err(Error::EncodeStatus)?;
         let mut annotations = Map::new();
-        annotations.insert(keys::STATUS.into(), Value::String(status));
+        annotations.insert(keys::STATUS.into(), Value::String(json));
         for key in consumed {
             annotations.insert((*key).into(), Value::Null);
         }

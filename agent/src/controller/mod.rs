@@ -2,21 +2,25 @@
 //!
 //! One reconcile reads top to bottom like DESIGN.md's lifecycle:
 //! [`observe`] (reads the Service, VirtualServices and DestinationRules fresh and the
-//! Deployments from the watch cache) → [`crate::spec`] and [`crate::mesh`]
-//! (validate, pure) → the gates (Prometheus, only when a check is due) →
+//! Deployments from the watch cache) → [`validate`] (through [`crate::spec`] and
+//! [`crate::mesh`], pure) → the gates (Prometheus, only when a check is due) →
 //! [`crate::plan`] (pure) → [`apply`] (the only writes).
 
 mod apply;
 pub mod lease;
 mod observe;
 mod reconcile;
+pub mod template;
+pub mod validate;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use std::panic::AssertUnwindSafe;
+
+use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
@@ -24,7 +28,7 @@ use kube::runtime::controller::{self, Action as Requeue, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use weir_analysis::{PrometheusApi, Reporter};
 
 use crate::mesh::{DestinationRule, VirtualService};
@@ -99,9 +103,9 @@ const SUBSCRIBER_BUFFER: usize = 1024;
 /// replica, leader or not, so that a failover starts with hot caches. Reconciles start
 /// only once both caches hold their first full list: before that, a Service's versions
 /// are "not observed yet", never "gone" (DESIGN.md, invariant 7). VirtualServices and
-/// DestinationRules are only watched, to wake the Services they concern: a reconcile
-/// reads them fresh, because it writes them. Reconciles and writes happen only while
-/// `leadership` says this agent leads.
+/// DestinationRules are only watched, to wake the Services they concern (now, or before
+/// an edit): a reconcile reads them fresh, because it writes them. Reconciles and writes
+/// happen only while `leadership` says this agent leads.
 pub async fn run(
     client: Client,
     config: AgentConfig,
@@ -187,30 +191,33 @@ pub async fn run(
         "watch caches synced: ready"
     );
 
-    let vs_events = watcher(
-        Api::<VirtualService>::namespaced(client.clone(), &ns),
-        watch.clone(),
-    )
-    .default_backoff()
-    .touched_objects();
-    let dr_events = watcher(Api::<DestinationRule>::namespaced(client, &ns), watch)
-        .default_backoff()
-        .touched_objects();
-
     let (s1, s2, s3) = (services.clone(), services.clone(), services.clone());
+    let vs_wakes = observe::routing_wakes(
+        watcher(
+            Api::<VirtualService>::namespaced(client.clone(), &ns),
+            watch.clone(),
+        )
+        .default_backoff(),
+        move |vs| observe::services_routed_by(&s2, vs),
+    );
+    let dr_wakes = observe::routing_wakes(
+        watcher(Api::<DestinationRule>::namespaced(client, &ns), watch).default_backoff(),
+        move |dr| observe::services_with_subsets_in(&s3, dr),
+    );
+
     Controller::for_shared_stream(service_events, services)
         .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .watches_shared_stream(deployment_events, move |d| {
             observe::services_selecting(&s1, &d)
         })
-        .watches_stream(vs_events, move |vs| observe::services_routed_by(&s2, &vs))
-        .watches_stream(dr_events, move |dr| {
-            observe::services_with_subsets_in(&s3, &dr)
-        })
+        // Routing objects wake the Services they concern now or concerned before an
+        // edit (see `observe::RoutingWakes`).
+        .reconcile_on(vs_wakes)
+        .reconcile_on(dr_wakes)
         // A new leader looks at every Service at once, from its hot caches.
         .reconcile_all_on(leadership.acquisitions())
         .graceful_shutdown_on(shutdown)
-        .run(reconcile::reconcile, reconcile::error_policy, context)
+        .run(reconcile_contained, reconcile::error_policy, context)
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(service = %object.name, "reconciled"),
@@ -223,6 +230,42 @@ pub async fn run(
         .await;
     caches.abort();
     info!("controller stopped");
+}
+
+/// One reconcile, with any panic in it contained: see [`contain_panics`].
+async fn reconcile_contained(service: Arc<Service>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let name = service.name_any();
+    let metrics = ctx.metrics.clone();
+    contain_panics(&name, &metrics, reconcile::reconcile(service, ctx)).await
+}
+
+/// Awaits one reconcile of `service`, turning a panic in it into [`Error::Panicked`]:
+/// logged, counted (`weir_reconcile_panics_total`) and requeued by the error policy.
+///
+/// kube-runtime runs each reconcile in a task and re-raises its panic in the
+/// controller's stream, which would end the agent and every other Service's rollout
+/// with it. Unwinding past the reconcile is safe: what it shares is behind mutexes that
+/// ignore poisoning, and a reconcile that stopped mid-way is one whose next run
+/// re-reads and re-plans, as after a failed write. (The release profile keeps
+/// `panic = "unwind"` for this.)
+pub async fn contain_panics<T>(
+    service: &str,
+    metrics: &Metrics,
+    reconcile: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match AssertUnwindSafe(reconcile).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            error!(service, panic = %message, "reconcile panicked; the agent carries on and retries it");
+            metrics.reconcile_panic(service);
+            Err(Error::Panicked { message })
+        }
+    }
 }
 
 /// Releases the memory of Services that are gone: on their delete event, and after a
@@ -273,6 +316,60 @@ pub type ReconcileAction = Requeue;
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use super::{Error, contain_panics};
+    use crate::server::Metrics;
+
+    /// Stands in for a reconcile with a bug: it panics on some inputs.
+    fn reconcile_with_a_bug(steps: &[u8], step: usize) -> Result<u8, Error> {
+        Ok(steps[step])
+    }
+
+    #[tokio::test]
+    async fn a_panicking_reconcile_becomes_an_error_and_is_counted() {
+        let metrics = Metrics::new();
+        let panics = |metrics: &Metrics| {
+            let series = r#"weir_reconcile_panics_total{service="checkout"} "#;
+            metrics
+                .encode()
+                .lines()
+                .find_map(|line| line.strip_prefix(series)?.parse::<f64>().ok())
+        };
+        let steps = vec![10, 25, 50];
+
+        let fine = contain_panics("checkout", &metrics, async {
+            reconcile_with_a_bug(&steps, 1)
+        });
+        assert_eq!(fine.await.unwrap(), 25);
+        assert_eq!(panics(&metrics), None, "nothing panicked yet");
+
+        let buggy = contain_panics("checkout", &metrics, async {
+            reconcile_with_a_bug(&steps, 3)
+        });
+        match buggy.await {
+            Err(Error::Panicked { message }) => {
+                assert!(message.contains("index out of bounds"), "{message}")
+            }
+            other => panic!("not converted: {other:?}"),
+        }
+        assert_eq!(panics(&metrics), Some(1.0));
+
+        // A `panic!` with a literal message, and the agent still going afterwards.
+        let literal = contain_panics("checkout", &metrics, async {
+            if steps.len() == 3 {
+                panic!("three steps");
+            }
+            Ok(())
+        });
+        assert!(
+            matches!(literal.await, Err(Error::Panicked { message }) if message == "three steps")
+        );
+        assert_eq!(panics(&metrics), Some(2.0));
+        let after = contain_panics("checkout", &metrics, async {
+            reconcile_with_a_bug(&steps, 0)
+        });
+        assert_eq!(after.await.unwrap(), 10);
+    }
 
     use k8s_openapi::api::core::v1::ConfigMap;
     use kube::runtime::reflector;

@@ -13,9 +13,10 @@ use tracing::{debug, info, warn};
 use weir_analysis::judge::Judgement;
 use weir_analysis::{CheckRequest, MetricTemplate};
 
-use super::apply::Writer;
-use super::{Context, observe, opted_in};
-use crate::mesh::{self, DestinationRule, MeshError, VirtualService};
+use super::apply::{MeshTarget, Writer};
+use super::validate::{self, Inputs, Valid};
+use super::{Context, opted_in};
+use crate::mesh::{DestinationRule, MeshError, VirtualService};
 use crate::plan::{self, Observed, Status};
 use crate::spec::{self, RolloutSpec, keys};
 
@@ -31,6 +32,11 @@ pub enum Error {
     Mesh(#[from] MeshError),
     #[error("this agent no longer leads; the leader writes")]
     NotLeader,
+    #[error("cannot encode the status annotation: {0}")]
+    EncodeStatus(serde_json::Error),
+    /// A bug in weir: the reconcile panicked (see [`super::contain_panics`]).
+    #[error("the reconcile panicked ({message}); this is a bug in weir, please report it")]
+    Panicked { message: String },
 }
 
 /// Everything one reconcile read, before any validation.
@@ -40,14 +46,6 @@ pub(super) struct Reads {
     pub destination_rules: Vec<DestinationRule>,
     /// The ConfigMap `weir.dev/metrics` names, if it names a valid one that exists.
     pub metrics: Option<ConfigMap>,
-}
-
-/// A Service whose configuration is valid: what the planner and the gates need.
-struct Valid {
-    spec: RolloutSpec,
-    observed: Observed,
-    target: mesh::Target,
-    custom: Vec<MetricTemplate>,
 }
 
 pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeue, Error> {
@@ -69,23 +67,53 @@ pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeu
     let status = stored_status(&reads.service);
     let mut writer = Writer::new(&ctx, &reads);
 
+    let deployments = ctx
+        .deployments_synced
+        .load(Ordering::Acquire)
+        .then(|| ctx.deployments.state());
+    let inputs = Inputs {
+        namespace: &ctx.config.namespace,
+        defaults: &ctx.config.defaults,
+        service: &reads.service,
+        virtual_services: &reads.virtual_services,
+        destination_rules: &reads.destination_rules,
+        metrics: reads.metrics.as_ref(),
+        deployments: deployments.as_deref(),
+    };
     let Valid {
         spec,
-        observed,
+        controls,
+        versions,
         target,
         custom,
-    } = match validate(&ctx, &reads, status.clone()) {
+    } = match validate::validate(&inputs) {
         Ok(valid) => valid,
-        Err(reason) => {
-            let plan = plan::misconfigured(status.as_ref(), &reason, now);
-            if !plan.actions.is_empty() {
+        Err(problem) => {
+            let reason = problem.to_string();
+            let report = plan::misconfigured(status.as_ref(), &reason, now);
+            if let Some(report) = &report {
                 warn!(service = %name, %reason, "misconfigured");
+                writer.record(report).await?;
             }
-            writer.apply(None, &plan.actions).await?;
+            let written = report.as_ref().map(|r| r.status.as_ref());
             ctx.metrics
-                .observe_applied(&name, status.as_ref(), &plan.actions, now);
+                .observe_applied(&name, status.as_ref(), written, now);
             return Ok(Requeue::await_change());
         }
+    };
+    let last_check_at = ctx
+        .last_checks
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&name)
+        .copied();
+    let observed = Observed {
+        versions,
+        traffic: target.traffic,
+        subsets: target.subsets.clone(),
+        status: status.clone(),
+        controls,
+        last_check_at,
     };
 
     let check = plan::check_due(&spec, &observed, now);
@@ -124,9 +152,17 @@ pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeu
         now,
     );
     debug!(service = %name, actions = plan.actions.len(), "planned");
-    writer.apply(Some((&spec, target)), &plan.actions).await?;
+    writer
+        .apply(
+            MeshTarget {
+                spec: &spec,
+                target,
+            },
+            &plan.actions,
+        )
+        .await?;
     ctx.metrics
-        .observe_applied(&name, status.as_ref(), &plan.actions, now);
+        .observe_applied(&name, status.as_ref(), plan.written_status(), now);
     Ok(match plan.requeue_after {
         Some(after) => Requeue::requeue(after),
         None => Requeue::await_change(),
@@ -141,6 +177,9 @@ pub fn error_policy(service: Arc<Service>, error: &Error, ctx: Arc<Context>) -> 
         }
         // Leading again reconciles every Service.
         Error::NotLeader => Requeue::await_change(),
+        // Counted and logged where it was caught; a panic that repeats on every run
+        // should not fill the log every few seconds.
+        Error::Panicked { .. } => Requeue::requeue(Duration::from_secs(30)),
         _ => {
             ctx.metrics.reconcile_error(&service.name_any());
             warn!(service = %service.name_any(), %error, "reconcile failed");
@@ -180,74 +219,17 @@ async fn read(ctx: &Context, name: &str) -> Result<Reads, Error> {
 /// absent: the planner then starts from Idle, which never raises a canary's weight.
 fn stored_status(service: &Service) -> Option<Status> {
     let raw = service.annotations().get(keys::STATUS)?;
-    match serde_json::from_str(raw) {
+    match serde_json::from_str::<Status>(raw) {
+        Ok(status) if status.weight > 100 => {
+            warn!(service = %service.name_any(), weight = status.weight, "ignoring a {} whose weight is above 100", keys::STATUS);
+            None
+        }
         Ok(status) => Some(status),
         Err(e) => {
             warn!(service = %service.name_any(), error = %e, "ignoring an unreadable {}", keys::STATUS);
             None
         }
     }
-}
-
-/// The pure half of reading: annotations, versions and the mesh objects → the spec, the
-/// planner's view and the patch target; or the reason the Service is misconfigured.
-fn validate(ctx: &Context, reads: &Reads, status: Option<Status>) -> Result<Valid, String> {
-    let service = &reads.service;
-    let name = service.name_any();
-    let annotations = service.annotations();
-    let spec = spec::parse(&name, annotations, &ctx.config.defaults).map_err(|e| e.to_string())?;
-    let controls = spec::controls(annotations).map_err(|e| e.to_string())?;
-    let custom = match (&spec.metrics_config_map, &reads.metrics) {
-        (None, _) => Vec::new(),
-        (Some(cm), None) => {
-            return Err(format!(
-                "ConfigMap {cm:?} named by {} does not exist in namespace {:?}; create it or remove the annotation",
-                keys::METRICS,
-                ctx.config.namespace
-            ));
-        }
-        (Some(cm), Some(map)) => {
-            let data = map.data.clone().unwrap_or_default();
-            weir_analysis::parse_metrics(cm, &data).map_err(|e| e.to_string())?
-        }
-    };
-    let versions = if ctx.deployments_synced.load(Ordering::Acquire) {
-        let deployments = ctx.deployments.state();
-        Some(observe::versions(
-            service,
-            &deployments,
-            &spec.version_label,
-        )?)
-    } else {
-        None
-    };
-    let target = mesh::resolve(
-        &spec,
-        &ctx.config.namespace,
-        &reads.virtual_services,
-        &reads.destination_rules,
-    )
-    .map_err(|e| e.to_string())?;
-    let last_check_at = ctx
-        .last_checks
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(&name)
-        .copied();
-    let observed = Observed {
-        versions,
-        traffic: target.traffic,
-        subsets: target.subsets.clone(),
-        status,
-        controls,
-        last_check_at,
-    };
-    Ok(Valid {
-        spec,
-        observed,
-        target,
-        custom,
-    })
 }
 
 fn check_request(

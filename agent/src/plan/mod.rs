@@ -28,12 +28,27 @@ pub struct Version {
     pub name: String,
     /// The Deployment's name.
     pub deployment: String,
-    /// A stable hash of the Deployment's pod template: a change means a new build.
+    /// The identity of the Deployment's pod template (`t2:…`): a change means a new
+    /// build. See `controller::template` for what it covers.
     pub template: String,
+    /// The same template as agents before the `t2:` identity hashed it, to recognise
+    /// what they recorded in a status (see [`Version::built_as`]).
+    pub legacy_template: String,
     /// The Deployment reports the `Available` condition.
     pub available: bool,
     /// The Deployment's creation time: the newest candidate wins.
     pub created: Timestamp,
+}
+
+impl Version {
+    /// Whether `recorded`, a template identity from a status, names this build. A
+    /// status written by an earlier agent holds the legacy hash instead: it is compared
+    /// with that, so that upgrading the agent neither restarts an in-flight canary nor
+    /// releases an aborted version again. The two formats cannot be confused: only the
+    /// identity has a prefix.
+    pub fn built_as(&self, recorded: &str) -> bool {
+        recorded == self.template || recorded == self.legacy_template
+    }
 }
 
 /// The live weights of the managed route.
@@ -203,11 +218,11 @@ impl Status {
         }
     }
 
-    /// Whether `version` with pod template `template` was aborted and not retried since.
-    pub fn has_failed(&self, version: &str, template: &str) -> bool {
+    /// Whether this build of `version` was aborted and not retried since.
+    pub fn has_failed(&self, version: &Version) -> bool {
         self.failed
             .iter()
-            .any(|f| f.version == version && f.template == template)
+            .any(|f| f.version == version.name && version.built_as(&f.template))
     }
 }
 
@@ -259,6 +274,25 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// When to reconcile again at the latest, absent any watch event.
     pub requeue_after: Option<Duration>,
+}
+
+impl Plan {
+    /// The status the plan writes last, if it writes one.
+    pub fn written_status(&self) -> Option<&Status> {
+        self.actions.iter().rev().find_map(|action| match action {
+            Action::WriteStatus { status, .. } => Some(status.as_ref()),
+            _ => None,
+        })
+    }
+}
+
+/// What the planner decided for a misconfigured Service: the status that records why,
+/// and the Event that tells people. It has no place for a mesh write: a misconfigured
+/// Service's traffic does not change, and there is no resolved route to write to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    pub status: Box<Status>,
+    pub event: Event,
 }
 
 /// A request to evaluate the gates now.

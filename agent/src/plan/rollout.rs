@@ -18,7 +18,7 @@ use weir_analysis::{Bound, InconclusiveReason, Verdict, format_value};
 
 use super::{
     Action, CheckRecord, CheckRequest, Event, EventType, FailedVersion, Observed, Phase, Plan,
-    Status, Subset, Traffic, Version,
+    Report, Status, Subset, Traffic, Version,
 };
 use crate::spec::{RolloutSpec, keys};
 
@@ -43,7 +43,11 @@ pub fn check_due(spec: &RolloutSpec, observed: &Observed, now: Timestamp) -> Opt
         .as_deref()?
         .iter()
         .find(|v| &v.name == canary)?;
-    if status.canary_template.as_ref() != Some(&version.template) {
+    if !status
+        .canary_template
+        .as_deref()
+        .is_some_and(|t| version.built_as(t))
+    {
         // The plan restarts the rollout; a check of the old template means nothing.
         return None;
     }
@@ -81,30 +85,23 @@ pub fn next_check_at(
     })
 }
 
-/// The plan for a Service whose configuration is invalid: record why, change no traffic.
-/// The rollout's progress stays in the status so that fixing the annotation resumes it.
-pub fn misconfigured(status: Option<&Status>, reason: &str, now: Timestamp) -> Plan {
+/// The report for a Service whose configuration is invalid: record why, change no
+/// traffic. `None` when the status already says so: it is reported once, not on every
+/// reconcile. The rollout's progress stays in the status so that fixing the
+/// configuration resumes it.
+pub fn misconfigured(status: Option<&Status>, reason: &str, now: Timestamp) -> Option<Report> {
     let current = status.cloned().unwrap_or_else(|| Status::new(now));
     if current.phase == Phase::Misconfigured && current.message == bounded(reason) {
-        return Plan {
-            actions: Vec::new(),
-            requeue_after: None,
-        };
+        return None;
     }
     let mut next = current;
     next.phase = Phase::Misconfigured;
     next.message = bounded(reason);
     next.last_transition_at = now;
-    Plan {
-        actions: vec![
-            Action::WriteStatus {
-                status: Box::new(next),
-                consumed: Vec::new(),
-            },
-            Action::Emit(warning("Misconfigured", bounded(reason))),
-        ],
-        requeue_after: None,
-    }
+    Some(Report {
+        status: Box::new(next),
+        event: warning("Misconfigured", bounded(reason)),
+    })
 }
 
 /// Decide what to do now. `check` is the gates' judgement if [`check_due`] asked for one.
@@ -124,6 +121,7 @@ pub fn plan(
     };
     let mut draft = Draft::new(spec, observed, versions, now);
     draft.recover_from_misconfiguration();
+    draft.rerecord_legacy_templates();
     if !draft.settle_stable() {
         return draft.finish(false);
     }
@@ -138,7 +136,9 @@ pub fn plan(
             let why = draft.status.message.clone();
             draft.promote(why)
         }
-        Phase::Misconfigured => unreachable!("recovered above"),
+        // `recover_from_misconfiguration` replaced it with the phase to resume; were it
+        // ever left, planning nothing changes no traffic.
+        Phase::Misconfigured => {}
     }
     draft.finish(checked)
 }
@@ -206,6 +206,33 @@ impl<'a> Draft<'a> {
             "Reconfigured",
             "the configuration is valid again; resuming".into(),
         ));
+    }
+
+    /// Replaces template hashes recorded by earlier agents with the identity of the same
+    /// build, once a version shows which build they meant: from then on the status no
+    /// longer depends on how k8s-openapi serialises a pod template. A record whose
+    /// version is not observed keeps its hash, which [`Version::built_as`] still reads.
+    fn rerecord_legacy_templates(&mut self) {
+        let versions = self.versions;
+        let current = |name: &str, recorded: &str| {
+            versions
+                .iter()
+                .find(|v| v.name == name && v.template != recorded && v.legacy_template == recorded)
+                .map(|v| v.template.clone())
+        };
+        let s = &mut self.status;
+        if let (Some(canary), Some(recorded)) = (&s.canary, &s.canary_template)
+            && let Some(identity) = current(canary, recorded)
+        {
+            s.canary_template = Some(identity);
+            self.dirty = true;
+        }
+        for failed in &mut s.failed {
+            if let Some(identity) = current(&failed.version, &failed.template) {
+                failed.template = identity;
+                self.dirty = true;
+            }
+        }
     }
 
     /// Make `status.stable` agree with the stable subset, adopting a version when the
@@ -365,7 +392,7 @@ impl<'a> Draft<'a> {
             .iter()
             .filter(|v| v.available && Some(v.name.as_str()) != stable)
             .filter(|v| stable_key.is_none_or(|key| (v.created, v.name.as_str()) > key))
-            .filter(|v| !self.status.has_failed(&v.name, &v.template))
+            .filter(|v| !self.status.has_failed(v))
             .collect();
         found.sort_by(|a, b| (b.created, &b.name).cmp(&(a.created, &a.name)));
         found
@@ -394,7 +421,11 @@ impl<'a> Draft<'a> {
     }
 
     fn start(&mut self, version: &Version, reason: String) {
-        let weight = self.spec.steps[0];
+        // The spec parser never yields empty steps; without a first step there is no
+        // weight that is safe to start at.
+        let Some(&weight) = self.spec.steps.first() else {
+            return;
+        };
         let paused = self.observed.controls.pause;
         let s = &mut self.status;
         s.phase = if paused {
@@ -452,7 +483,12 @@ impl<'a> Draft<'a> {
             self.start(newer, format!("{} supersedes {canary}", newer.name));
             return false;
         }
-        if self.status.canary_template.as_ref() != Some(&version.template) {
+        if !self
+            .status
+            .canary_template
+            .as_deref()
+            .is_some_and(|t| version.built_as(t))
+        {
             self.start(
                 &version,
                 format!("the pod template of {canary} changed; starting over"),
@@ -601,9 +637,8 @@ impl<'a> Draft<'a> {
         if let Some(counts) = counts {
             self.status.evidence.steps.push(counts);
         }
-        if step + 1 < total {
+        if let Some(&to) = self.spec.steps.get(step + 1) {
             let from = self.status.weight;
-            let to = self.spec.steps[step + 1];
             self.status.step = Some(step + 1);
             self.status.weight = to;
             self.status.step_started_at = Some(self.now);
@@ -759,13 +794,16 @@ fn converge(status: &Status, observed: &Observed) -> Convergence {
     let mut mesh = Vec::new();
     let traffic = observed.traffic;
     let subsets = &observed.subsets;
+    // Saturating: a weight above 100 then fails the patch's own check instead of the
+    // reconcile's arithmetic.
     let weights = |canary: u8| {
         Action::SetWeights(Traffic {
-            stable: 100 - canary,
+            stable: 100u8.saturating_sub(canary),
             canary,
         })
     };
-    let off_target = |canary: u8| traffic.canary != canary || traffic.stable != 100 - canary;
+    let off_target =
+        |canary: u8| traffic.canary != canary || traffic.stable != 100u8.saturating_sub(canary);
     if subsets.stable.is_none()
         && let Some(stable) = &status.stable
     {

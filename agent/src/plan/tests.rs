@@ -43,6 +43,7 @@ fn version(name: &str, template: &str, created_secs: i64) -> Version {
         name: name.into(),
         deployment: format!("checkout-{name}"),
         template: template.into(),
+        legacy_template: format!("legacy-{template}"),
         available: true,
         created: t0() + SignedDuration::from_secs(created_secs),
     }
@@ -608,21 +609,20 @@ fn misconfiguration_changes_no_traffic_and_fixing_it_resumes() {
     w.reconcile(None, None);
     w.versions.push(version("v2", "t2", 60));
     w.reconcile(None, None);
-    let plan = misconfigured(w.status.as_ref(), "weir.dev/steps: bad", w.now);
-    assert!(
-        plan.actions
-            .iter()
-            .all(|a| matches!(a, Action::WriteStatus { .. } | Action::Emit(_)))
-    );
-    for a in &plan.actions {
-        w.apply(a);
-    }
+    let before = w.clone();
+    let report = misconfigured(w.status.as_ref(), "weir.dev/steps: bad", w.now)
+        .expect("a new misconfiguration is reported");
+    assert_eq!(report.event.reason, "Misconfigured");
+    w.apply(&Action::WriteStatus {
+        status: report.status,
+        consumed: Vec::new(),
+    });
+    w.assert_invariants(&before, None);
     assert_eq!(w.status.as_ref().unwrap().phase, Phase::Misconfigured);
     // Reported once, not on every reconcile.
-    assert!(
-        misconfigured(w.status.as_ref(), "weir.dev/steps: bad", w.now)
-            .actions
-            .is_empty()
+    assert_eq!(
+        misconfigured(w.status.as_ref(), "weir.dev/steps: bad", w.now),
+        None
     );
     w.reconcile(None, None);
     let status = w.status.clone().unwrap();
@@ -983,6 +983,7 @@ fn run(ops: Vec<Op>) {
                     .find(|v| Some(&v.name) == canary.as_ref())
                 {
                     v.template.push('+');
+                    v.legacy_template.push('+');
                 }
             }
             Op::DeleteCanary => {
@@ -1084,14 +1085,14 @@ fn requeue_tracks_the_next_check() {
 #[test]
 fn a_huge_misconfiguration_is_recorded_cut_and_only_once() {
     let reason = "x".repeat(300_000);
-    let first = misconfigured(None, &reason, t0());
-    let Some(Action::WriteStatus { status, .. }) = first.actions.first() else {
-        panic!("{first:?}");
-    };
-    assert!(status.message.len() < 5_000, "{}", status.message.len());
+    let first = misconfigured(None, &reason, t0()).expect("a report");
+    assert!(
+        first.status.message.len() < 5_000,
+        "{}",
+        first.status.message.len()
+    );
     // The same reason again changes nothing: no write loop.
-    let again = misconfigured(Some(status), &reason, t0());
-    assert!(again.actions.is_empty(), "{again:?}");
+    assert!(misconfigured(Some(&first.status), &reason, t0()).is_none());
 }
 
 #[test]
@@ -1116,4 +1117,64 @@ fn a_tampered_status_is_not_trusted_to_set_a_weight() {
     let status = w.status.clone().unwrap();
     assert_eq!((status.phase, status.weight), (Phase::Progressing, 10));
     assert_eq!(w.traffic.canary, 10);
+}
+
+/// A status written by an agent before the `t2:` template identity holds the legacy
+/// hash of the canary's template: upgrading the agent must not restart the rollout.
+#[test]
+fn an_agent_upgrade_keeps_an_in_flight_canary_and_rerecords_its_template() {
+    let mut w = World::new();
+    w.reconcile(None, None);
+    w.versions.push(version("v2", "t2", 60));
+    w.reconcile(None, None);
+    w.tick(60);
+    w.reconcile(Some(pass()), None);
+    let before = w.status.clone().unwrap();
+    assert_eq!((before.phase, before.step), (Phase::Progressing, Some(1)));
+    // As the earlier agent recorded it.
+    w.status.as_mut().unwrap().canary_template = Some("legacy-t2".into());
+
+    w.tick(15);
+    let plan = w.reconcile(Some(pass()), None);
+    assert!(!reasons(&plan).contains(&"RolloutStarted"), "{plan:?}");
+    let after = w.status.clone().unwrap();
+    assert_eq!(after.canary_template.as_deref(), Some("t2"), "re-recorded");
+    assert_eq!(
+        (after.step, after.step_started_at, w.traffic.canary),
+        (before.step, before.step_started_at, before.weight)
+    );
+    assert!(after.last_check.is_some_and(|c| c.at == w.now), "checked");
+
+    // A legacy record of another build is a changed template: the rollout starts over.
+    w.status.as_mut().unwrap().canary_template = Some("legacy-t1".into());
+    let plan = w.reconcile(None, None);
+    assert!(reasons(&plan).contains(&"RolloutStarted"), "{plan:?}");
+    assert_eq!(w.status.as_ref().unwrap().step, Some(0));
+}
+
+/// Likewise an aborted build recorded with the legacy hash stays aborted after the
+/// upgrade, and a new build of it is still released.
+#[test]
+fn an_agent_upgrade_does_not_release_an_aborted_build_again() {
+    let mut w = World::new();
+    w.reconcile(None, None);
+    w.versions.push(version("v2", "t2", 60));
+    w.reconcile(None, None);
+    w.controls.abort = Some("v2".into());
+    w.reconcile(None, None);
+    assert_eq!(w.status.as_ref().unwrap().phase, Phase::Aborted);
+    w.status.as_mut().unwrap().failed[0].template = "legacy-t2".into();
+
+    w.tick(600);
+    let plan = w.reconcile(None, None);
+    assert!(!reasons(&plan).contains(&"RolloutStarted"), "{plan:?}");
+    assert_eq!(w.traffic.canary, 0);
+    assert_eq!(w.status.as_ref().unwrap().failed[0].template, "t2");
+    // Re-recorded once; then nothing to write.
+    assert!(w.reconcile(None, None).actions.is_empty());
+
+    w.versions[1].template = "t2b".into();
+    w.versions[1].legacy_template = "legacy-t2b".into();
+    let plan = w.reconcile(None, None);
+    assert!(reasons(&plan).contains(&"RolloutStarted"), "{plan:?}");
 }

@@ -12,6 +12,7 @@
 //! | `weir_rollouts_total` | counter | `service`, `outcome` (`promoted`, `aborted`) |
 //! | `weir_rollout_duration_seconds` | histogram, from the rollout's start to its end | `outcome` |
 //! | `weir_reconcile_errors_total` | counter, write conflicts excluded | `service` |
+//! | `weir_reconcile_panics_total` | counter, reconciles that panicked (a bug in weir; the agent carries on) | `service` |
 //! | `weir_prometheus_query_duration_seconds` | histogram, one check's queries (run in parallel, retries included) | — |
 //! | `weir_build_info` | gauge, always 1 | `version` |
 
@@ -29,7 +30,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use weir_analysis::{CheckReport, Verdict};
 
-use crate::plan::{Action, Phase, Status};
+use crate::plan::{Phase, Status};
 use crate::spec::Weight;
 
 /// The Content-Type of [`Metrics::encode`]'s output.
@@ -125,6 +126,7 @@ pub struct Metrics {
     rollouts: Family<RolloutLabels, Counter>,
     rollout_duration: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
     reconcile_errors: Family<ServiceLabels, Counter>,
+    reconcile_panics: Family<ServiceLabels, Counter>,
     query_duration: Histogram,
     /// The Services that have series, so that those of deleted Services can be found
     /// and released.
@@ -149,6 +151,7 @@ impl Metrics {
         let rollout_duration =
             Family::new_with_constructor(rollout_duration_histogram as fn() -> Histogram);
         let reconcile_errors = Family::<ServiceLabels, Counter>::default();
+        let reconcile_panics = Family::<ServiceLabels, Counter>::default();
         // 5ms to about 20s: a check is a few instant queries, retried up to its deadline.
         let query_duration = Histogram::new(exponential_buckets(0.005, 2.0, 13));
         let build_info = Family::<BuildLabels, Gauge>::default();
@@ -195,6 +198,11 @@ impl Metrics {
             reconcile_errors.clone(),
         );
         registry.register(
+            "reconcile_panics",
+            "Reconciles that panicked: a bug in weir, caught so that the agent carries on (the reconcile is retried)",
+            reconcile_panics.clone(),
+        );
+        registry.register(
             "prometheus_query_duration_seconds",
             "Time one check's Prometheus queries took (run in parallel, retries included)",
             query_duration.clone(),
@@ -209,6 +217,7 @@ impl Metrics {
             rollouts,
             rollout_duration,
             reconcile_errors,
+            reconcile_panics,
             query_duration,
             services: Mutex::new(BTreeSet::new()),
         }
@@ -260,18 +269,14 @@ impl Metrics {
 
     /// Records what one reconcile applied: the status it wrote (if any) and, when that
     /// status ends a rollout, its outcome and duration. `before` is the status the
-    /// reconcile read; call this after the actions were applied.
+    /// reconcile read; call this after the writes were made.
     pub fn observe_applied(
         &self,
         service: &str,
         before: Option<&Status>,
-        actions: &[Action],
+        written: Option<&Status>,
         now: Timestamp,
     ) {
-        let written = actions.iter().rev().find_map(|action| match action {
-            Action::WriteStatus { status, .. } => Some(status.as_ref()),
-            _ => None,
-        });
         let Some(after) = written.or(before) else {
             return;
         };
@@ -339,6 +344,14 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a reconcile of `service` that panicked.
+    pub fn reconcile_panic(&self, service: &str) {
+        self.track(service);
+        self.reconcile_panics
+            .get_or_create(&service_labels(service))
+            .inc();
+    }
+
     /// Drops every series of `service`: it was deleted or opted out, and its phase or
     /// weight would otherwise stay on dashboards forever, and its series in memory for
     /// the agent's lifetime. (Prometheus reads a counter that disappears as ended.)
@@ -361,6 +374,7 @@ impl Metrics {
         self.canary_weight.remove(&labels);
         self.step.remove(&labels);
         self.reconcile_errors.remove(&labels);
+        self.reconcile_panics.remove(&labels);
         for verdict in ["pass", "fail", "inconclusive"] {
             self.checks.remove(&CheckLabels {
                 service: service.to_owned(),
@@ -432,13 +446,6 @@ mod tests {
         }
     }
 
-    fn write(status: Status) -> Vec<Action> {
-        vec![Action::WriteStatus {
-            status: Box::new(status),
-            consumed: Vec::new(),
-        }]
-    }
-
     /// The lines of `text` that start with `prefix`.
     fn lines<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
         text.lines().filter(|l| l.starts_with(prefix)).collect()
@@ -484,9 +491,9 @@ mod tests {
         let metrics = Metrics::new();
         let before = status(Phase::Progressing, Some("v3"), Some(0), 10);
         let after = status(Phase::Aborted, Some("v3"), None, 0);
-        metrics.observe_applied("checkout", Some(&before), &write(after.clone()), at(90));
+        metrics.observe_applied("checkout", Some(&before), Some(&after), at(90));
         // The next reconcile reads the aborted status and writes nothing new.
-        metrics.observe_applied("checkout", Some(&after), &[], at(95));
+        metrics.observe_applied("checkout", Some(&after), None, at(95));
         let text = metrics.encode();
         assert!(
             text.contains(r#"weir_rollouts_total{service="checkout",outcome="aborted"} 1"#),
@@ -513,7 +520,7 @@ mod tests {
                 stable: Some("v2".into()),
                 ..status(Phase::Idle, None, None, 0)
             };
-            metrics.observe_applied("checkout", Some(&last_step), &write(idle), at(300));
+            metrics.observe_applied("checkout", Some(&last_step), Some(&idle), at(300));
             let text = metrics.encode();
             assert!(
                 text.contains(r#"weir_rollouts_total{service="checkout",outcome="promoted"} 1"#),
@@ -532,7 +539,7 @@ mod tests {
         let progressing = status(Phase::Progressing, Some("v2"), Some(0), 10);
         // The canary's Deployment was deleted: back to idle, stable unchanged.
         let idle = status(Phase::Idle, None, None, 0);
-        metrics.observe_applied("checkout", Some(&progressing), &write(idle), at(30));
+        metrics.observe_applied("checkout", Some(&progressing), Some(&idle), at(30));
         assert!(!metrics.encode().contains("weir_rollouts_total{"));
     }
 
@@ -541,7 +548,7 @@ mod tests {
         // A restarted agent must show the phase at once, before anything changes.
         let metrics = Metrics::new();
         let paused = status(Phase::Paused, Some("v2"), Some(0), 10);
-        metrics.observe_applied("checkout", Some(&paused), &[], at(5));
+        metrics.observe_applied("checkout", Some(&paused), None, at(5));
         let text = metrics.encode();
         assert!(
             text.contains(r#"weir_rollout_phase{service="checkout",phase="paused"} 1"#),
@@ -599,6 +606,7 @@ mod tests {
         let metrics = Metrics::new();
         for service in ["checkout", "payments"] {
             metrics.reconcile_error(service);
+            metrics.reconcile_panic(service);
             metrics.observe_phase(service, Phase::Progressing, 10);
             metrics.check(
                 service,
@@ -617,6 +625,7 @@ mod tests {
         );
         for series in [
             r#"weir_reconcile_errors_total{service="payments"} 1"#,
+            r#"weir_reconcile_panics_total{service="payments"} 1"#,
             r#"weir_canary_weight{service="payments"} 10"#,
             r#"weir_checks_total{service="payments",verdict="pass"} 1"#,
             r#"weir_rollouts_total{service="payments",outcome="promoted"} 1"#,
@@ -646,6 +655,7 @@ mod tests {
         metrics.query_latency(Duration::from_millis(20));
         metrics.rollout_finished("checkout", Outcome::Promoted, Duration::from_secs(60));
         metrics.reconcile_error("checkout");
+        metrics.reconcile_panic("checkout");
         let text = metrics.encode();
         let exposed: Vec<&str> = text
             .lines()

@@ -93,13 +93,13 @@ fn a_block_scalar_query_keeps_its_lines() {
 fn every_placeholder_is_replaced_and_values_escaped() {
     let template = MetricTemplate::new(
         "m",
-        r#"a{ns="{namespace}",svc="{service}",v="{version}",s="{stable_version}"}[{window}] / b{w="{window}"}"#,
+        r#"rate(a{ns="{namespace}",svc="{service}",v="{version}",s="{stable_version}"}[{window}]) / b{w="{window}"}"#,
         TemplateBound::Max(Limit::Absolute(1.0)),
     )
     .unwrap();
     assert_eq!(
         template.render(&values("v2")),
-        r#"a{ns="shop",svc="checkout",v="v2",s="v1"}[300s] / b{w="300s"}"#
+        r#"rate(a{ns="shop",svc="checkout",v="v2",s="v1"}[300s]) / b{w="300s"}"#
     );
     let hostile = r#"v2"} or vector(1) or a{b="\"#;
     let rendered = template.render(&TemplateValues {
@@ -109,7 +109,7 @@ fn every_placeholder_is_replaced_and_values_escaped() {
     });
     assert_eq!(
         rendered,
-        r#"a{ns="ns\n",svc="checkout",v="v2\"} or vector(1) or a{b=\"\\",s="v1"}[300s] / b{w="300s"}"#
+        r#"rate(a{ns="ns\n",svc="checkout",v="v2\"} or vector(1) or a{b=\"\\",s="v1"}[300s]) / b{w="300s"}"#
     );
 }
 
@@ -124,7 +124,7 @@ proptest! {
     ) {
         let template = MetricTemplate::new(
             "m",
-            r#"sum(a{ns="{namespace}",v="{version}"}[{window}]) / sum(a{v="x{stable_version}y"}[{window}])"#,
+            r#"sum(rate(a{ns="{namespace}",v="{version}"}[{window}])) / sum(rate(a{v="x{stable_version}y"}[{window}]))"#,
             TemplateBound::Max(Limit::Absolute(1.0)),
         ).unwrap();
         let rendered = template.render(&TemplateValues {
@@ -136,7 +136,7 @@ proptest! {
         });
         prop_assert_eq!(
             without_literals(&rendered),
-            r#"sum(a{ns="",v=""}[60s]) / sum(a{v=""}[60s])"#
+            r#"sum(rate(a{ns="",v=""}[60s])) / sum(rate(a{v=""}[60s]))"#
         );
     }
 }
@@ -348,4 +348,77 @@ fn the_example_in_the_docs_parses() {
             .render(&values("v2"))
             .contains(r#"version="v2"}[300s]"#)
     );
+}
+
+#[test]
+fn a_query_prometheus_would_refuse_is_refused_when_the_config_map_is_read() {
+    let q = |query: &str| format!("query: '{}'\nmax: 0.1\n", query.replace('\'', "''"));
+    let cases = [
+        // The syntax error behind issue 11's "broken-ratio": a parenthesis left open.
+        (
+            r#"sum(rate(errors{version="{version}"}[{window}]) / sum(rate(requests{version="{version}"}[{window}]))"#,
+            "`query` is not valid PromQL: ",
+        ),
+        (
+            r#"sum(rat(errors{version="{version}"}[{window}]))"#,
+            "`query` is not valid PromQL: unknown function with name 'rat'",
+        ),
+        (
+            r#"sum by (code errors{version="{version}"})"#,
+            "`query` is not valid PromQL: ",
+        ),
+        // Valid PromQL, but not one value per version.
+        (
+            r#"errors{version="{version}"}[{window}]"#,
+            "`query` returns a range vector where weir needs an instant vector",
+        ),
+        (
+            r#"scalar(sum(errors{version="{version}"}))"#,
+            "`query` returns a scalar where weir needs an instant vector",
+        ),
+    ];
+    for (query, expected) in cases {
+        let error =
+            parse_metrics("checkout-metrics", &data(&[("broken-ratio", &q(query))])).unwrap_err();
+        let shown = error.to_string();
+        assert!(
+            shown.contains(expected),
+            "{query}: {shown:?} lacks {expected:?}"
+        );
+        assert_eq!(
+            shown.matches("broken-ratio").count(),
+            1,
+            "names the metric once: {shown}"
+        );
+        assert!(!shown.contains("credentials"), "{shown}");
+    }
+    // The parser's own words are quoted.
+    let error = parse_metrics(
+        "checkout-metrics",
+        &data(&[("broken-ratio", &q(cases[0].0))]),
+    )
+    .unwrap_err();
+    let parser = promql_parser::parser::parse(
+        r#"sum(rate(errors{version="version"}[60s]) / sum(rate(requests{version="version"}[60s]))"#,
+    )
+    .unwrap_err();
+    assert!(
+        error.to_string().contains(parser.trim()),
+        "{error} lacks {parser:?}"
+    );
+}
+
+#[test]
+fn queries_in_every_valid_shape_pass_the_parser() {
+    for query in [
+        ERRORS,
+        r#"sum(rate(a{version="{version}"}[{window}])) / sum(rate(b{version="{version}"}[{window}]))"#,
+        r#"histogram_quantile(0.99, sum by (le) (rate(h_bucket{version="{version}"}[{window}])))"#,
+        r#"max_over_time(q{version="{version}", stable="{stable_version}"}[{window}:15s])"#,
+        "sum(a{version=\"{version}\"}) # per second\n/ 2",
+        r#"sum(increase(a{version="{version}"}[{window}])) or vector(0)"#,
+    ] {
+        MetricTemplate::new("m", query, TemplateBound::Max(Limit::Absolute(1.0)))
+            .unwrap_or_else(|e| panic!("{query}: {e}"));
+    }
 }

@@ -355,8 +355,7 @@ pub fn weigh(
             for_canary,
         );
     }
-    if latency_measured {
-        let (c, s) = histograms.as_ref().expect("measured");
+    if let Some((c, s)) = histograms.as_ref().filter(|_| latency_measured) {
         let quantile = |h: &Histogram| finite(quantile(h, gates.latency_quantile));
         let against = sequential::exceeds(all_over_slo, tail);
         let for_canary = sequential::below(all_over_slo, 2.0 * tail);

@@ -1063,3 +1063,32 @@ fn a_refused_query_is_a_misconfiguration_and_says_so() {
         "{detail}"
     );
 }
+
+/// Issue 11: a custom metric whose two queries Prometheus refused alike was named twice
+/// ("broken-ratio, broken-ratio: …"), and the hint spoke of credentials.
+#[test]
+fn a_custom_metric_refused_for_both_versions_is_named_once() {
+    let refused = || {
+        Err(QueryFailure::Refused(
+            "http://p/api/v1/query refused the query: bad_data: parse error; fix the query".into(),
+        ))
+    };
+    let obs = with(healthy(), |o| {
+        o.custom = vec![CustomObservation {
+            name: "broken-ratio".into(),
+            ..custom(
+                TemplateBound::Max(Limit::Absolute(0.1)),
+                refused(),
+                refused(),
+            )
+        }];
+    });
+    let Verdict::Inconclusive { reason, detail, .. } = judge(&obs, CANARY, STABLE, &gates()) else {
+        panic!("expected inconclusive");
+    };
+    assert_eq!(reason, InconclusiveReason::Misconfigured);
+    assert_eq!(
+        detail,
+        "broken-ratio: http://p/api/v1/query refused the query: bad_data: parse error; fix the query"
+    );
+}

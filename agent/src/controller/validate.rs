@@ -1,0 +1,295 @@
+//! The pure half of a reconcile: what was read → the spec, the versions, the patch
+//! target and the custom metrics; or the [`Misconfiguration`] that stops the Service.
+//! Shared by the agent and `weir explain`, so that both name the same problem.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::ResourceExt;
+use weir_analysis::{MetricTemplate, MetricsConfigError};
+
+use super::observe;
+use crate::mesh::{self, DestinationRule, MeshError, Target, VirtualService};
+use crate::plan::{Controls, Version};
+use crate::spec::{self, Defaults, RolloutSpec, SpecErrors, keys};
+
+/// Why weir cannot manage a Service. Each variant carries what the user needs to fix it;
+/// the agent reports it as the `Misconfigured` phase with an Event, and changes no
+/// traffic until it is fixed.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Misconfiguration {
+    /// weir annotations that do not parse, conflict, or are unknown (typos); controls
+    /// included. Each error names its annotation and a valid example.
+    #[error("{0}")]
+    Annotations(SpecErrors),
+
+    #[error(
+        "ConfigMap {config_map:?} named by {key} does not exist in namespace {namespace:?}; create it or remove the annotation",
+        key = keys::METRICS
+    )]
+    MetricsConfigMapMissing {
+        config_map: String,
+        namespace: String,
+    },
+
+    /// The custom metric templates cannot be used; names every bad key.
+    #[error("{0}")]
+    MetricsConfigMap(#[from] MetricsConfigError),
+
+    #[error(
+        "Service {service:?} has no selector, so no Deployment can be told apart as a version; add spec.selector"
+    )]
+    NoSelector { service: String },
+
+    #[error(
+        "Deployment {deployment:?} matches the selector of Service {service:?} but its pod template has no {label:?} label; \
+         add it (or set {key} to the label that names versions)",
+        key = keys::VERSION_LABEL
+    )]
+    NoVersionLabel {
+        deployment: String,
+        service: String,
+        label: String,
+    },
+
+    #[error(
+        "Deployments {first:?} and {second:?} both have {label}={version}; give each version its own label value"
+    )]
+    SharedVersion {
+        first: String,
+        second: String,
+        label: String,
+        version: String,
+    },
+
+    /// The VirtualService, route or DestinationRule cannot be resolved.
+    #[error("{0}")]
+    Mesh(#[from] MeshError),
+}
+
+/// What one validation looks at, as read from the cluster.
+pub struct Inputs<'a> {
+    /// The agent's namespace.
+    pub namespace: &'a str,
+    /// The agent's defaults for every optional annotation.
+    pub defaults: &'a Defaults,
+    pub service: &'a Service,
+    pub virtual_services: &'a [VirtualService],
+    pub destination_rules: &'a [DestinationRule],
+    /// The ConfigMap `weir.dev/metrics` names, if it exists.
+    pub metrics: Option<&'a ConfigMap>,
+    /// The namespace's Deployments; `None` while they are not observed yet (a cache
+    /// still listing), which is never read as "no versions".
+    pub deployments: Option<&'a [Arc<Deployment>]>,
+}
+
+/// A Service whose configuration is valid: what the planner and the gates need.
+#[derive(Debug)]
+pub struct Valid {
+    pub spec: RolloutSpec,
+    pub controls: Controls,
+    /// `None` when the Deployments are not observed yet.
+    pub versions: Option<Vec<Version>>,
+    pub target: Target,
+    pub custom: Vec<MetricTemplate>,
+}
+
+/// Validates one Service's configuration, in the order a person would fix it:
+/// annotations, the metrics ConfigMap, versions, then the mesh objects.
+pub fn validate(inputs: &Inputs<'_>) -> Result<Valid, Misconfiguration> {
+    let service = inputs.service;
+    let annotations = service.annotations();
+    let spec = spec::parse(&service.name_any(), annotations, inputs.defaults)
+        .map_err(Misconfiguration::Annotations)?;
+    let controls = spec::controls(annotations).map_err(Misconfiguration::Annotations)?;
+    let custom = match (&spec.metrics_config_map, inputs.metrics) {
+        (None, _) => Vec::new(),
+        (Some(cm), None) => {
+            return Err(Misconfiguration::MetricsConfigMapMissing {
+                config_map: cm.clone(),
+                namespace: inputs.namespace.to_string(),
+            });
+        }
+        (Some(cm), Some(map)) => {
+            let data = map.data.clone().unwrap_or_default();
+            weir_analysis::parse_metrics(cm, &data)?
+        }
+    };
+    let versions = inputs
+        .deployments
+        .map(|deployments| observe::versions(service, deployments, &spec.version_label))
+        .transpose()?;
+    let target = mesh::resolve(
+        &spec,
+        inputs.namespace,
+        inputs.virtual_services,
+        inputs.destination_rules,
+    )?;
+    Ok(Valid {
+        spec,
+        controls,
+        versions,
+        target,
+        custom,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn service(annotations: &[(&str, &str)]) -> Service {
+        let annotations: BTreeMap<&str, &str> = [(keys::ENABLED, "true")]
+            .into_iter()
+            .chain(annotations.iter().copied())
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": {"name": "checkout", "namespace": "shop", "annotations": annotations},
+            "spec": {"selector": {"app": "checkout"}}
+        }))
+        .unwrap()
+    }
+
+    fn virtual_service() -> VirtualService {
+        serde_json::from_value(json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {"name": "checkout", "namespace": "shop"},
+            "spec": {"hosts": ["checkout"], "http": [{
+                "name": "primary",
+                "route": [{"destination": {"host": "checkout", "subset": "stable"}, "weight": 100}]
+            }]}
+        }))
+        .unwrap()
+    }
+
+    fn destination_rule() -> DestinationRule {
+        serde_json::from_value(json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": {"name": "checkout", "namespace": "shop"},
+            "spec": {"host": "checkout", "subsets": [
+                {"name": "stable", "labels": {"version": "v1"}},
+                {"name": "canary", "labels": {"version": "v1"}}
+            ]}
+        }))
+        .unwrap()
+    }
+
+    fn deployment(name: &str, version: &str) -> Arc<Deployment> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {
+                    "selector": {"matchLabels": {"app": "checkout"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "checkout", "version": version}},
+                        "spec": {"containers": [{"name": "app", "image": "shop/checkout:1"}]}
+                    }
+                }
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn run(
+        service: &Service,
+        virtual_services: &[VirtualService],
+        metrics: Option<&ConfigMap>,
+        deployments: Option<&[Arc<Deployment>]>,
+    ) -> Result<Valid, Misconfiguration> {
+        validate(&Inputs {
+            namespace: "shop",
+            defaults: &Defaults::default(),
+            service,
+            virtual_services,
+            destination_rules: &[destination_rule()],
+            metrics,
+            deployments,
+        })
+    }
+
+    #[test]
+    fn a_valid_service_resolves_its_target_and_versions() {
+        let deployments = [deployment("checkout-v1", "v1")];
+        let valid = run(
+            &service(&[]),
+            &[virtual_service()],
+            None,
+            Some(&deployments),
+        )
+        .unwrap();
+        assert_eq!(valid.target.virtual_service.name, "checkout");
+        let versions = valid.versions.expect("observed");
+        assert_eq!(versions.len(), 1);
+        assert_eq!(versions[0].name, "v1");
+        // Deployments not observed yet are "not observed", never "no versions".
+        let unobserved = run(&service(&[]), &[virtual_service()], None, None).unwrap();
+        assert_eq!(unobserved.versions, None);
+    }
+
+    #[test]
+    fn each_misconfiguration_is_its_own_variant_with_what_fixes_it() {
+        let vs = [virtual_service()];
+        let bad_steps = run(&service(&[(keys::STEPS, "10,5")]), &vs, None, None);
+        match bad_steps {
+            Err(Misconfiguration::Annotations(errors)) => {
+                assert!(errors.get(keys::STEPS).is_some(), "{errors}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad_control = run(&service(&[(keys::PAUSE, "maybe")]), &vs, None, None);
+        assert!(
+            matches!(&bad_control, Err(Misconfiguration::Annotations(e)) if e.get(keys::PAUSE).is_some()),
+            "{bad_control:?}"
+        );
+
+        let missing = run(&service(&[(keys::METRICS, "absent")]), &vs, None, None).unwrap_err();
+        assert_eq!(
+            missing,
+            Misconfiguration::MetricsConfigMapMissing {
+                config_map: "absent".into(),
+                namespace: "shop".into(),
+            }
+        );
+        // The status message and Event text, as before the enum.
+        assert_eq!(
+            missing.to_string(),
+            "ConfigMap \"absent\" named by weir.dev/metrics does not exist in namespace \"shop\"; create it or remove the annotation"
+        );
+
+        let empty: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": "empty"}})).unwrap();
+        let invalid = run(
+            &service(&[(keys::METRICS, "empty")]),
+            &vs,
+            Some(&empty),
+            None,
+        );
+        assert!(
+            matches!(&invalid, Err(Misconfiguration::MetricsConfigMap(e)) if e.config_map == "empty"),
+            "{invalid:?}"
+        );
+
+        let twice = [deployment("a", "v1"), deployment("b", "v1")];
+        let shared = run(&service(&[]), &vs, None, Some(&twice));
+        assert!(
+            matches!(&shared, Err(Misconfiguration::SharedVersion { version, .. }) if version == "v1"),
+            "{shared:?}"
+        );
+
+        let no_route = run(&service(&[]), &[], None, None).unwrap_err();
+        assert!(
+            matches!(
+                no_route,
+                Misconfiguration::Mesh(MeshError::NoVirtualService { .. })
+            ),
+            "{no_route:?}"
+        );
+    }
+}
