@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fails when a test left a test bed server running: a process whose executable is in the
-# test bed's bin directory, or a Prometheus the harness started (its TSDB lives in a
-# weir-prometheus-* directory). Run after the tests.
+# test bed's bin directory, a Prometheus the harness started (its TSDB lives in a
+# weir-prometheus-* directory), or an nginx master or worker the harness started (its
+# logs live in a weir-nginx-* directory). Run after the tests.
 set -euo pipefail
 
 bin="$("$(dirname "${BASH_SOURCE[0]}")/setup.sh" --dir)/bin/"
@@ -10,7 +11,13 @@ for proc in /proc/[0-9]*; do
     # A process can exit while we look; zombies have no executable and are not running.
     exe=$(readlink "$proc/exe" 2>/dev/null) || continue
     cmdline=$(tr '\0' ' ' <"$proc/cmdline" 2>/dev/null) || continue
-    if [[ "$exe" == "$bin"* || ("$exe" == */prometheus && "$cmdline" == *weir-prometheus-*) ]]; then
+    # nginx workers rename themselves; they give themselves away by the log files they
+    # hold open in a weir-nginx-* directory.
+    nginx_files=""
+    if [[ "$exe" == */nginx ]]; then
+        nginx_files=$(ls -l "$proc/fd" 2>/dev/null | grep -c 'weir-nginx-' || true)
+    fi
+    if [[ "$exe" == "$bin"* || ("$exe" == */prometheus && "$cmdline" == *weir-prometheus-*) || "${nginx_files:-0}" -gt 0 ]]; then
         echo "left running: pid ${proc#/proc/}: $cmdline" >&2
         found=1
     fi

@@ -178,6 +178,32 @@ impl Nginx {
     }
 }
 
+impl Drop for Nginx {
+    /// Stops the workers too: they are the master's children, and a master killed alone
+    /// leaves them running (the parent-death signal is not inherited across fork).
+    /// SIGTERM makes the master stop its workers and exit; whatever is left is killed.
+    fn drop(&mut self) {
+        let Ok(pid) = libc::pid_t::try_from(self.process.pid()) else {
+            return;
+        };
+        let mut workers = children(pid);
+        // SAFETY: kill(2) with a pid this handle owns and a valid signal number.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::path::Path::new(&format!("/proc/{pid}/task")).exists()
+            && !children(pid).is_empty()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        workers.extend(children(pid));
+        for worker in workers {
+            // SAFETY: as above; a worker that already exited makes this fail harmlessly.
+            unsafe { libc::kill(worker, libc::SIGKILL) };
+        }
+    }
+}
+
 /// How long old workers may take to finish their requests after a reload.
 const RELOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
