@@ -459,6 +459,7 @@ fn trial_with(scenario: &Scenario, spec: &RolloutSpec, seed: u64) -> Outcome {
         legacy_template: format!("legacy-{name}"),
         available: true,
         created: t0() + SignedDuration::from_secs(created),
+        reported: name.into(),
     };
     let versions = vec![version("v1", -3600), version("v2", -1)];
     let mut traffic = Traffic {

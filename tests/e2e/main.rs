@@ -11,5 +11,6 @@ mod demo;
 mod faults;
 mod install;
 mod leader;
+mod mesh_versions;
 mod misconfigured;
 mod release;

@@ -38,6 +38,9 @@ pub struct Version {
     pub available: bool,
     /// The Deployment's creation time: the newest candidate wins.
     pub created: Timestamp,
+    /// The `destination_version` the mesh reports for this version's requests, by the
+    /// agent's mode ([`weir_analysis::Reporter::reported_version`]): what the gates query.
+    pub reported: String,
 }
 
 impl Version {
@@ -160,6 +163,10 @@ pub struct Status {
     /// What the sequential tests carry over from the rollout's completed steps.
     #[serde(default, skip_serializing_if = "RolloutEvidence::is_empty")]
     pub evidence: RolloutEvidence,
+    /// What the mesh's metrics call the canary and stable versions while a rollout is
+    /// in progress (`destination_version`), when that differs from their names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_as: Option<ReportedAs>,
     /// Aborted versions not to be retried until their template changes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<FailedVersion>,
@@ -187,6 +194,7 @@ impl Status {
             inconclusive_since: None,
             last_check: None,
             evidence: RolloutEvidence::default(),
+            reported_as: None,
             failed: Vec::new(),
             message: String::new(),
             rollout_started_at: None,
@@ -224,6 +232,13 @@ impl Status {
             .iter()
             .any(|f| f.version == version.name && version.built_as(&f.template))
     }
+}
+
+/// The `destination_version` values the gates query for a rollout's two versions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedAs {
+    pub canary: String,
+    pub stable: String,
 }
 
 /// Which of the two subsets.

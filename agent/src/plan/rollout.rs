@@ -18,7 +18,7 @@ use weir_analysis::{Bound, InconclusiveReason, Verdict, format_value};
 
 use super::{
     Action, CheckRecord, CheckRequest, Event, EventType, FailedVersion, Observed, Phase, Plan,
-    Report, Status, Subset, Traffic, Version,
+    Report, ReportedAs, Status, Subset, Traffic, Version,
 };
 use crate::spec::{RolloutSpec, keys};
 
@@ -723,7 +723,26 @@ impl<'a> Draft<'a> {
         }
     }
 
+    /// What the metrics call the canary and stable, when a rollout is in progress and
+    /// that differs from their names.
+    fn reported_as(&self) -> Option<ReportedAs> {
+        if !matches!(self.status.phase, Phase::Progressing | Phase::Paused) {
+            return None;
+        }
+        let canary = self.find(self.status.canary.as_deref()?)?;
+        let stable = self.find(self.status.stable.as_deref()?)?;
+        (canary.reported != canary.name || stable.reported != stable.name).then(|| ReportedAs {
+            canary: canary.reported.clone(),
+            stable: stable.reported.clone(),
+        })
+    }
+
     fn finish(mut self, checked: bool) -> Plan {
+        let reported_as = self.reported_as();
+        if self.status.reported_as != reported_as {
+            self.status.reported_as = reported_as;
+            self.dirty = true;
+        }
         let steps = match self.status.phase {
             Phase::Progressing | Phase::Paused => self.spec.steps.clone(),
             _ => Vec::new(),

@@ -46,6 +46,7 @@ fn version(name: &str, template: &str, created_secs: i64) -> Version {
         legacy_template: format!("legacy-{template}"),
         available: true,
         created: t0() + SignedDuration::from_secs(created_secs),
+        reported: name.into(),
     }
 }
 

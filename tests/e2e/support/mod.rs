@@ -74,6 +74,12 @@ impl App {
 
 impl Bed {
     pub async fn start() -> anyhow::Result<Bed> {
+        Bed::start_reporting(weir_simulator::Reporter::Destination).await
+    }
+
+    /// A bed whose simulated mesh reports as `reporter` does: sidecars
+    /// (`destination`) or ambient's waypoints (`waypoint`).
+    pub async fn start_reporting(reporter: weir_simulator::Reporter) -> anyhow::Result<Bed> {
         let control_plane = ControlPlane::start().await?;
         let client = control_plane.client();
         let namespace = "shop".to_string();
@@ -86,6 +92,7 @@ impl Bed {
             SimulatorConfig {
                 default_rps: RPS,
                 noise: Some(SEED),
+                reporter,
                 ..SimulatorConfig::new(&namespace)
             },
         )
