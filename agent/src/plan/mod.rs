@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::de::{Error as _, Unexpected};
+use serde::{Deserialize, Deserializer, Serialize};
 use weir_analysis::Verdict;
 use weir_analysis::sequential::RolloutEvidence;
 
@@ -131,6 +132,7 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<Weight>,
     /// The canary weight the route is meant to have.
+    #[serde(deserialize_with = "weight")]
     pub weight: Weight,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_started_at: Option<Timestamp>,
@@ -154,6 +156,22 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_started_at: Option<Timestamp>,
     pub last_transition_at: Timestamp,
+}
+
+// A number the agent could not have written makes the whole status unreadable (read as
+// absent: the planner starts over from Idle), rather than reaching arithmetic that
+// assumes it: a weight the route cannot take.
+
+/// A weight the agent could have written, 0..=100.
+fn weight<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Weight, D::Error> {
+    let weight = Weight::deserialize(deserializer)?;
+    if weight > 100 {
+        return Err(D::Error::invalid_value(
+            Unexpected::Unsigned(weight.into()),
+            &"a weight in 0..=100",
+        ));
+    }
+    Ok(weight)
 }
 
 impl Status {

@@ -1080,3 +1080,17 @@ fn requeue_tracks_the_next_check() {
     let plan = w.reconcile(Some(pass()), None);
     assert_eq!(plan.requeue_after, Some(Duration::from_secs(15)));
 }
+
+// The status annotation as the agent reads it back. A person can hand-edit it into
+// anything. The raw inputs below are the ones the status fuzz target found
+// (fuzz/fuzz_targets/status.rs), inlined as it found them.
+
+#[test]
+fn a_status_weight_above_100_is_unreadable() {
+    // Read, 104 reached the planner, whose `100 - weight` overflowed.
+    let raw = r#"{"phase":"Progressing","stable":"v1","canary":"v2","canaryTemplate":"t2","step":0,"steps":[10,25,50],"weight":104,"stepStartedAt":"2026-11-13T11:00:00Z","failedChecks":0,"lastCheck":{"at":"2026-11-26T11:00:15Z","verdict":"pass","measurements":[{"metric":"error-rate","canary":0.001,"stable":0.001,"bod":{"max":0.01}}]},"evidence":{"baseline":{"boundMs":250.0,"acceptableRatio":1.5,"badRatio":3.0}},"message":"step 1/30:00Z","lastTransitionAt":"2026-11-26T11:00:15Z"}"#;
+    let error = serde_json::from_str::<Status>(raw).unwrap_err();
+    assert!(error.to_string().contains("a weight in 0..=100"), "{error}");
+    let full = raw.replace(r#""weight":104"#, r#""weight":100"#);
+    assert_eq!(serde_json::from_str::<Status>(&full).unwrap().weight, 100);
+}
