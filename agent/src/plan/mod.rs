@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use weir_analysis::Verdict;
 use weir_analysis::sequential::RolloutEvidence;
 
-use crate::spec::Weight;
+use crate::spec::{MAX_STEPS, Weight};
 
 mod rollout;
 #[cfg(test)]
@@ -124,7 +124,11 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_template: Option<String>,
     /// Index into the spec's steps (0-based) while progressing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "step"
+    )]
     pub step: Option<usize>,
     /// The canary weights `step` indexes, as the agent resolved them (the Service's
     /// annotation or the agent's default), while a rollout is in progress: readers of
@@ -160,7 +164,7 @@ pub struct Status {
 
 // A number the agent could not have written makes the whole status unreadable (read as
 // absent: the planner starts over from Idle), rather than reaching arithmetic that
-// assumes it: a weight the route cannot take.
+// assumes it: a weight the route cannot take, a step index past any spec's steps.
 
 /// A weight the agent could have written, 0..=100.
 fn weight<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Weight, D::Error> {
@@ -172,6 +176,20 @@ fn weight<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Weight, D::Error
         ));
     }
     Ok(weight)
+}
+
+/// A step index the agent could have written: below [`MAX_STEPS`].
+fn step<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
+    let step = Option::<usize>::deserialize(deserializer)?;
+    if let Some(index) = step
+        && index >= MAX_STEPS
+    {
+        return Err(D::Error::invalid_value(
+            Unexpected::Unsigned(index as u64),
+            &format!("a step index below {MAX_STEPS}").as_str(),
+        ));
+    }
+    Ok(step)
 }
 
 impl Status {

@@ -1094,3 +1094,19 @@ fn a_status_weight_above_100_is_unreadable() {
     let full = raw.replace(r#""weight":104"#, r#""weight":100"#);
     assert_eq!(serde_json::from_str::<Status>(&full).unwrap().weight, 100);
 }
+
+#[test]
+fn a_status_step_past_any_spec_is_unreadable() {
+    // Read, usize::MAX reached `step + 1` when the next check was due.
+    let raw = r#"{"phase":"Progressing","stable":"v1","canary":"v3","canaryTemplate":"{2rrrrrrrrrrrrrrrrrrrrArrrrrrrrrrrrrrrrrrrrrrrrrrr","step":18446744073709551615,"weight":10,"stepStartedAt":"2026-11-26T11:02:15Z","failedChecks":0,"messagledAt":"20202:15Z","lastTransitionAt":"2026-11-26T11:02:15Z"}"#;
+    let error = serde_json::from_str::<Status>(raw).unwrap_err();
+    assert!(
+        error.to_string().contains("a step index below 20"),
+        "{error}"
+    );
+    let last = raw.replace("18446744073709551615", "19");
+    assert_eq!(
+        serde_json::from_str::<Status>(&last).unwrap().step,
+        Some(19)
+    );
+}
