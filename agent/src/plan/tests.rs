@@ -1110,3 +1110,25 @@ fn a_status_step_past_any_spec_is_unreadable() {
         Some(19)
     );
 }
+
+#[test]
+fn failed_checks_stop_counting_at_the_largest_count() {
+    // An edited failedChecks of u32::MAX, then one more failed check: `+= 1` overflowed.
+    // Seen reading the planner after the two above; the status target reaches it too.
+    for (verdict, reasons_given) in [
+        (fail(), vec!["CheckFailed", "Aborted"]),
+        (conclusive_fail(), vec!["Aborted"]),
+    ] {
+        let mut w = World::new();
+        w.reconcile(None, None);
+        w.versions.push(version("v2", "t2", 60));
+        w.reconcile(None, None);
+        w.status.as_mut().unwrap().failed_checks = u32::MAX;
+        w.tick(15);
+        let plan = w.reconcile(Some(verdict), None);
+        assert_eq!(reasons(&plan), reasons_given);
+        let status = w.status.as_ref().unwrap();
+        assert_eq!(status.phase, Phase::Aborted);
+        assert_eq!(status.failed_checks, u32::MAX);
+    }
+}
