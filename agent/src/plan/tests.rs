@@ -1132,3 +1132,20 @@ fn failed_checks_stop_counting_at_the_largest_count() {
         assert_eq!(status.failed_checks, u32::MAX);
     }
 }
+
+#[test]
+fn a_written_status_reads_back_exactly() {
+    // Counts and baselines are arbitrary floats (Prometheus extrapolates counts); parsed
+    // to the nearest float only approximately, one in six came back an ulp off, and the
+    // record drifted at every write. The first value is the one fuzzing found.
+    let mut status = Status::new(t0());
+    status.evidence.baseline = Some(weir_analysis::sequential::LatencyBaseline {
+        bound_ms: 2.5099999999999995e83,
+        acceptable_ratio: 1.0000206012344143e-6,
+        bad_ratio: 3.0,
+    });
+    status.evidence.steps.push(Default::default());
+    status.evidence.steps[0].canary.requests = 1109.3227918615867;
+    let written = serde_json::to_string(&status).unwrap();
+    assert_eq!(serde_json::from_str::<Status>(&written).unwrap(), status);
+}
