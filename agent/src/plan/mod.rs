@@ -8,11 +8,12 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::de::{Error as _, Unexpected};
+use serde::{Deserialize, Deserializer, Serialize};
 use weir_analysis::Verdict;
 use weir_analysis::sequential::RolloutEvidence;
 
-use crate::spec::Weight;
+use crate::spec::{MAX_STEPS, Weight};
 
 mod rollout;
 #[cfg(test)]
@@ -141,7 +142,11 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_template: Option<String>,
     /// Index into the spec's steps (0-based) while progressing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "step"
+    )]
     pub step: Option<usize>,
     /// The canary weights `step` indexes, as the agent resolved them (the Service's
     /// annotation or the agent's default), while a rollout is in progress: readers of
@@ -149,6 +154,7 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<Weight>,
     /// The canary weight the route is meant to have.
+    #[serde(deserialize_with = "weight")]
     pub weight: Weight,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_started_at: Option<Timestamp>,
@@ -176,6 +182,36 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_started_at: Option<Timestamp>,
     pub last_transition_at: Timestamp,
+}
+
+// A number the agent could not have written makes the whole status unreadable (read as
+// absent: the planner starts over from Idle), rather than reaching arithmetic that
+// assumes it: a weight the route cannot take, a step index past any spec's steps.
+
+/// A weight the agent could have written, 0..=100.
+fn weight<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Weight, D::Error> {
+    let weight = Weight::deserialize(deserializer)?;
+    if weight > 100 {
+        return Err(D::Error::invalid_value(
+            Unexpected::Unsigned(weight.into()),
+            &"a weight in 0..=100",
+        ));
+    }
+    Ok(weight)
+}
+
+/// A step index the agent could have written: below [`MAX_STEPS`].
+fn step<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
+    let step = Option::<usize>::deserialize(deserializer)?;
+    if let Some(index) = step
+        && index >= MAX_STEPS
+    {
+        return Err(D::Error::invalid_value(
+            Unexpected::Unsigned(index as u64),
+            &format!("a step index below {MAX_STEPS}").as_str(),
+        ));
+    }
+    Ok(step)
 }
 
 impl Status {

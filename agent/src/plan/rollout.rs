@@ -545,7 +545,8 @@ impl<'a> Draft<'a> {
                 conclusive: true,
                 ..
             } => {
-                self.status.failed_checks += 1;
+                // Saturating: the count was read from the status, which may be edited.
+                self.status.failed_checks = self.status.failed_checks.saturating_add(1);
                 self.abort(format!(
                     "the evidence against it reached {} confidence on {}: {}",
                     percent(self.spec.gates.confidence),
@@ -581,7 +582,7 @@ impl<'a> Draft<'a> {
                 }
             }
             Verdict::Fail { failed, .. } => {
-                self.status.failed_checks += 1;
+                self.status.failed_checks = self.status.failed_checks.saturating_add(1);
                 self.status.inconclusive_since = None;
                 self.dirty = true;
                 let (n, limit) = (self.status.failed_checks, self.spec.failure_limit);

@@ -1179,3 +1179,72 @@ fn an_agent_upgrade_does_not_release_an_aborted_build_again() {
     let plan = w.reconcile(None, None);
     assert!(reasons(&plan).contains(&"RolloutStarted"), "{plan:?}");
 }
+
+// The status annotation as the agent reads it back. A person can hand-edit it into
+// anything. The raw inputs below are the ones the status fuzz target found
+// (fuzz/fuzz_targets/status.rs), inlined as it found them.
+
+#[test]
+fn a_status_weight_above_100_is_unreadable() {
+    // Read, 104 reached the planner, whose `100 - weight` overflowed.
+    let raw = r#"{"phase":"Progressing","stable":"v1","canary":"v2","canaryTemplate":"t2","step":0,"steps":[10,25,50],"weight":104,"stepStartedAt":"2026-11-13T11:00:00Z","failedChecks":0,"lastCheck":{"at":"2026-11-26T11:00:15Z","verdict":"pass","measurements":[{"metric":"error-rate","canary":0.001,"stable":0.001,"bod":{"max":0.01}}]},"evidence":{"baseline":{"boundMs":250.0,"acceptableRatio":1.5,"badRatio":3.0}},"message":"step 1/30:00Z","lastTransitionAt":"2026-11-26T11:00:15Z"}"#;
+    let error = serde_json::from_str::<Status>(raw).unwrap_err();
+    assert!(error.to_string().contains("a weight in 0..=100"), "{error}");
+    let full = raw.replace(r#""weight":104"#, r#""weight":100"#);
+    assert_eq!(serde_json::from_str::<Status>(&full).unwrap().weight, 100);
+}
+
+#[test]
+fn a_status_step_past_any_spec_is_unreadable() {
+    // Read, usize::MAX reached `step + 1` when the next check was due.
+    let raw = r#"{"phase":"Progressing","stable":"v1","canary":"v3","canaryTemplate":"{2rrrrrrrrrrrrrrrrrrrrArrrrrrrrrrrrrrrrrrrrrrrrrrr","step":18446744073709551615,"weight":10,"stepStartedAt":"2026-11-26T11:02:15Z","failedChecks":0,"messagledAt":"20202:15Z","lastTransitionAt":"2026-11-26T11:02:15Z"}"#;
+    let error = serde_json::from_str::<Status>(raw).unwrap_err();
+    assert!(
+        error.to_string().contains("a step index below 20"),
+        "{error}"
+    );
+    let last = raw.replace("18446744073709551615", "19");
+    assert_eq!(
+        serde_json::from_str::<Status>(&last).unwrap().step,
+        Some(19)
+    );
+}
+
+#[test]
+fn failed_checks_stop_counting_at_the_largest_count() {
+    // An edited failedChecks of u32::MAX, then one more failed check: `+= 1` overflowed.
+    // Seen reading the planner after the two above; the status target reaches it too.
+    for (verdict, reasons_given) in [
+        (fail(), vec!["CheckFailed", "Aborted"]),
+        (conclusive_fail(), vec!["Aborted"]),
+    ] {
+        let mut w = World::new();
+        w.reconcile(None, None);
+        w.versions.push(version("v2", "t2", 60));
+        w.reconcile(None, None);
+        w.status.as_mut().unwrap().failed_checks = u32::MAX;
+        w.tick(15);
+        let plan = w.reconcile(Some(verdict), None);
+        assert_eq!(reasons(&plan), reasons_given);
+        let status = w.status.as_ref().unwrap();
+        assert_eq!(status.phase, Phase::Aborted);
+        assert_eq!(status.failed_checks, u32::MAX);
+    }
+}
+
+#[test]
+fn a_written_status_reads_back_exactly() {
+    // Counts and baselines are arbitrary floats (Prometheus extrapolates counts); parsed
+    // to the nearest float only approximately, one in six came back an ulp off, and the
+    // record drifted at every write. The first value is the one fuzzing found.
+    let mut status = Status::new(t0());
+    status.evidence.baseline = Some(weir_analysis::sequential::LatencyBaseline {
+        bound_ms: 2.5099999999999995e83,
+        acceptable_ratio: 1.0000206012344143e-6,
+        bad_ratio: 3.0,
+    });
+    status.evidence.steps.push(Default::default());
+    status.evidence.steps[0].canary.requests = 1109.3227918615867;
+    let written = serde_json::to_string(&status).unwrap();
+    assert_eq!(serde_json::from_str::<Status>(&written).unwrap(), status);
+}
