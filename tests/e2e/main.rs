@@ -14,3 +14,4 @@ mod leader;
 mod mesh_versions;
 mod misconfigured;
 mod release;
+mod scale_down;

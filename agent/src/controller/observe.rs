@@ -65,6 +65,8 @@ pub fn versions(
                 .map(|t| t.0)
                 .unwrap_or(jiff::Timestamp::UNIX_EPOCH),
             reported: reporter.reported_version(&labels),
+            replicas: deployment.spec.replicas,
+            resource_version: deployment.resource_version(),
         });
     }
     Ok(found)

@@ -42,6 +42,12 @@ pub struct Version {
     /// The `destination_version` the mesh reports for this version's requests, by the
     /// agent's mode ([`weir_analysis::Reporter::reported_version`]): what the gates query.
     pub reported: String,
+    /// The Deployment's `spec.replicas` (`None`: unset, which means 1).
+    pub replicas: Option<i32>,
+    /// The Deployment's resourceVersion when it was read: a scale-down is guarded by
+    /// it, so that it never lands on a Deployment that changed since (re-labelled into
+    /// another version, say).
+    pub resource_version: Option<String>,
 }
 
 impl Version {
@@ -118,6 +124,17 @@ pub struct FailedVersion {
     pub template: String,
 }
 
+/// A version that a promotion replaced as stable, and when: its Deployment is scaled to
+/// zero once the Service's `scale-down-delay` has passed since `at`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Superseded {
+    pub version: String,
+    /// Its Deployment's name at the promotion, for people: the scale-down targets the
+    /// Deployment observed for `version` when it is due.
+    pub deployment: String,
+    pub at: Timestamp,
+}
+
 /// The last verdict, as recorded in the status.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CheckRecord {
@@ -176,6 +193,10 @@ pub struct Status {
     /// Aborted versions not to be retried until their template changes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<FailedVersion>,
+    /// The versions promotions replaced, until each one's Deployment has been scaled to
+    /// zero (after the Service's `scale-down-delay`) or it is in use again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub superseded: Vec<Superseded>,
     /// What is happening, for people.
     #[serde(default)]
     pub message: String,
@@ -232,6 +253,7 @@ impl Status {
             evidence: RolloutEvidence::default(),
             reported_as: None,
             failed: Vec::new(),
+            superseded: Vec::new(),
             message: String::new(),
             rollout_started_at: None,
             last_transition_at: now,
@@ -315,6 +337,15 @@ pub enum Action {
     SetSubsetVersion {
         subset: Subset,
         version: String,
+    },
+    /// Scale a superseded version's Deployment to zero replicas through its `scale`
+    /// subresource, guarded by the resourceVersion it was observed at. Never the stable
+    /// version, nor one a subset or the status names. Best effort: a refused scale-down
+    /// is reported and retried at a later reconcile, and never stops the plan.
+    ScaleDown {
+        version: String,
+        deployment: String,
+        resource_version: Option<String>,
     },
     Emit(Event),
 }
