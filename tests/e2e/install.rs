@@ -29,7 +29,7 @@ fn chart() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/weir")
 }
 
-fn helm(args: &[&str]) -> anyhow::Result<Output> {
+pub(crate) fn helm(args: &[&str]) -> anyhow::Result<Output> {
     let helm = testbed_dir().join("bin/helm");
     ensure!(
         helm.is_file(),

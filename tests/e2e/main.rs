@@ -9,6 +9,7 @@ mod cli;
 mod controls;
 mod demo;
 mod faults;
+mod gitops;
 mod install;
 mod leader;
 mod mesh_versions;

@@ -1,0 +1,196 @@
+//! The GitOps layout of docs/gitops.md (`examples/gitops/checkout`), synced the way Argo
+//! CD syncs with `RespectIgnoreDifferences=true` and pruning: a release is one line
+//! added to Git, the stable version keeps serving until the promotion, repeated syncs
+//! (self-heal) never undo weir's weights, subsets or scale-down, and removing the old
+//! version's line afterwards prunes only it.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, anyhow, ensure};
+use kube::Api;
+use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use serde::Deserialize as _;
+use serde_json::{Value, json};
+use weir::plan::Phase;
+
+use crate::install::helm;
+use crate::support::Bed;
+
+fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/gitops/checkout")
+}
+
+/// What Git says: the chart rendered with these versions (`helm template`, as Argo CD
+/// and Flux render a Helm source).
+fn render(versions: &[&str]) -> anyhow::Result<Vec<Value>> {
+    let dir = tempfile::tempdir()?;
+    let values = dir.path().join("values.yaml");
+    let doc = json!({
+        "versions": versions,
+        "replicas": 2,
+        "weir": {"weir.dev/enabled": "true", "weir.dev/scale-down-delay": "3s"},
+        "deploymentAnnotations": {"sim.weir.dev/error-rate": "0", "sim.weir.dev/latency-ms": "20"},
+    });
+    std::fs::write(&values, serde_json::to_string(&doc)?)?;
+    let chart = chart();
+    let out = helm(&[
+        "template",
+        "checkout",
+        chart.to_str().unwrap_or_default(),
+        "--values",
+        values.to_str().unwrap_or_default(),
+    ])?;
+    ensure!(
+        out.status.success(),
+        "helm template failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout)?;
+    let mut objects = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let value = Value::deserialize(document).context("parsing helm's output")?;
+        if !value.is_null() {
+            objects.push(value);
+        }
+    }
+    Ok(objects)
+}
+
+fn api(bed: &Bed, object: &Value) -> Api<DynamicObject> {
+    let api_version = object["apiVersion"].as_str().unwrap_or_default();
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, object["kind"].as_str().unwrap_or_default());
+    Api::namespaced_with(
+        bed.client.clone(),
+        &bed.namespace,
+        &ApiResource::from_gvk(&gvk),
+    )
+}
+
+/// The fields docs/gitops.md tells Argo CD to ignore (`ignoreDifferences` with
+/// `RespectIgnoreDifferences=true`): on a sync, they keep their live values. Whole
+/// fields, as Argo CD respects them at sync (not elements inside a list).
+fn keep_ignored(desired: &mut Value, live: &Value) {
+    let pointers: &[&str] = match desired["kind"].as_str() {
+        Some("Deployment") => &["/spec/replicas"],
+        Some("VirtualService") => &["/spec/http"],
+        Some("DestinationRule") => &["/spec/subsets"],
+        _ => &[],
+    };
+    for pointer in pointers {
+        if let (Some(slot), Some(value)) = (desired.pointer_mut(pointer), live.pointer(pointer)) {
+            *slot = value.clone();
+        }
+    }
+}
+
+/// One sync: every rendered object is applied (server-side, forced, as a GitOps
+/// controller does), keeping the ignored fields' live values; the app's Deployments that
+/// Git no longer lists are pruned. New Deployments become Available.
+async fn sync(bed: &Bed, versions: &[&str]) -> anyhow::Result<()> {
+    let params = PatchParams::apply("gitops").force();
+    let mut deployments = BTreeSet::new();
+    for mut object in render(versions)? {
+        let api = api(bed, &object);
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let live = api.get_opt(&name).await?;
+        if let Some(live) = &live {
+            keep_ignored(&mut object, &serde_json::to_value(live)?);
+        }
+        api.patch(&name, &params, &Patch::Apply(&object))
+            .await
+            .with_context(|| format!("syncing {} {name}", object["kind"]))?;
+        if object["kind"] == "Deployment" {
+            if live.is_none() {
+                weir_testbed::mark_deployment_available(&bed.client, &bed.namespace, &name).await?;
+            }
+            deployments.insert(name);
+        }
+    }
+    let all = bed.deployments().list(&Default::default()).await?;
+    for deployment in all.items {
+        let name = deployment.metadata.name.unwrap_or_default();
+        if name.starts_with("checkout-") && !deployments.contains(&name) {
+            bed.deployments()
+                .delete(&name, &DeleteParams::default())
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_is_one_line_in_git_and_syncs_never_undo_weir() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    sync(&bed, &["v1"]).await?;
+    let _agent = bed.agent(&[])?;
+    bed.wait_phase("checkout", Phase::Idle).await?;
+    let weights = bed.record_weights("checkout");
+
+    // The release: v2 added to Git. Self-heal syncs run all along the rollout.
+    sync(&bed, &["v1", "v2"]).await?;
+    let mut syncs = 1;
+    let promoted = loop {
+        let status = bed.status("checkout").await?.context("a status")?;
+        if status.phase == Phase::Idle && status.stable.as_deref() == Some("v2") {
+            break status;
+        }
+        ensure!(
+            !matches!(status.phase, Phase::Aborted | Phase::Misconfigured),
+            "the release ended {:?}: {}",
+            status.phase,
+            status.message
+        );
+        ensure!(
+            syncs < 400,
+            "v2 was not promoted after {syncs} syncs: {status:?}"
+        );
+        // Until the promotion, the stable version keeps its Deployment and replicas.
+        ensure!(
+            bed.replicas("checkout-v1").await? == Some(2),
+            "v1 lost replicas mid-rollout"
+        );
+        sync(&bed, &["v1", "v2"]).await?;
+        syncs += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    // No sync ever reset the weights: every step once, in order.
+    assert_eq!(weights.settled_canary().await?, vec![0, 10, 25, 50, 0]);
+    assert_eq!(promoted.stable.as_deref(), Some("v2"));
+
+    // weir scales v1 down; a sync afterwards leaves it at 0.
+    bed.wait_replicas("checkout-v1", 0).await?;
+    bed.wait_event("checkout", "ScaledDown").await?;
+    sync(&bed, &["v1", "v2"]).await?;
+    assert_eq!(bed.replicas("checkout-v1").await?, Some(0));
+    assert_eq!(bed.replicas("checkout-v2").await?, Some(2));
+    assert_eq!(
+        bed.subset_version("checkout", "stable").await?.as_deref(),
+        Some("v2")
+    );
+
+    // The second commit removes v1's line: only v1 is pruned, and weir stays idle on v2.
+    sync(&bed, &["v2"]).await?;
+    let gone = bed.deployments().get_opt("checkout-v1").await?;
+    ensure!(gone.is_none(), "v1 was not pruned");
+    let status = bed
+        .status("checkout")
+        .await?
+        .ok_or_else(|| anyhow!("no status"))?;
+    assert_eq!(status.phase, Phase::Idle, "{status:?}");
+    assert_eq!(status.stable.as_deref(), Some("v2"));
+    assert_eq!(bed.route("checkout").await?.0.canary, 0);
+    let events = bed.events("checkout").await?;
+    assert!(
+        !events
+            .iter()
+            .any(|(reason, _)| reason == "CanaryGone" || reason == "Aborted"),
+        "{events:?}"
+    );
+    println!("gitops: {syncs} syncs during the rollout, none undid a weir write");
+    Ok(())
+}
