@@ -14,8 +14,9 @@ use tracing::{info, warn};
 use super::Context;
 use super::reconcile::{Error, Reads};
 use crate::mesh::{self, DestinationRule, Target, VirtualService};
+use crate::notify;
 use crate::plan::{Action, EventType, Report, Status, Subset};
-use crate::spec::{RolloutSpec, keys};
+use crate::spec::{self, RolloutSpec, Sink, keys};
 
 /// The field manager of every write, so that `managedFields` tells weir's edits apart.
 pub const FIELD_MANAGER: &str = "weir";
@@ -57,6 +58,8 @@ impl<'a> Writer<'a> {
         actions: &[Action],
     ) -> Result<(), Error> {
         let name = self.service.name_any();
+        // What the plan's Events are notified with: they follow its status writes.
+        let mut written: Option<&Status> = None;
         for action in actions {
             if !self.may_write(action)? {
                 continue;
@@ -64,6 +67,7 @@ impl<'a> Writer<'a> {
             match action {
                 Action::WriteStatus { status, consumed } => {
                     self.write_status(status, consumed).await?;
+                    written = Some(status);
                 }
                 Action::SetWeights(traffic) => {
                     let patch = mesh::weight_patch(&mesh.target, *traffic)?;
@@ -91,7 +95,7 @@ impl<'a> Writer<'a> {
                     info!(service = %name, subset = %which, %version, "subset repointed");
                     mesh.target = self.replace_and_resolve(spec, None, Some(patched))?;
                 }
-                Action::Emit(event) => self.emit(event).await,
+                Action::Emit(event) => self.emit(event, written).await,
             }
         }
         Ok(())
@@ -101,7 +105,7 @@ impl<'a> Writer<'a> {
     pub async fn record(&mut self, report: &Report) -> Result<(), Error> {
         if self.may_write(report)? {
             self.write_status(&report.status, &[]).await?;
-            self.emit(&report.event).await;
+            self.emit(&report.event, Some(&report.status)).await;
         }
         Ok(())
     }
@@ -194,13 +198,15 @@ impl<'a> Writer<'a> {
         )?)
     }
 
-    /// Events are for people: a failure to record one is logged, never fatal.
+    /// Records `event` and notifies the Service's sinks of it (with `status`, the status
+    /// written with it). Events are for people: a failure to record one is logged, never
+    /// fatal.
     ///
     /// Each is created anew. kube's `Recorder` would fold an Event into an earlier one
     /// with the same reason as a series that keeps the earlier message, and each of a
     /// rollout's transitions has its own (`10 → 25`, then `25 → 50`). The planner emits
     /// an Event only on a transition, so there are no repeats to fold.
-    async fn emit(&self, event: &crate::plan::Event) {
+    async fn emit(&self, event: &crate::plan::Event, status: Option<&Status>) {
         let name = self.service.name_any();
         let namespace = &self.ctx.config.namespace;
         let now = Timestamp::now();
@@ -234,6 +240,15 @@ impl<'a> Writer<'a> {
         };
         if let Err(e) = events.create(&params, &record).await {
             warn!(service = %name, reason = %event.reason, error = %e, "could not record event");
+        }
+        if let Some(notification) =
+            status.and_then(|s| notify::notification(namespace, &name, event, s))
+        {
+            // An invalid weir.dev/notify makes the Service misconfigured; that is told
+            // to every sink.
+            let sinks =
+                spec::notify(self.service.annotations()).unwrap_or_else(|_| Sink::ALL.to_vec());
+            self.ctx.notifier.publish(&sinks, notification);
         }
     }
 }
