@@ -12,4 +12,5 @@ mod faults;
 mod install;
 mod leader;
 mod misconfigured;
+mod notify;
 mod release;

@@ -110,7 +110,7 @@ pub struct DefaultArgs {
     pub default_decision_timeout: String,
 }
 
-/// Where transitions are notified, besides Events (docs/operations.md, "Notifications").
+/// Where transitions are notified, besides Events (docs/notifications.md).
 /// A sink's URL is a secret: it is read from a file (a mounted Secret), at start and
 /// again at every delivery, so that a rotated Secret is used without a restart.
 #[derive(Debug, Args)]

@@ -64,7 +64,7 @@ pub struct StepPosition {
 }
 
 /// One notification, as the generic webhook receives it (JSON, camelCase keys, every
-/// key present, `null` when it has no value). docs/operations.md documents it.
+/// key present, `null` when it has no value). docs/notifications.md documents it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Notification {
