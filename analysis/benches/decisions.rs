@@ -459,6 +459,9 @@ fn trial_with(scenario: &Scenario, spec: &RolloutSpec, seed: u64) -> Outcome {
         legacy_template: format!("legacy-{name}"),
         available: true,
         created: t0() + SignedDuration::from_secs(created),
+        reported: name.into(),
+        replicas: Some(1),
+        resource_version: None,
     };
     let versions = vec![version("v1", -3600), version("v2", -1)];
     let mut traffic = Traffic {
@@ -487,7 +490,8 @@ fn trial_with(scenario: &Scenario, spec: &RolloutSpec, seed: u64) -> Outcome {
                     Subset::Stable => subsets.stable = Some(version.clone()),
                     Subset::Canary => subsets.canary = Some(version.clone()),
                 },
-                Action::Emit(_) => {}
+                // The trial ends at the promotion, before any scale-down is due.
+                Action::Emit(_) | Action::ScaleDown { .. } => {}
             }
         }
     };

@@ -24,6 +24,44 @@ impl Reporter {
             Reporter::Waypoint => "waypoint",
         }
     }
+
+    /// The `destination_version` this reporter gives the requests of a workload whose
+    /// pods carry `labels`: the value the gates must query for it.
+    ///
+    /// - A sidecar reports its own pod's `version` label, and `unknown` without one
+    ///   (istio/proxy, `source/extensions/filters/http/istio_stats/istio_stats.cc`: on
+    ///   the server side `destination_version` is the proxy's `app_version`, which the
+    ///   node metadata takes from the pod's `version` label).
+    /// - A waypoint (ambient) reports the workload's canonical revision: it learns the
+    ///   destination from workload discovery, which passes the canonical revision as the
+    ///   workload's version (`source/extensions/common/workload_discovery/api.cc`), and
+    ///   Istio derives that from the first of `service.istio.io/canonical-revision`,
+    ///   `app.kubernetes.io/version` and `version` present, else `latest`
+    ///   (istio/istio, `pkg/kube/labels/labels.go`).
+    pub fn reported_version(self, labels: &std::collections::BTreeMap<String, String>) -> String {
+        match self {
+            Reporter::Destination => labels
+                .get("version")
+                .cloned()
+                .unwrap_or_else(|| "unknown".to_owned()),
+            Reporter::Waypoint => canonical_revision(labels),
+        }
+    }
+}
+
+/// Istio's canonical revision of a workload: the first of
+/// `service.istio.io/canonical-revision`, `app.kubernetes.io/version` and `version` that
+/// its pods carry, else `latest` (istio/istio, `pkg/kube/labels/labels.go`).
+pub fn canonical_revision(labels: &std::collections::BTreeMap<String, String>) -> String {
+    [
+        "service.istio.io/canonical-revision",
+        "app.kubernetes.io/version",
+        "version",
+    ]
+    .iter()
+    .find_map(|key| labels.get(*key))
+    .cloned()
+    .unwrap_or_else(|| "latest".to_owned())
 }
 
 /// The limits a canary must meet at every check.
@@ -378,6 +416,53 @@ mod tests {
             let error = pattern.parse::<ResponseCodes>().unwrap_err().to_string();
             assert!(error.contains(problem), "{pattern:?}: {error}");
             assert!(error.contains("e.g. `5..`"), "{error} names the fix");
+        }
+    }
+
+    #[test]
+    fn each_reporter_reports_the_version_istio_derives_for_it() {
+        let labels = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        type Pod<'a> = &'a [(&'a str, &'a str)];
+        let cases: [(Pod, &str, &str); 5] = [
+            (&[("version", "v2")], "v2", "v2"),
+            (
+                &[("app.kubernetes.io/version", "1.5.0")],
+                "unknown",
+                "1.5.0",
+            ),
+            (
+                &[("version", "v2"), ("app.kubernetes.io/version", "1.5.0")],
+                "v2",
+                "1.5.0",
+            ),
+            (
+                &[
+                    ("version", "v2"),
+                    ("app.kubernetes.io/version", "1.5.0"),
+                    ("service.istio.io/canonical-revision", "canary-7"),
+                ],
+                "v2",
+                "canary-7",
+            ),
+            (&[("app", "checkout")], "unknown", "latest"),
+        ];
+        for (pod, sidecar, waypoint) in cases {
+            let pod = labels(pod);
+            assert_eq!(
+                Reporter::Destination.reported_version(&pod),
+                sidecar,
+                "{pod:?}"
+            );
+            assert_eq!(
+                Reporter::Waypoint.reported_version(&pod),
+                waypoint,
+                "{pod:?}"
+            );
         }
     }
 

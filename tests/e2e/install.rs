@@ -237,6 +237,7 @@ defaults:
   tolerance: 25%
   confidence: 99.9%
   decisionTimeout: 45m
+  scaleDownDelay: never
   maxSlowShare: 5%
   slowThreshold: 250ms
 logFormat: text
@@ -507,6 +508,7 @@ async fn chart_lints_and_every_rendering_is_accepted_by_the_apiserver() -> anyho
         "--default-tolerance=25%",
         "--default-confidence=99.9%",
         "--default-decision-timeout=45m",
+        "--default-scale-down-delay=never",
         "--log-format=text",
         "--listen=0.0.0.0:9095",
         "--dry-run",
@@ -722,8 +724,12 @@ async fn the_charts_role_is_enough_for_a_release_and_nothing_outside_the_namespa
     );
     bed.create_config_map("checkout-metrics", &[("mean-latency", &mean_latency)])
         .await?;
-    bed.deploy_app(&App::new("checkout").with("metrics", "checkout-metrics"))
-        .await?;
+    // v1 is scaled down as soon as v2 is promoted, so that the scale subresource is
+    // covered by the Role too.
+    let app = App::new("checkout")
+        .with("metrics", "checkout-metrics")
+        .with("scale-down-delay", "0s");
+    bed.deploy_app(&app).await?;
     let agent = bed.agent_with_kubeconfig(
         &kubeconfig,
         &[
@@ -745,6 +751,7 @@ async fn the_charts_role_is_enough_for_a_release_and_nothing_outside_the_namespa
         bed.subset_version("checkout", "stable").await?.as_deref(),
         Some("v2")
     );
+    bed.wait_replicas("checkout-v1", 0).await?;
     bed.deploy_version("checkout", "v3", 0.2).await?;
     let aborted = bed.wait_phase("checkout", Phase::Aborted).await?;
     assert_eq!(aborted.canary.as_deref(), Some("v3"));
@@ -842,8 +849,9 @@ async fn the_charts_role_is_enough_for_a_release_and_nothing_outside_the_namespa
     )?;
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(agent_client.clone(), &ns);
+    // It may scale one (above), but not edit one.
     forbidden(
-        "scale a Deployment in its own namespace",
+        "patch a Deployment in its own namespace",
         deployments
             .patch(
                 "checkout-v2",

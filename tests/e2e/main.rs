@@ -11,6 +11,8 @@ mod demo;
 mod faults;
 mod install;
 mod leader;
+mod mesh_versions;
 mod misconfigured;
 mod notify;
 mod release;
+mod scale_down;

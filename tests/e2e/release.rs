@@ -130,7 +130,12 @@ async fn no_traffic_is_inconclusive_and_aborts_at_the_timeout() -> anyhow::Resul
 }
 
 /// A custom metric from `weir.dev/metrics` gates the release too: v2 meets every
-/// built-in gate but its mean latency (300 ms) breaks the custom bound (100 ms).
+/// built-in gate but its mean latency (150 ms) breaks the custom bound (100 ms).
+///
+/// The built-ins must truly pass, or the test is a race between two failing gates:
+/// v2's p99 (about 500-700 ms at a 150 ms mean) would break the default `max-latency`
+/// (500ms) and be far more than 1.5x stable's (about 94 ms), so this app raises
+/// `max-latency` to 5s and `tolerance` to 1000% (up to 11x stable's p99, about 1 s).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_custom_metric_gate_aborts_a_release_the_built_ins_would_pass() -> anyhow::Result<()> {
     let bed = Bed::start().await?;
@@ -140,13 +145,16 @@ async fn a_custom_metric_gate_aborts_a_release_the_built_ins_would_pass() -> any
     );
     bed.create_config_map("checkout-metrics", &[("mean-latency", &query)])
         .await?;
-    bed.deploy_app(&App::new("checkout").with("metrics", "checkout-metrics"))
-        .await?;
+    let app = App::new("checkout")
+        .with("metrics", "checkout-metrics")
+        .with("max-latency", "5s")
+        .with("tolerance", "1000%");
+    bed.deploy_app(&app).await?;
     let _agent = bed.agent(&[])?;
     bed.wait_phase("checkout", Phase::Idle).await?;
 
     bed.deploy_version("checkout", "v2", 0.0).await?;
-    bed.set_latency("checkout", "v2", 300).await?;
+    bed.set_latency("checkout", "v2", 150).await?;
     let aborted = bed.wait_phase("checkout", Phase::Aborted).await?;
     assert!(
         aborted.message.contains("mean-latency"),

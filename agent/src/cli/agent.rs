@@ -108,6 +108,10 @@ pub struct DefaultArgs {
     /// Default weir.dev/decision-timeout: how long a step may wait for evidence.
     #[arg(long, default_value = "2h")]
     pub default_decision_timeout: String,
+    /// Default weir.dev/scale-down-delay: how long the superseded version keeps its
+    /// replicas after a promotion (`never` keeps them).
+    #[arg(long, default_value = "30s")]
+    pub default_scale_down_delay: String,
 }
 
 /// Where transitions are notified, besides Events (docs/notifications.md).
@@ -216,6 +220,8 @@ impl DefaultArgs {
                 .map_err(|e| flag("no-data-timeout", e))?,
             decision_timeout: spec::parse_interval(&self.default_decision_timeout)
                 .map_err(|e| flag("decision-timeout", e))?,
+            scale_down_delay: spec::parse_scale_down_delay(&self.default_scale_down_delay)
+                .map_err(|e| flag("scale-down-delay", e))?,
         })
     }
 }

@@ -93,11 +93,20 @@ impl CheckArgs {
         let next_weight = rollout
             .and_then(|s| s.steps.get(s.step? + 1).copied())
             .unwrap_or(100);
+        // The metrics name versions as the mesh reports them, which the agent records
+        // while it releases one (ambient's waypoints report the canonical revision).
+        let reported = rollout
+            .and_then(|s| s.reported_as.clone())
+            .filter(|_| self.stable.is_none());
+        let (canary_reported, stable_reported) = match &reported {
+            Some(r) => (r.canary.clone(), r.stable.clone()),
+            None => (canary.clone(), stable.clone()),
+        };
         let request = CheckRequest {
             namespace: cluster.namespace.clone(),
             service: self.service.clone(),
-            canary_version: canary.clone(),
-            stable_version: stable.clone(),
+            canary_version: canary_reported.clone(),
+            stable_version: stable_reported.clone(),
             step_started_at: since,
             evaluate_at: now,
             min_window: self.prometheus.scrape_interval * 4,
@@ -109,7 +118,24 @@ impl CheckArgs {
         };
         let report = prometheus.check(&request).await;
         match self.output {
-            Output::Table => print!("{}", render(&self.service, &canary, &stable, &report)),
+            Output::Table => {
+                let label = |name: &str, reported: &str| {
+                    if name == reported {
+                        name.to_owned()
+                    } else {
+                        format!("{name} (reported as {reported})")
+                    }
+                };
+                print!(
+                    "{}",
+                    render(
+                        &self.service,
+                        &label(&canary, &canary_reported),
+                        &label(&stable, &stable_reported),
+                        &report
+                    )
+                )
+            }
             output => print_structured(
                 &CheckRecord {
                     service: &self.service,

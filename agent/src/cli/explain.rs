@@ -121,6 +121,7 @@ async fn routing(cluster: &Cluster, service: &Service, defaults: &Defaults) -> R
         destination_rules: &drs,
         metrics: metrics.as_ref(),
         deployments: Some(&deployments),
+        reporter: None,
     };
     match validate::validate(&inputs) {
         Ok(valid) => Routing::Resolved(Box::new(valid.target)),

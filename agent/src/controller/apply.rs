@@ -3,6 +3,7 @@
 
 use jiff::Timestamp;
 use json_patch::Patch as JsonPatch;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event as KubeEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -15,7 +16,7 @@ use super::Context;
 use super::reconcile::{Error, Reads};
 use crate::mesh::{self, DestinationRule, Target, VirtualService};
 use crate::notify;
-use crate::plan::{Action, EventType, Report, Status, Subset};
+use crate::plan::{Action, EventType, Report, Status, Subset, reason};
 use crate::spec::{self, RolloutSpec, Sink, keys};
 
 /// The field manager of every write, so that `managedFields` tells weir's edits apart.
@@ -96,9 +97,70 @@ impl<'a> Writer<'a> {
                     mesh.target = self.replace_and_resolve(spec, None, Some(patched))?;
                 }
                 Action::Emit(event) => self.emit(event, written).await,
+                Action::ScaleDown {
+                    version,
+                    deployment,
+                    resource_version,
+                } => {
+                    self.scale_down(version, deployment, resource_version.as_deref())
+                        .await;
+                }
             }
         }
         Ok(())
+    }
+
+    /// Scales a superseded version's Deployment to zero through its `scale`
+    /// subresource (the one verb on Deployments the chart's Role grants), guarded by the
+    /// resourceVersion it was observed at. Best effort: a refusal is logged and told in
+    /// an Event, and the planner tries again at a later reconcile; it never fails the
+    /// plan, whose other writes matter more.
+    async fn scale_down(&self, version: &str, deployment: &str, resource_version: Option<&str>) {
+        let name = self.service.name_any();
+        let api: Api<Deployment> =
+            Api::namespaced(self.ctx.client.clone(), &self.ctx.config.namespace);
+        let mut patch = json!({"spec": {"replicas": 0}});
+        if let Some(resource_version) = resource_version {
+            patch["metadata"] = json!({"resourceVersion": resource_version});
+        }
+        let event = match api
+            .patch_scale(deployment, &params(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                info!(service = %name, %version, %deployment, "superseded version scaled to 0");
+                crate::plan::Event {
+                    type_: EventType::Normal,
+                    reason: reason::SCALED_DOWN.into(),
+                    message: format!(
+                        "{version} was superseded: its Deployment {deployment} is at 0 \
+                         replicas, and can be removed from Git"
+                    ),
+                }
+            }
+            Err(e) => {
+                warn!(service = %name, %version, %deployment, error = %e, "could not scale the superseded version down");
+                let why = match &e {
+                    kube::Error::Api(status) if status.code == 403 => format!(
+                        "the agent may not patch deployments/scale ({}); the chart's Role grants it",
+                        status.message
+                    ),
+                    kube::Error::Api(status) if status.code == 409 => {
+                        "the Deployment changed since it was read; trying again".to_owned()
+                    }
+                    _ => e.to_string(),
+                };
+                crate::plan::Event {
+                    type_: EventType::Warning,
+                    reason: reason::SCALE_DOWN_FAILED.into(),
+                    message: format!(
+                        "could not scale {version}'s Deployment {deployment} to 0: {why}"
+                    ),
+                }
+            }
+        };
+        // Housekeeping after a promotion, not a transition: an Event only.
+        self.emit(&event, None).await;
     }
 
     /// Records a misconfiguration: its status, then its Event. Touches no mesh object.

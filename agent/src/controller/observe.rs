@@ -18,6 +18,7 @@ use super::{opted_in, service_ref};
 use crate::mesh::{self, DestinationRule, VirtualService};
 use crate::plan::Version;
 use crate::spec::keys;
+use weir_analysis::Reporter;
 
 /// The versions of `service`: its Deployments (pod template labels ⊇ the Service's
 /// selector), each named by the value of `version_label`.
@@ -28,6 +29,7 @@ pub fn versions(
     service: &Service,
     deployments: &[std::sync::Arc<Deployment>],
     version_label: &str,
+    reporter: Reporter,
 ) -> Result<Vec<Version>, Misconfiguration> {
     let Some(selector) = selector(service) else {
         return Err(Misconfiguration::NoSelector {
@@ -62,6 +64,9 @@ pub fn versions(
                 .creation_timestamp()
                 .map(|t| t.0)
                 .unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+            reported: reporter.reported_version(&labels),
+            replicas: deployment.spec.replicas,
+            resource_version: deployment.resource_version(),
         });
     }
     Ok(found)
@@ -305,7 +310,7 @@ mod tests {
             ),
             deployment("other", &[("app", "other"), ("version", "v9")], "b:1"),
         ];
-        let vs = versions(&service(), &ds, "version").unwrap();
+        let vs = versions(&service(), &ds, "version", Reporter::Destination).unwrap();
         let names: Vec<&str> = vs.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(names, ["v1", "v2"]);
         assert!(!vs[0].available, "no status means not available");
@@ -314,7 +319,7 @@ mod tests {
     #[test]
     fn a_selected_deployment_without_a_version_label_is_a_misconfiguration() {
         let ds = vec![deployment("checkout", &[("app", "checkout")], "a:1")];
-        let err = versions(&service(), &ds, "version").unwrap_err();
+        let err = versions(&service(), &ds, "version", Reporter::Destination).unwrap_err();
         assert_eq!(
             err,
             Misconfiguration::NoVersionLabel {
@@ -335,7 +340,7 @@ mod tests {
             deployment("a", &[("app", "checkout"), ("version", "v1")], "a:1"),
             deployment("b", &[("app", "checkout"), ("version", "v1")], "a:2"),
         ];
-        let err = versions(&service(), &ds, "version").unwrap_err();
+        let err = versions(&service(), &ds, "version", Reporter::Destination).unwrap_err();
         assert!(
             matches!(&err, Misconfiguration::SharedVersion { first, second, .. } if first == "a" && second == "b"),
             "{err:?}"
@@ -346,7 +351,13 @@ mod tests {
     #[test]
     fn a_version_carries_both_template_identities() {
         let a = deployment("a", &[("app", "checkout"), ("version", "v1")], "a:1");
-        let v = versions(&service(), std::slice::from_ref(&a), "version").unwrap();
+        let v = versions(
+            &service(),
+            std::slice::from_ref(&a),
+            "version",
+            Reporter::Destination,
+        )
+        .unwrap();
         assert_eq!(v[0].template, template_identity(&a.spec.template));
         assert_eq!(v[0].legacy_template, legacy_template_hash(&a.spec.template));
         assert!(v[0].built_as(&v[0].template) && v[0].built_as(&v[0].legacy_template));

@@ -17,7 +17,7 @@ use super::apply::{MeshTarget, Writer};
 use super::validate::{self, Inputs, Valid};
 use super::{Context, opted_in};
 use crate::mesh::{DestinationRule, MeshError, VirtualService};
-use crate::plan::{self, Observed, Status};
+use crate::plan::{self, Observed, Status, Version};
 use crate::spec::{self, RolloutSpec, keys};
 
 /// Why a reconcile did not finish. Misconfiguration is not an error: it is a status
@@ -79,6 +79,7 @@ pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeu
         destination_rules: &reads.destination_rules,
         metrics: reads.metrics.as_ref(),
         deployments: deployments.as_deref(),
+        reporter: Some(ctx.config.reporter),
     };
     let Valid {
         spec,
@@ -123,8 +124,14 @@ pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeu
                 .metrics
                 .timed_check(
                     &name,
-                    ctx.prometheus
-                        .check(&check_request(&ctx, &spec, request, custom, now)),
+                    ctx.prometheus.check(&check_request(
+                        &ctx,
+                        &spec,
+                        observed.versions.as_deref().unwrap_or_default(),
+                        request,
+                        custom,
+                        now,
+                    )),
                 )
                 .await;
             info!(
@@ -235,15 +242,23 @@ fn stored_status(service: &Service) -> Option<Status> {
 fn check_request(
     ctx: &Context,
     spec: &RolloutSpec,
+    versions: &[Version],
     due: &plan::CheckRequest,
     custom: Vec<MetricTemplate>,
     now: Timestamp,
 ) -> CheckRequest {
+    // The gates query each version by what the mesh calls it.
+    let reported = |name: &str| {
+        versions
+            .iter()
+            .find(|v| v.name == name)
+            .map_or_else(|| name.to_owned(), |v| v.reported.clone())
+    };
     CheckRequest {
         namespace: ctx.config.namespace.clone(),
         service: spec.service.clone(),
-        canary_version: due.canary.clone(),
-        stable_version: due.stable.clone(),
+        canary_version: reported(&due.canary),
+        stable_version: reported(&due.stable),
         step_started_at: due.since,
         evaluate_at: now,
         min_window: ctx.config.scrape_interval * 4,

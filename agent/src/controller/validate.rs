@@ -7,7 +7,7 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::ResourceExt;
-use weir_analysis::{MetricTemplate, MetricsConfigError};
+use weir_analysis::{MetricTemplate, MetricsConfigError, Reporter};
 
 use super::observe;
 use crate::mesh::{self, DestinationRule, MeshError, Target, VirtualService};
@@ -63,6 +63,19 @@ pub enum Misconfiguration {
         version: String,
     },
 
+    /// Two versions the gates would compare are one version to the mesh's metrics.
+    #[error(
+        "Deployments {first:?} and {second:?} are both reported as destination_version {reported:?} \
+         by {reporter}s, so their metrics cannot be told apart; {fix}"
+    )]
+    SameReportedVersion {
+        first: String,
+        second: String,
+        reported: String,
+        reporter: &'static str,
+        fix: &'static str,
+    },
+
     /// The VirtualService, route or DestinationRule cannot be resolved.
     #[error("{0}")]
     Mesh(#[from] MeshError),
@@ -82,6 +95,10 @@ pub struct Inputs<'a> {
     /// The namespace's Deployments; `None` while they are not observed yet (a cache
     /// still listing), which is never read as "no versions".
     pub deployments: Option<&'a [Arc<Deployment>]>,
+    /// Whose reports the gates read, which decides what each version is called in them;
+    /// `None` when unknown (the CLI does not know the agent's mode): then versions are
+    /// not checked for being told apart in the metrics.
+    pub reporter: Option<Reporter>,
 }
 
 /// A Service whose configuration is valid: what the planner and the gates need.
@@ -118,7 +135,14 @@ pub fn validate(inputs: &Inputs<'_>) -> Result<Valid, Misconfiguration> {
     };
     let versions = inputs
         .deployments
-        .map(|deployments| observe::versions(service, deployments, &spec.version_label))
+        .map(|deployments| {
+            observe::versions(
+                service,
+                deployments,
+                &spec.version_label,
+                inputs.reporter.unwrap_or(Reporter::Destination),
+            )
+        })
         .transpose()?;
     let target = mesh::resolve(
         &spec,
@@ -126,6 +150,9 @@ pub fn validate(inputs: &Inputs<'_>) -> Result<Valid, Misconfiguration> {
         inputs.virtual_services,
         inputs.destination_rules,
     )?;
+    if let (Some(versions), Some(reporter)) = (&versions, inputs.reporter) {
+        reported_apart(versions, target.subsets.stable.as_deref(), reporter)?;
+    }
     Ok(Valid {
         spec,
         controls,
@@ -133,6 +160,41 @@ pub fn validate(inputs: &Inputs<'_>) -> Result<Valid, Misconfiguration> {
         target,
         custom,
     })
+}
+
+/// The stable version and every version that may be released after it must each have
+/// their own `destination_version`, or a check would compare a version with itself.
+/// Versions older than stable are never compared again, and may share theirs.
+fn reported_apart(
+    versions: &[Version],
+    stable: Option<&str>,
+    reporter: Reporter,
+) -> Result<(), Misconfiguration> {
+    let stable_created =
+        stable.and_then(|s| versions.iter().find(|v| v.name == s).map(|v| v.created));
+    let compared: Vec<&Version> = versions
+        .iter()
+        .filter(|v| stable_created.is_none_or(|at| v.created >= at))
+        .collect();
+    for (i, a) in compared.iter().enumerate() {
+        if let Some(b) = compared[i + 1..].iter().find(|b| b.reported == a.reported) {
+            return Err(Misconfiguration::SameReportedVersion {
+                first: a.deployment.clone(),
+                second: b.deployment.clone(),
+                reported: a.reported.clone(),
+                reporter: reporter.label(),
+                fix: match reporter {
+                    Reporter::Destination => {
+                        "sidecars report the pods' `version` label: give each version's pods its own"
+                    }
+                    Reporter::Waypoint => {
+                        "waypoints report the canonical revision (service.istio.io/canonical-revision, else app.kubernetes.io/version, else version): give each version's pods their own"
+                    }
+                },
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -211,6 +273,7 @@ mod tests {
             destination_rules: &[destination_rule()],
             metrics,
             deployments,
+            reporter: Some(Reporter::Destination),
         })
     }
 

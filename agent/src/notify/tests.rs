@@ -102,6 +102,8 @@ fn each_transition_people_hear_of_has_its_kind_and_no_other_event_does() {
         reason::IGNORED_CONTROL,
         reason::RECONFIGURED,
         reason::CANARY_GONE,
+        reason::SCALED_DOWN,
+        reason::SCALE_DOWN_FAILED,
     ] {
         assert_eq!(Kind::of(quiet), None, "{quiet}");
         let status = progressing(0);
@@ -323,6 +325,9 @@ impl Cluster {
             legacy_template: format!("legacy-{name}"),
             available: true,
             created: t0() + SignedDuration::from_secs(created),
+            reported: name.into(),
+            replicas: Some(2),
+            resource_version: Some("1".into()),
         }
     }
 
@@ -362,6 +367,11 @@ impl Cluster {
                     Subset::Stable => self.subsets.stable = Some(version),
                     Subset::Canary => self.subsets.canary = Some(version),
                 },
+                Action::ScaleDown { version, .. } => {
+                    for v in self.versions.iter_mut().filter(|v| v.name == version) {
+                        v.replicas = Some(0);
+                    }
+                }
                 Action::Emit(event) => {
                     let status = written.as_ref().expect("an Event follows a status write");
                     if let Some(n) = notification("shop", "checkout", &event, status) {

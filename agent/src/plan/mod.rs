@@ -8,11 +8,12 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::de::{Error as _, Unexpected};
+use serde::{Deserialize, Deserializer, Serialize};
 use weir_analysis::Verdict;
 use weir_analysis::sequential::RolloutEvidence;
 
-use crate::spec::Weight;
+use crate::spec::{MAX_STEPS, Weight};
 
 mod rollout;
 #[cfg(test)]
@@ -38,6 +39,15 @@ pub struct Version {
     pub available: bool,
     /// The Deployment's creation time: the newest candidate wins.
     pub created: Timestamp,
+    /// The `destination_version` the mesh reports for this version's requests, by the
+    /// agent's mode ([`weir_analysis::Reporter::reported_version`]): what the gates query.
+    pub reported: String,
+    /// The Deployment's `spec.replicas` (`None`: unset, which means 1).
+    pub replicas: Option<i32>,
+    /// The Deployment's resourceVersion when it was read: a scale-down is guarded by
+    /// it, so that it never lands on a Deployment that changed since (re-labelled into
+    /// another version, say).
+    pub resource_version: Option<String>,
 }
 
 impl Version {
@@ -114,6 +124,17 @@ pub struct FailedVersion {
     pub template: String,
 }
 
+/// A version that a promotion replaced as stable, and when: its Deployment is scaled to
+/// zero once the Service's `scale-down-delay` has passed since `at`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Superseded {
+    pub version: String,
+    /// Its Deployment's name at the promotion, for people: the scale-down targets the
+    /// Deployment observed for `version` when it is due.
+    pub deployment: String,
+    pub at: Timestamp,
+}
+
 /// The last verdict, as recorded in the status.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CheckRecord {
@@ -138,7 +159,11 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_template: Option<String>,
     /// Index into the spec's steps (0-based) while progressing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "step"
+    )]
     pub step: Option<usize>,
     /// The canary weights `step` indexes, as the agent resolved them (the Service's
     /// annotation or the agent's default), while a rollout is in progress: readers of
@@ -146,6 +171,7 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<Weight>,
     /// The canary weight the route is meant to have.
+    #[serde(deserialize_with = "weight")]
     pub weight: Weight,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_started_at: Option<Timestamp>,
@@ -160,15 +186,53 @@ pub struct Status {
     /// What the sequential tests carry over from the rollout's completed steps.
     #[serde(default, skip_serializing_if = "RolloutEvidence::is_empty")]
     pub evidence: RolloutEvidence,
+    /// What the mesh's metrics call the canary and stable versions while a rollout is
+    /// in progress (`destination_version`), when that differs from their names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_as: Option<ReportedAs>,
     /// Aborted versions not to be retried until their template changes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<FailedVersion>,
+    /// The versions promotions replaced, until each one's Deployment has been scaled to
+    /// zero (after the Service's `scale-down-delay`) or it is in use again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub superseded: Vec<Superseded>,
     /// What is happening, for people.
     #[serde(default)]
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_started_at: Option<Timestamp>,
     pub last_transition_at: Timestamp,
+}
+
+// A number the agent could not have written makes the whole status unreadable (read as
+// absent: the planner starts over from Idle), rather than reaching arithmetic that
+// assumes it: a weight the route cannot take, a step index past any spec's steps.
+
+/// A weight the agent could have written, 0..=100.
+fn weight<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Weight, D::Error> {
+    let weight = Weight::deserialize(deserializer)?;
+    if weight > 100 {
+        return Err(D::Error::invalid_value(
+            Unexpected::Unsigned(weight.into()),
+            &"a weight in 0..=100",
+        ));
+    }
+    Ok(weight)
+}
+
+/// A step index the agent could have written: below [`MAX_STEPS`].
+fn step<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
+    let step = Option::<usize>::deserialize(deserializer)?;
+    if let Some(index) = step
+        && index >= MAX_STEPS
+    {
+        return Err(D::Error::invalid_value(
+            Unexpected::Unsigned(index as u64),
+            &format!("a step index below {MAX_STEPS}").as_str(),
+        ));
+    }
+    Ok(step)
 }
 
 impl Status {
@@ -187,7 +251,9 @@ impl Status {
             inconclusive_since: None,
             last_check: None,
             evidence: RolloutEvidence::default(),
+            reported_as: None,
             failed: Vec::new(),
+            superseded: Vec::new(),
             message: String::new(),
             rollout_started_at: None,
             last_transition_at: now,
@@ -224,6 +290,13 @@ impl Status {
             .iter()
             .any(|f| f.version == version.name && version.built_as(&f.template))
     }
+}
+
+/// The `destination_version` values the gates query for a rollout's two versions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedAs {
+    pub canary: String,
+    pub stable: String,
 }
 
 /// Which of the two subsets.
@@ -267,6 +340,8 @@ pub mod reason {
     pub const MISCONFIGURED: &str = "Misconfigured";
     pub const RECONFIGURED: &str = "Reconfigured";
     pub const CANARY_GONE: &str = "CanaryGone";
+    pub const SCALED_DOWN: &str = "ScaledDown";
+    pub const SCALE_DOWN_FAILED: &str = "ScaleDownFailed";
 }
 
 /// One write, in the order the plan lists them.
@@ -284,6 +359,15 @@ pub enum Action {
     SetSubsetVersion {
         subset: Subset,
         version: String,
+    },
+    /// Scale a superseded version's Deployment to zero replicas through its `scale`
+    /// subresource, guarded by the resourceVersion it was observed at. Never the stable
+    /// version, nor one a subset or the status names. Best effort: a refused scale-down
+    /// is reported and retried at a later reconcile, and never stops the plan.
+    ScaleDown {
+        version: String,
+        deployment: String,
+        resource_version: Option<String>,
     },
     Emit(Event),
 }

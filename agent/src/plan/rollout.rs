@@ -18,7 +18,7 @@ use weir_analysis::{Bound, InconclusiveReason, Verdict, format_value};
 
 use super::{
     Action, CheckRecord, CheckRequest, Event, EventType, FailedVersion, Observed, Phase, Plan,
-    Report, Status, Subset, Traffic, Version, reason,
+    Report, ReportedAs, Status, Subset, Superseded, Traffic, Version, reason,
 };
 use crate::spec::{RolloutSpec, keys};
 
@@ -140,6 +140,7 @@ pub fn plan(
         // ever left, planning nothing changes no traffic.
         Phase::Misconfigured => {}
     }
+    draft.scale_down_superseded();
     draft.finish(checked)
 }
 
@@ -158,6 +159,10 @@ struct Draft<'a> {
     /// What the route and subsets converge to when it is not `status`: during a
     /// promotion, the `Promoting` status, while `status` is already the idle outcome.
     converge_to: Option<Status>,
+    /// Superseded versions due for their scale-down now.
+    scale_downs: Vec<Action>,
+    /// When the next superseded version falls due.
+    next_scale_down: Option<Timestamp>,
 }
 
 impl<'a> Draft<'a> {
@@ -187,6 +192,8 @@ impl<'a> Draft<'a> {
             consumed: Vec::new(),
             events: Vec::new(),
             converge_to: None,
+            scale_downs: Vec::new(),
+            next_scale_down: None,
         }
     }
 
@@ -545,7 +552,8 @@ impl<'a> Draft<'a> {
                 conclusive: true,
                 ..
             } => {
-                self.status.failed_checks += 1;
+                // Saturating: the count was read from the status, which may be edited.
+                self.status.failed_checks = self.status.failed_checks.saturating_add(1);
                 self.abort(format!(
                     "the evidence against it reached {} confidence on {}: {}",
                     percent(self.spec.gates.confidence),
@@ -581,7 +589,7 @@ impl<'a> Draft<'a> {
                 }
             }
             Verdict::Fail { failed, .. } => {
-                self.status.failed_checks += 1;
+                self.status.failed_checks = self.status.failed_checks.saturating_add(1);
                 self.status.inconclusive_since = None;
                 self.dirty = true;
                 let (n, limit) = (self.status.failed_checks, self.spec.failure_limit);
@@ -690,12 +698,83 @@ impl<'a> Draft<'a> {
         let mut intent = self.status.clone();
         intent.phase = Phase::Promoting;
         self.converge_to = Some(intent);
-        self.status.stable = Some(canary.clone());
+        let previous = self.status.stable.replace(canary.clone());
+        if self.spec.scale_down_delay.is_some()
+            && let Some(previous) = previous.filter(|p| *p != canary)
+            && let Some(version) = self.find(&previous)
+        {
+            self.status.superseded.retain(|s| s.version != previous);
+            self.status.superseded.push(Superseded {
+                version: previous,
+                deployment: version.deployment.clone(),
+                at: self.now,
+            });
+        }
         self.go_idle(format!(
             "{why}; promoted {canary}: the stable subset selects it, canary weight 0"
         ));
         self.events
             .push(normal(reason::PROMOTED, self.status.message.clone()));
+    }
+
+    /// Plans the scale-down of each superseded version whose `scale-down-delay` has
+    /// passed, and forgets those that need none: in use again (the stable or canary
+    /// version, or named by a subset), gone, already at zero replicas, or kept for good
+    /// (`never`). A version is forgotten once it is seen at zero, so weir scales it at
+    /// most once and never fights whoever scales it up again.
+    fn scale_down_superseded(&mut self) {
+        if self.status.superseded.is_empty() {
+            return;
+        }
+        let delay = self.spec.scale_down_delay;
+        if let (Some(_), Some(delay)) = (&self.converge_to, delay) {
+            // This plan promotes: the subsets still name the version it supersedes until
+            // its writes land. Decide at a later reconcile, from what they then name.
+            self.next_scale_down = self
+                .status
+                .superseded
+                .iter()
+                .map(|s| add(s.at, delay))
+                .min();
+            return;
+        }
+        let in_use = |version: &str| {
+            let s = &self.status;
+            let subsets = &self.observed.subsets;
+            [&s.stable, &s.canary, &subsets.stable, &subsets.canary]
+                .iter()
+                .any(|named| named.as_deref() == Some(version))
+        };
+        let mut kept = Vec::new();
+        for superseded in &self.status.superseded {
+            let Some(delay) = delay else { continue };
+            if in_use(&superseded.version) {
+                continue;
+            }
+            let Some(version) = self.find(&superseded.version) else {
+                continue;
+            };
+            if version.replicas == Some(0) {
+                continue;
+            }
+            let due = add(superseded.at, delay);
+            if self.now >= due {
+                self.scale_downs.push(Action::ScaleDown {
+                    version: version.name.clone(),
+                    deployment: version.deployment.clone(),
+                    resource_version: version.resource_version.clone(),
+                });
+            } else {
+                self.next_scale_down = Some(self.next_scale_down.map_or(due, |d| d.min(due)));
+            }
+            // Kept until it is seen at zero replicas: a scale-down the apiserver refused
+            // is tried again.
+            kept.push(superseded.clone());
+        }
+        if kept != self.status.superseded {
+            self.status.superseded = kept;
+            self.dirty = true;
+        }
     }
 
     fn go_idle(&mut self, message: String) {
@@ -724,7 +803,26 @@ impl<'a> Draft<'a> {
         }
     }
 
+    /// What the metrics call the canary and stable, when a rollout is in progress and
+    /// that differs from their names.
+    fn reported_as(&self) -> Option<ReportedAs> {
+        if !matches!(self.status.phase, Phase::Progressing | Phase::Paused) {
+            return None;
+        }
+        let canary = self.find(self.status.canary.as_deref()?)?;
+        let stable = self.find(self.status.stable.as_deref()?)?;
+        (canary.reported != canary.name || stable.reported != stable.name).then(|| ReportedAs {
+            canary: canary.reported.clone(),
+            stable: stable.reported.clone(),
+        })
+    }
+
     fn finish(mut self, checked: bool) -> Plan {
+        let reported_as = self.reported_as();
+        if self.status.reported_as != reported_as {
+            self.status.reported_as = reported_as;
+            self.dirty = true;
+        }
         let steps = match self.status.phase {
             Phase::Progressing | Phase::Paused => self.spec.steps.clone(),
             _ => Vec::new(),
@@ -757,18 +855,24 @@ impl<'a> Draft<'a> {
         }
         actions.extend(mesh_after);
         actions.extend(self.events.into_iter().map(Action::Emit));
+        // Last: the promotion that superseded a version is recorded before it loses its
+        // replicas, and a refused scale-down holds up nothing else.
+        actions.extend(self.scale_downs);
 
         let last_check = if checked {
             Some(self.now)
         } else {
             self.observed.last_check_at
         };
-        let requeue_after = match self.status.phase {
-            Phase::Progressing => {
-                next_check_at(self.spec, &self.status, last_check).map(|due| until(self.now, due))
-            }
+        let next_check = match self.status.phase {
+            Phase::Progressing => next_check_at(self.spec, &self.status, last_check),
             _ => None,
         };
+        let requeue_after = [next_check, self.next_scale_down]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|due| until(self.now, due));
         Plan {
             actions,
             requeue_after,

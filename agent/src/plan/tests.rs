@@ -31,6 +31,7 @@ fn spec() -> RolloutSpec {
         no_data_timeout: d.no_data_timeout,
         decision_timeout: d.decision_timeout,
         metrics_config_map: None,
+        scale_down_delay: d.scale_down_delay,
     }
 }
 
@@ -46,6 +47,9 @@ fn version(name: &str, template: &str, created_secs: i64) -> Version {
         legacy_template: format!("legacy-{template}"),
         available: true,
         created: t0() + SignedDuration::from_secs(created_secs),
+        reported: name.into(),
+        replicas: Some(2),
+        resource_version: Some("1".into()),
     }
 }
 
@@ -119,6 +123,8 @@ struct World {
     /// (version, template) pairs that were aborted and not retried or promoted since.
     aborted: BTreeSet<(String, String)>,
     events: Vec<Event>,
+    /// Versions whose Deployment a plan scaled to zero, in order.
+    scaled_down: Vec<String>,
 }
 
 impl World {
@@ -142,6 +148,7 @@ impl World {
             promoted_by_person: BTreeSet::new(),
             aborted: BTreeSet::new(),
             events: Vec::new(),
+            scaled_down: Vec::new(),
         }
     }
 
@@ -236,6 +243,34 @@ impl World {
                 Subset::Canary => self.subsets.canary = Some(version.clone()),
             },
             Action::Emit(e) => self.events.push(e.clone()),
+            Action::ScaleDown {
+                version,
+                deployment,
+                ..
+            } => {
+                // Never what serves traffic or what the status names.
+                let s = self.status.as_ref();
+                for named in [
+                    self.subsets.stable.as_ref(),
+                    self.subsets.canary.as_ref(),
+                    s.and_then(|s| s.stable.as_ref()),
+                    s.and_then(|s| s.canary.as_ref()),
+                ] {
+                    assert_ne!(
+                        named,
+                        Some(version),
+                        "scaled down a version in use: {self:?}"
+                    );
+                }
+                let v = self
+                    .versions
+                    .iter_mut()
+                    .find(|v| &v.name == version)
+                    .expect("a scale-down names an observed version");
+                assert_eq!(&v.deployment, deployment);
+                v.replicas = Some(0);
+                self.scaled_down.push(version.clone());
+            }
         }
     }
 
@@ -398,8 +433,15 @@ fn healthy_release_goes_through_every_step_and_is_promoted() {
     assert_eq!(w.subsets.stable.as_deref(), Some("v2"));
     assert!(w.events.iter().any(|e| e.reason == "Promoted"));
     // v1's Deployment is still there: it is older than the new stable, so it is not
-    // released again.
+    // released again; it is only scaled down, once its scale-down-delay has passed.
     w.tick(600);
+    let plan = w.reconcile(None, None);
+    assert!(
+        matches!(plan.actions.as_slice(), [Action::ScaleDown { version, .. }] if version == "v1"),
+        "{plan:?}"
+    );
+    w.tick(600);
+    w.reconcile(None, None);
     let plan = w.reconcile(None, None);
     assert!(plan.actions.is_empty(), "{plan:?}");
 }
@@ -862,6 +904,7 @@ fn the_last_pass_promotes_in_one_plan_mesh_first() {
             Action::SetWeights(t) => format!("weights {}/{}", t.stable, t.canary),
             Action::WriteStatus { status, .. } => format!("status {:?}", status.phase),
             Action::Emit(e) => format!("event {}", e.reason),
+            Action::ScaleDown { version, .. } => format!("scale down {version}"),
         })
         .collect();
     assert_eq!(
@@ -880,7 +923,8 @@ fn the_last_pass_promotes_in_one_plan_mesh_first() {
         "{}",
         status.message
     );
-    assert_eq!(plan.requeue_after, None);
+    // Back when the superseded v1 is due for its scale-down.
+    assert_eq!(plan.requeue_after, Some(Duration::from_secs(30)));
 }
 
 #[test]
@@ -1177,4 +1221,204 @@ fn an_agent_upgrade_does_not_release_an_aborted_build_again() {
     w.versions[1].legacy_template = "legacy-t2b".into();
     let plan = w.reconcile(None, None);
     assert!(reasons(&plan).contains(&"RolloutStarted"), "{plan:?}");
+}
+
+// The status annotation as the agent reads it back. A person can hand-edit it into
+// anything. The raw inputs below are the ones the status fuzz target found
+// (fuzz/fuzz_targets/status.rs), inlined as it found them.
+
+#[test]
+fn a_status_weight_above_100_is_unreadable() {
+    // Read, 104 reached the planner, whose `100 - weight` overflowed.
+    let raw = r#"{"phase":"Progressing","stable":"v1","canary":"v2","canaryTemplate":"t2","step":0,"steps":[10,25,50],"weight":104,"stepStartedAt":"2026-11-13T11:00:00Z","failedChecks":0,"lastCheck":{"at":"2026-11-26T11:00:15Z","verdict":"pass","measurements":[{"metric":"error-rate","canary":0.001,"stable":0.001,"bod":{"max":0.01}}]},"evidence":{"baseline":{"boundMs":250.0,"acceptableRatio":1.5,"badRatio":3.0}},"message":"step 1/30:00Z","lastTransitionAt":"2026-11-26T11:00:15Z"}"#;
+    let error = serde_json::from_str::<Status>(raw).unwrap_err();
+    assert!(error.to_string().contains("a weight in 0..=100"), "{error}");
+    let full = raw.replace(r#""weight":104"#, r#""weight":100"#);
+    assert_eq!(serde_json::from_str::<Status>(&full).unwrap().weight, 100);
+}
+
+#[test]
+fn a_status_step_past_any_spec_is_unreadable() {
+    // Read, usize::MAX reached `step + 1` when the next check was due.
+    let raw = r#"{"phase":"Progressing","stable":"v1","canary":"v3","canaryTemplate":"{2rrrrrrrrrrrrrrrrrrrrArrrrrrrrrrrrrrrrrrrrrrrrrrr","step":18446744073709551615,"weight":10,"stepStartedAt":"2026-11-26T11:02:15Z","failedChecks":0,"messagledAt":"20202:15Z","lastTransitionAt":"2026-11-26T11:02:15Z"}"#;
+    let error = serde_json::from_str::<Status>(raw).unwrap_err();
+    assert!(
+        error.to_string().contains("a step index below 20"),
+        "{error}"
+    );
+    let last = raw.replace("18446744073709551615", "19");
+    assert_eq!(
+        serde_json::from_str::<Status>(&last).unwrap().step,
+        Some(19)
+    );
+}
+
+#[test]
+fn failed_checks_stop_counting_at_the_largest_count() {
+    // An edited failedChecks of u32::MAX, then one more failed check: `+= 1` overflowed.
+    // Seen reading the planner after the two above; the status target reaches it too.
+    for (verdict, reasons_given) in [
+        (fail(), vec!["CheckFailed", "Aborted"]),
+        (conclusive_fail(), vec!["Aborted"]),
+    ] {
+        let mut w = World::new();
+        w.reconcile(None, None);
+        w.versions.push(version("v2", "t2", 60));
+        w.reconcile(None, None);
+        w.status.as_mut().unwrap().failed_checks = u32::MAX;
+        w.tick(15);
+        let plan = w.reconcile(Some(verdict), None);
+        assert_eq!(reasons(&plan), reasons_given);
+        let status = w.status.as_ref().unwrap();
+        assert_eq!(status.phase, Phase::Aborted);
+        assert_eq!(status.failed_checks, u32::MAX);
+    }
+}
+
+#[test]
+fn a_written_status_reads_back_exactly() {
+    // Counts and baselines are arbitrary floats (Prometheus extrapolates counts); parsed
+    // to the nearest float only approximately, one in six came back an ulp off, and the
+    // record drifted at every write. The first value is the one fuzzing found.
+    let mut status = Status::new(t0());
+    status.evidence.baseline = Some(weir_analysis::sequential::LatencyBaseline {
+        bound_ms: 2.5099999999999995e83,
+        acceptable_ratio: 1.0000206012344143e-6,
+        bad_ratio: 3.0,
+    });
+    status.evidence.steps.push(Default::default());
+    status.evidence.steps[0].canary.requests = 1109.3227918615867;
+    let written = serde_json::to_string(&status).unwrap();
+    assert_eq!(serde_json::from_str::<Status>(&written).unwrap(), status);
+}
+
+// The superseded version's scale-down (`scale-down-delay`).
+
+fn promoted() -> World {
+    let mut w = at_last_step();
+    w.reconcile(Some(pass()), None);
+    assert_eq!(w.status.as_ref().unwrap().stable.as_deref(), Some("v2"));
+    w
+}
+
+#[test]
+fn the_superseded_version_is_scaled_down_once_after_the_delay() {
+    let mut w = promoted();
+    let superseded = &w.status.as_ref().unwrap().superseded;
+    assert_eq!(superseded.len(), 1, "{superseded:?}");
+    assert_eq!(superseded[0].version, "v1");
+    assert_eq!(superseded[0].deployment, "checkout-v1");
+    assert!(
+        w.scaled_down.is_empty(),
+        "scaled down at the promotion itself"
+    );
+
+    w.tick(29);
+    let plan = w.reconcile(None, None);
+    assert!(w.scaled_down.is_empty());
+    assert_eq!(plan.requeue_after, Some(Duration::from_secs(1)));
+
+    w.tick(1);
+    let plan = w.reconcile(None, None);
+    assert_eq!(w.scaled_down, ["v1"]);
+    assert!(
+        matches!(plan.actions.last(), Some(Action::ScaleDown { resource_version: Some(rv), .. }) if rv == "1"),
+        "the scale-down comes last, guarded: {plan:?}"
+    );
+    // Kept until seen at zero; then forgotten, and never scaled again.
+    assert_eq!(w.status.as_ref().unwrap().superseded.len(), 1);
+    let plan = w.reconcile(None, None);
+    assert!(w.status.as_ref().unwrap().superseded.is_empty(), "{plan:?}");
+    w.versions[0].replicas = Some(3); // a person or an HPA scales it up again
+    for _ in 0..3 {
+        w.tick(3600);
+        assert!(w.reconcile(None, None).actions.is_empty());
+    }
+    assert_eq!(w.scaled_down, ["v1"]);
+}
+
+#[test]
+fn a_refused_scale_down_is_tried_again() {
+    let mut w = promoted();
+    w.tick(30);
+    w.reconcile(None, None);
+    assert_eq!(w.scaled_down, ["v1"]);
+    // Undo it, as if the apiserver had refused it: the version still has replicas.
+    w.versions[0].replicas = Some(2);
+    w.scaled_down.clear();
+    w.reconcile(None, None);
+    assert_eq!(w.scaled_down, ["v1"]);
+}
+
+#[test]
+fn never_keeps_the_superseded_version_running() {
+    let mut w = at_last_step();
+    w.spec.scale_down_delay = None;
+    w.reconcile(Some(pass()), None);
+    assert!(w.status.as_ref().unwrap().superseded.is_empty());
+    w.tick(7 * 24 * 3600);
+    w.reconcile(None, None);
+    assert!(w.scaled_down.is_empty());
+
+    // Set to never after a promotion, it cancels the pending scale-down.
+    let mut w = promoted();
+    w.spec.scale_down_delay = None;
+    w.tick(3600);
+    w.reconcile(None, None);
+    assert!(w.scaled_down.is_empty());
+    assert!(w.status.as_ref().unwrap().superseded.is_empty());
+}
+
+#[test]
+fn a_superseded_version_in_use_again_or_gone_is_not_scaled() {
+    // A person points the stable subset back at v1 (a manual rollback).
+    let mut w = promoted();
+    w.subsets.stable = Some("v1".into());
+    w.tick(60);
+    w.reconcile(None, None);
+    assert!(w.scaled_down.is_empty());
+    assert!(w.status.as_ref().unwrap().superseded.is_empty());
+
+    // v1's Deployment was deleted (pruned by GitOps).
+    let mut w = promoted();
+    w.versions.retain(|v| v.name != "v1");
+    w.tick(60);
+    w.reconcile(None, None);
+    assert!(w.scaled_down.is_empty());
+    assert!(w.status.as_ref().unwrap().superseded.is_empty());
+
+    // Already at zero replicas (the pipeline scaled it): nothing to do.
+    let mut w = promoted();
+    w.versions[0].replicas = Some(0);
+    w.tick(60);
+    w.reconcile(None, None);
+    assert!(w.scaled_down.is_empty());
+    assert!(w.status.as_ref().unwrap().superseded.is_empty());
+}
+
+#[test]
+fn each_promotion_scales_down_what_it_superseded() {
+    // v3 is promoted while v1's delay is still running: both are scaled, each once.
+    let mut w = promoted();
+    w.spec.scale_down_delay = Some(Duration::from_secs(600));
+    w.versions.push(version("v3", "t3", 120));
+    w.reconcile(None, None);
+    while w.status.as_ref().unwrap().stable.as_deref() != Some("v3") {
+        w.tick(15);
+        w.reconcile(Some(pass()), None);
+    }
+    let pending: Vec<&str> = w
+        .status
+        .as_ref()
+        .unwrap()
+        .superseded
+        .iter()
+        .map(|s| s.version.as_str())
+        .collect();
+    assert_eq!(pending, ["v1", "v2"]);
+    w.tick(600);
+    w.reconcile(None, None);
+    w.reconcile(None, None);
+    assert_eq!(w.scaled_down, ["v1", "v2"]);
+    assert!(w.status.as_ref().unwrap().superseded.is_empty());
 }

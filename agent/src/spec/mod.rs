@@ -33,10 +33,11 @@ pub use names::{
     parse_label_key, parse_object_name, parse_route_name, parse_subset_name, parse_version,
 };
 pub use values::{
-    InvalidValue, MAX_INTERVAL, MAX_LATENCY, MAX_STEPS, MIN_INTERVAL, MIN_LATENCY, parse_bool,
-    parse_confidence, parse_duration, parse_error_codes, parse_failure_limit, parse_interval,
-    parse_latency, parse_min_requests, parse_notify, parse_percent, parse_quantile, parse_rule,
-    parse_steps, parse_tolerance,
+    InvalidValue, MAX_INTERVAL, MAX_LATENCY, MAX_SCALE_DOWN_DELAY, MAX_STEPS, MIN_INTERVAL,
+    MIN_LATENCY, parse_bool, parse_confidence, parse_duration, parse_error_codes,
+    parse_failure_limit, parse_interval, parse_latency, parse_min_requests, parse_notify,
+    parse_percent, parse_quantile, parse_rule, parse_scale_down_delay, parse_steps,
+    parse_tolerance,
 };
 
 /// A traffic weight in percent, 0..=100.
@@ -78,6 +79,9 @@ pub struct RolloutSpec {
     pub decision_timeout: Duration,
     /// ConfigMap of extra metric templates.
     pub metrics_config_map: Option<String>,
+    /// How long after a promotion the superseded version's Deployment keeps its
+    /// replicas before weir scales it to zero; `None`: never.
+    pub scale_down_delay: Option<Duration>,
 }
 
 /// The agent-wide defaults for every optional annotation (set by the agent's flags).
@@ -100,6 +104,7 @@ pub struct Defaults {
     pub failure_limit: u32,
     pub no_data_timeout: Duration,
     pub decision_timeout: Duration,
+    pub scale_down_delay: Option<Duration>,
 }
 
 impl Default for Defaults {
@@ -116,6 +121,7 @@ impl Default for Defaults {
             failure_limit: 2,
             no_data_timeout: Duration::from_secs(600),
             decision_timeout: Duration::from_secs(2 * 60 * 60),
+            scale_down_delay: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -192,6 +198,9 @@ pub fn parse(
         .read(keys::DECISION_TIMEOUT, parse_interval)
         .unwrap_or(defaults.decision_timeout);
     let metrics_config_map = reader.read(keys::METRICS, parse_object_name);
+    let scale_down_delay = reader
+        .read(keys::SCALE_DOWN_DELAY, parse_scale_down_delay)
+        .unwrap_or(defaults.scale_down_delay);
     // Validated here, read by [`notify`]: where a transition is told is no part of
     // how a rollout runs.
     reader.read(keys::NOTIFY, parse_notify);
@@ -237,6 +246,7 @@ pub fn parse(
         no_data_timeout,
         decision_timeout,
         metrics_config_map,
+        scale_down_delay,
     })
 }
 

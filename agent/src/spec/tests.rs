@@ -44,6 +44,7 @@ fn absent_annotations_take_the_defaults() {
             no_data_timeout: Duration::from_secs(600),
             decision_timeout: Duration::from_secs(7200),
             metrics_config_map: None,
+            scale_down_delay: Some(Duration::from_secs(30)),
         }
     );
     assert_eq!(defaults.gates.max_error_rate, 0.01);
@@ -173,6 +174,7 @@ fn every_annotation_set_is_read() {
         (keys::CONFIDENCE, "99.9%"),
         (keys::DECISION_TIMEOUT, "2h"),
         (keys::METRICS, "checkout-metrics"),
+        (keys::SCALE_DOWN_DELAY, "Never"),
     ]);
     assert_eq!(
         spec,
@@ -205,6 +207,7 @@ fn every_annotation_set_is_read() {
             no_data_timeout: Duration::from_secs(1200),
             decision_timeout: Duration::from_secs(7200),
             metrics_config_map: Some("checkout-metrics".into()),
+            scale_down_delay: None,
         }
     );
 }

@@ -131,6 +131,32 @@ pub fn parse_interval(text: &str) -> Result<Duration, InvalidValue> {
     Ok(duration)
 }
 
+/// The longest `scale-down-delay`: a week keeps the previous version ready for an
+/// instant rollback over any release cadence we know of.
+pub const MAX_SCALE_DOWN_DELAY: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// `scale-down-delay`: how long after a promotion the superseded version keeps its
+/// replicas. `never` (in any case) keeps them for good: `None`. Otherwise a duration in
+/// 0s..=7d; `0s` scales it down as soon as the promotion is recorded.
+pub fn parse_scale_down_delay(text: &str) -> Result<Option<Duration>, InvalidValue> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("never") {
+        return Ok(None);
+    }
+    if matches!(text, "0s" | "0m" | "0h" | "0ms") {
+        return Ok(Some(Duration::ZERO));
+    }
+    let delay = parse_duration(text).map_err(|InvalidValue(problem)| {
+        InvalidValue(format!(
+            "{problem}; or write never to keep the previous version running"
+        ))
+    })?;
+    if delay > MAX_SCALE_DOWN_DELAY {
+        return invalid("must be at most 7d; write never to keep the previous version running");
+    }
+    Ok(Some(delay))
+}
+
 /// A latency limit (max-latency, slow-threshold): a duration with a unit, a whole number
 /// of milliseconds, in [`MIN_LATENCY`]..=[`MAX_LATENCY`] (1ms to 1h). `250ms`, `1s`,
 /// `1.5s`.

@@ -74,6 +74,12 @@ impl App {
 
 impl Bed {
     pub async fn start() -> anyhow::Result<Bed> {
+        Bed::start_reporting(weir_simulator::Reporter::Destination).await
+    }
+
+    /// A bed whose simulated mesh reports as `reporter` does: sidecars
+    /// (`destination`) or ambient's waypoints (`waypoint`).
+    pub async fn start_reporting(reporter: weir_simulator::Reporter) -> anyhow::Result<Bed> {
         let control_plane = ControlPlane::start().await?;
         let client = control_plane.client();
         let namespace = "shop".to_string();
@@ -86,6 +92,7 @@ impl Bed {
             SimulatorConfig {
                 default_rps: RPS,
                 noise: Some(SEED),
+                reporter,
                 ..SimulatorConfig::new(&namespace)
             },
         )
@@ -350,6 +357,22 @@ impl Bed {
         .await
     }
 
+    /// Waits until the Deployment `name` asks for `replicas` (`spec.replicas`).
+    pub async fn wait_replicas(&self, name: &str, replicas: i32) -> anyhow::Result<()> {
+        wait_until(
+            &format!("Deployment {name} at {replicas} replicas"),
+            DEADLINE,
+            || async move {
+                let deployment = self.deployments().get(name).await?;
+                match deployment.spec.replicas {
+                    Some(n) if n == replicas => Ok(()),
+                    other => Err(anyhow!("spec.replicas is {other:?}")),
+                }
+            },
+        )
+        .await
+    }
+
     pub async fn wait_phase(&self, service: &str, phase: Phase) -> anyhow::Result<Status> {
         self.wait_status(service, &format!("{service} to be {phase:?}"), |s| {
             s.phase == phase
@@ -390,6 +413,29 @@ impl Bed {
             .into_iter()
             .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
             .collect())
+    }
+
+    /// When the first Event with `reason` on `service` happened.
+    pub async fn event_time(
+        &self,
+        service: &str,
+        reason: &str,
+    ) -> anyhow::Result<Option<jiff::Timestamp>> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        Ok(api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(service))
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter_map(|e| e.event_time.map(|t| t.0))
+            .min())
+    }
+
+    /// The Deployment `name`'s `spec.replicas`.
+    pub async fn replicas(&self, name: &str) -> anyhow::Result<Option<i32>> {
+        Ok(self.deployments().get(name).await?.spec.replicas)
     }
 
     pub async fn wait_event(&self, service: &str, reason: &str) -> anyhow::Result<String> {

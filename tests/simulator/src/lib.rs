@@ -88,8 +88,6 @@ pub struct SimulatorConfig {
     /// Requests per second per HTTP route, unless the route's Service overrides it
     /// with [`annotations::RPS`].
     pub default_rps: f64,
-    /// The pod template label that names a version (reported as `destination_version`).
-    pub version_label: String,
     /// Where `/metrics` is served; port 0 picks a free port.
     pub listen: SocketAddr,
     /// How often requests are generated.
@@ -101,14 +99,13 @@ pub struct SimulatorConfig {
 
 impl SimulatorConfig {
     /// A configuration for `namespace` with the defaults: reporter `destination`, 50
-    /// requests per second per route, version label `version`, metrics on a free
+    /// requests per second per route, metrics on a free
     /// loopback port, a 100 ms tick, exact apportioning.
     pub fn new(namespace: impl Into<String>) -> Self {
         SimulatorConfig {
             namespace: namespace.into(),
             reporter: Reporter::Destination,
             default_rps: 50.0,
-            version_label: "version".to_owned(),
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             tick: Duration::from_millis(100),
             noise: None,

@@ -26,9 +26,6 @@ struct Args {
     /// Where to serve /metrics.
     #[arg(long, default_value = "127.0.0.1:9464")]
     listen: SocketAddr,
-    /// The pod template label that names a version.
-    #[arg(long, default_value = "version")]
-    version_label: String,
     /// Noisy traffic (Poisson arrivals, random routing, Bernoulli errors, log-normal
     /// latencies), reproducible from this seed; without it, exact apportioning.
     #[arg(long)]
@@ -49,7 +46,6 @@ async fn main() -> anyhow::Result<()> {
     let config = SimulatorConfig {
         reporter: args.reporter,
         default_rps: args.rps,
-        version_label: args.version_label,
         listen: args.listen,
         noise: args.seed,
         ..SimulatorConfig::new(args.namespace)

@@ -15,6 +15,7 @@ use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::Reporter;
 use crate::annotations::{self, AnnotationError};
 use crate::mesh::{
     Behaviour, DestinationRule, HttpRoute, Labels, Mesh, RouteDestination, RouteKey, Service,
@@ -165,9 +166,34 @@ pub fn service(service: &KubeService) -> Service {
     }
 }
 
-/// A Deployment as a version: its pod template labels, the value of `version_label`
-/// among them, and its behaviour; malformed annotations count as absent.
-pub fn workload(deployment: &Deployment, version_label: &str) -> Workload {
+/// What `reporter` puts in `destination_version` for pods labelled `labels`, as Istio
+/// does: a sidecar reports its pod's `version` label (`unknown` without one); a waypoint
+/// reports the workload's canonical revision, the first of
+/// `service.istio.io/canonical-revision`, `app.kubernetes.io/version` and `version`,
+/// else `latest` (istio/istio `pkg/kube/labels/labels.go`; istio/proxy
+/// `source/extensions/filters/http/istio_stats/istio_stats.cc` and
+/// `source/extensions/common/workload_discovery/api.cc`).
+pub fn reported_version(labels: &Labels, reporter: Reporter) -> String {
+    match reporter {
+        Reporter::Destination => labels
+            .get("version")
+            .cloned()
+            .unwrap_or_else(|| UNKNOWN_VERSION.to_owned()),
+        Reporter::Waypoint => [
+            "service.istio.io/canonical-revision",
+            "app.kubernetes.io/version",
+            "version",
+        ]
+        .iter()
+        .find_map(|key| labels.get(*key))
+        .cloned()
+        .unwrap_or_else(|| "latest".to_owned()),
+    }
+}
+
+/// A Deployment as a version: its pod template labels, the `destination_version`
+/// `reporter` gives it, and its behaviour; malformed annotations count as absent.
+pub fn workload(deployment: &Deployment, reporter: Reporter) -> Workload {
     let pod_labels: Labels = deployment
         .spec
         .template
@@ -179,10 +205,7 @@ pub fn workload(deployment: &Deployment, version_label: &str) -> Workload {
     let annotations = deployment.annotations();
     Workload {
         name: deployment.name_any(),
-        version: pod_labels
-            .get(version_label)
-            .cloned()
-            .unwrap_or_else(|| UNKNOWN_VERSION.to_owned()),
+        version: reported_version(&pod_labels, reporter),
         pod_labels,
         behaviour: Behaviour {
             error_rate: annotations::error_rate(annotations).unwrap_or(defaults.error_rate),
@@ -216,7 +239,7 @@ pub fn mesh(
     destination_rules: &[Arc<DynamicObject>],
     services: &[Arc<KubeService>],
     deployments: &[Arc<Deployment>],
-    version_label: &str,
+    reporter: Reporter,
 ) -> Mesh {
     let mut virtual_services: Vec<&DynamicObject> = virtual_services.iter().map(|o| &**o).collect();
     virtual_services.sort_by_key(|o| o.name_any());
@@ -232,10 +255,7 @@ pub fn mesh(
             .filter_map(|dr| destination_rule(dr).ok())
             .collect(),
         services: services.iter().map(|s| service(s)).collect(),
-        workloads: deployments
-            .iter()
-            .map(|d| workload(d, version_label))
-            .collect(),
+        workloads: deployments.iter().map(|d| workload(d, reporter)).collect(),
     };
     mesh.destination_rules.sort_by(|a, b| a.name.cmp(&b.name));
     mesh.services.sort_by(|a, b| a.name.cmp(&b.name));
@@ -351,19 +371,39 @@ mod tests {
             },
             "spec": {
                 "selector": { "matchLabels": { "app": "checkout" } },
-                "template": { "metadata": { "labels": { "app": "checkout", "track": "v2" } } }
+                "template": { "metadata": { "labels": { "app": "checkout", "app.kubernetes.io/version": "1.5.0" } } }
             }
         }))
         .unwrap();
-        let workload = workload(&deployment, "track");
+        let workload = workload(&deployment, Reporter::Waypoint);
         assert_eq!(workload.name, "checkout-v2");
-        assert_eq!(workload.version, "v2");
+        assert_eq!(workload.version, "1.5.0");
         assert_eq!(workload.behaviour.error_rate.parts_per_million(), 100_000);
         assert_eq!(workload.behaviour.mean_latency_ms, 250.0);
+        // A sidecar reports the `version` label, which these pods lack.
         assert_eq!(
-            super::workload(&deployment, "version").version,
+            super::workload(&deployment, Reporter::Destination).version,
             UNKNOWN_VERSION
         );
+    }
+
+    #[test]
+    fn each_reporter_names_a_version_as_istio_does() {
+        let labels = |pairs: &[(&str, &str)]| -> Labels {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let both = labels(&[("version", "v2"), ("app.kubernetes.io/version", "1.5.0")]);
+        assert_eq!(reported_version(&both, Reporter::Destination), "v2");
+        assert_eq!(reported_version(&both, Reporter::Waypoint), "1.5.0");
+        let pinned = labels(&[
+            ("version", "v2"),
+            ("service.istio.io/canonical-revision", "r7"),
+        ]);
+        assert_eq!(reported_version(&pinned, Reporter::Waypoint), "r7");
+        assert_eq!(reported_version(&labels(&[]), Reporter::Waypoint), "latest");
     }
 
     #[test]
@@ -376,7 +416,7 @@ mod tests {
             "spec": { "selector": {}, "template": {} }
         }))
         .unwrap();
-        let workload = workload(&deployment, "version");
+        let workload = workload(&deployment, Reporter::Destination);
         assert_eq!(workload.behaviour.error_rate.parts_per_million(), 0);
         assert_eq!(workload.behaviour.mean_latency_ms, 5.0);
         let problems = annotation_problems(&deployment.metadata);

@@ -205,7 +205,7 @@ async fn generate_traffic(stores: Stores, metrics: Arc<Metrics>, config: Simulat
             &stores.destination_rules.state(),
             &stores.services.state(),
             &stores.deployments.state(),
-            &config.version_label,
+            config.reporter,
         );
         let plans = plan_traffic(&mesh, config.default_rps);
         metrics.record(&generator.tick(&plans, now - last));
