@@ -736,6 +736,7 @@ mod end_to_end {
     use serde_json::json;
     use weir::controller::lease::Leadership;
     use weir::controller::{self, AgentConfig};
+    use weir::notify::Notifier;
     use weir::plan::{Phase, Status};
     use weir::server::Telemetry;
     use weir::spec::Defaults;
@@ -839,6 +840,7 @@ mod end_to_end {
             api,
             Telemetry::default(),
             Leadership::always(),
+            Notifier::default(),
             async move {
                 let _ = stopped.await;
             },

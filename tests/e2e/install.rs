@@ -211,6 +211,14 @@ prometheus:
   queryTimeout: 5s
   scrapeInterval: 30s
 mode: ambient
+notifications:
+  webhook:
+    secretName: team-hooks
+    key: url
+  slack:
+    secretName: team-slack
+    key: slack-url
+  link: "https://grafana.example/d/weir?var-namespace={namespace}&var-service={service}"
 defaults:
   stableSubset: primary
   canarySubset: candidate
@@ -327,6 +335,14 @@ fn agent_accepts(args: &[String], env: &[(&str, &str)], files: &Path) -> anyhow:
                 &format!("{}/", files.display()),
             )
             .replace("/etc/weir/prometheus-ca/", &format!("{}/", files.display()))
+            .replace(
+                "/var/run/secrets/weir/notify-webhook/",
+                &format!("{}/", files.display()),
+            )
+            .replace(
+                "/var/run/secrets/weir/notify-slack/",
+                &format!("{}/", files.display()),
+            )
         })
         .collect();
     let out = Command::new(env!("CARGO_BIN_EXE_weir"))
@@ -365,6 +381,11 @@ async fn chart_lints_and_every_rendering_is_accepted_by_the_apiserver() -> anyho
     std::fs::write(files.path().join("token"), "a-token")?;
     std::fs::write(files.path().join("ca.pem"), control_plane.ca_pem())?;
     std::fs::write(files.path().join("bundle.crt"), control_plane.ca_pem())?;
+    std::fs::write(files.path().join("url"), "https://hooks.example/weir\n")?;
+    std::fs::write(
+        files.path().join("slack-url"),
+        "https://chat.example/services/T/B/x",
+    )?;
 
     // Defaults: one replica, no leader election, Recreate so that two never overlap.
     let defaults = render("shop", "", &[])?;
@@ -494,6 +515,9 @@ async fn chart_lints_and_every_rendering_is_accepted_by_the_apiserver() -> anyho
         "--leader-election",
         "--lease-name=weir-leader",
         "--lease-duration=20s",
+        "--notify-webhook-url-file=/var/run/secrets/weir/notify-webhook/url",
+        "--notify-slack-url-file=/var/run/secrets/weir/notify-slack/slack-url",
+        "--notify-link=https://grafana.example/d/weir?var-namespace={namespace}&var-service={service}",
     ] {
         assert!(
             every_args.iter().any(|a| a == expected),
@@ -503,6 +527,13 @@ async fn chart_lints_and_every_rendering_is_accepted_by_the_apiserver() -> anyho
     agent_accepts(&every_args, &[("POD_NAME", "weir-0")], files.path())?;
     let deployment = find(&every, "Deployment")?;
     assert_eq!(deployment["spec"]["replicas"], 2);
+    let volumes = serde_json::to_string(&deployment["spec"]["template"]["spec"]["volumes"])?;
+    for expected in [
+        r#"{"name":"notify-webhook","secret":{"items":[{"key":"url","path":"url"}],"secretName":"team-hooks"}}"#,
+        r#"{"name":"notify-slack","secret":{"items":[{"key":"slack-url","path":"slack-url"}],"secretName":"team-slack"}}"#,
+    ] {
+        assert!(volumes.contains(expected), "no {expected} in {volumes}");
+    }
     assert_eq!(deployment["spec"]["strategy"]["type"], "RollingUpdate");
     let image = container(&every)?["image"].as_str().unwrap_or_default();
     assert!(
@@ -597,6 +628,14 @@ fn invalid_values_are_refused_naming_the_value() -> anyhow::Result<()> {
         (
             "defaults:\n  tolerance: \"0.5\"",
             &["/defaults/tolerance", "'0.5'"],
+        ),
+        (
+            "notifications:\n  link: grafana.example/d/weir",
+            &["/notifications/link", "'grafana.example/d/weir'"],
+        ),
+        (
+            "notifications:\n  teams:\n    secretName: hooks",
+            &["/notifications", "'teams'"],
         ),
         (
             "leaderElection:\n  enabled: false\nreplicas: 2",

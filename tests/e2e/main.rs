@@ -14,5 +14,6 @@ mod install;
 mod leader;
 mod mesh_versions;
 mod misconfigured;
+mod notify;
 mod release;
 mod scale_down;

@@ -1,6 +1,7 @@
 //! `weir agent`: flags → configuration → the controller and the admin server.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use tracing::info;
 use super::prometheus::PrometheusArgs;
 use crate::controller::lease::{self, Leadership, LeaseConfig};
 use crate::controller::{self, AgentConfig};
+use crate::notify::{Link, Notifier, NotifyConfig};
 use crate::server;
 use crate::spec::{self, Defaults};
 
@@ -27,6 +29,9 @@ pub struct AgentArgs {
 
     #[command(flatten)]
     pub defaults: DefaultArgs,
+
+    #[command(flatten)]
+    pub notify: NotifyArgs,
 
     /// Plan and log every action, but write nothing.
     #[arg(long)]
@@ -108,6 +113,39 @@ pub struct DefaultArgs {
     #[arg(long, default_value = "30s")]
     pub default_scale_down_delay: String,
 }
+
+/// Where transitions are notified, besides Events (docs/notifications.md).
+/// A sink's URL is a secret: it is read from a file (a mounted Secret), at start and
+/// again at every delivery, so that a rotated Secret is used without a restart.
+#[derive(Debug, Args)]
+pub struct NotifyArgs {
+    /// File holding the URL of a generic JSON webhook to notify.
+    #[arg(long)]
+    pub notify_webhook_url_file: Option<PathBuf>,
+    /// File holding the URL of a Slack (or Slack-compatible) incoming webhook to notify.
+    #[arg(long)]
+    pub notify_slack_url_file: Option<PathBuf>,
+    /// A link in every notification, such as the Grafana dashboard's URL; `{namespace}`
+    /// and `{service}` are replaced with the Service's.
+    #[arg(long)]
+    pub notify_link: Option<String>,
+}
+
+impl NotifyArgs {
+    /// The notification configuration these flags describe; the URL files are checked
+    /// when the notifier starts.
+    pub fn config(&self) -> anyhow::Result<NotifyConfig> {
+        Ok(NotifyConfig {
+            webhook_url_file: self.notify_webhook_url_file.clone(),
+            slack_url_file: self.notify_slack_url_file.clone(),
+            link: self.notify_link.as_deref().map(Link::parse).transpose()?,
+            ..NotifyConfig::default()
+        })
+    }
+}
+
+/// How long a stopping agent waits for queued notifications to be delivered.
+const NOTIFY_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
@@ -210,6 +248,12 @@ impl AgentArgs {
             .transpose()?;
 
         let prometheus = self.prometheus.api()?;
+        let telemetry = server::Telemetry {
+            readiness: server::Readiness::new(lease.is_some()),
+            ..server::Telemetry::default()
+        };
+        let (notifier, deliveries) =
+            Notifier::start(&self.notify.config()?, telemetry.metrics.clone())?;
         let client = kube::Client::try_default()
             .await
             .context("cannot configure a Kubernetes client (in-cluster or KUBECONFIG)")?;
@@ -223,10 +267,6 @@ impl AgentArgs {
         };
         info!(namespace = %config.namespace, prometheus = %prometheus.endpoint(), dry_run = config.dry_run, "weir agent starting");
 
-        let telemetry = server::Telemetry {
-            readiness: server::Readiness::new(lease.is_some()),
-            ..server::Telemetry::default()
-        };
         let admin = server::serve(self.listen, telemetry.clone()).await?;
         let (leadership, elector) = match lease {
             Some(lease) => {
@@ -243,9 +283,11 @@ impl AgentArgs {
             prometheus,
             telemetry,
             leadership,
+            notifier,
             shutdown_signal(),
         )
         .await;
+        deliveries.finish(NOTIFY_GRACE).await;
         if let Some(elector) = elector {
             elector.step_down().await;
         }

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 pub use agent::{AgentArgs, DefaultArgs};
 pub use check::CheckArgs;
-pub use cluster::{ClusterArgs, Error};
+pub use cluster::{ClusterArgs, Error, error_chain};
 pub use control::{Control, ControlArgs};
 pub use explain::ExplainArgs;
 pub use prometheus::PrometheusArgs;

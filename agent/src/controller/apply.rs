@@ -15,8 +15,9 @@ use tracing::{info, warn};
 use super::Context;
 use super::reconcile::{Error, Reads};
 use crate::mesh::{self, DestinationRule, Target, VirtualService};
-use crate::plan::{Action, EventType, Report, Status, Subset};
-use crate::spec::{RolloutSpec, keys};
+use crate::notify;
+use crate::plan::{Action, EventType, Report, Status, Subset, reason};
+use crate::spec::{self, RolloutSpec, Sink, keys};
 
 /// The field manager of every write, so that `managedFields` tells weir's edits apart.
 pub const FIELD_MANAGER: &str = "weir";
@@ -58,6 +59,8 @@ impl<'a> Writer<'a> {
         actions: &[Action],
     ) -> Result<(), Error> {
         let name = self.service.name_any();
+        // What the plan's Events are notified with: they follow its status writes.
+        let mut written: Option<&Status> = None;
         for action in actions {
             if !self.may_write(action)? {
                 continue;
@@ -65,6 +68,7 @@ impl<'a> Writer<'a> {
             match action {
                 Action::WriteStatus { status, consumed } => {
                     self.write_status(status, consumed).await?;
+                    written = Some(status);
                 }
                 Action::SetWeights(traffic) => {
                     let patch = mesh::weight_patch(&mesh.target, *traffic)?;
@@ -92,7 +96,7 @@ impl<'a> Writer<'a> {
                     info!(service = %name, subset = %which, %version, "subset repointed");
                     mesh.target = self.replace_and_resolve(spec, None, Some(patched))?;
                 }
-                Action::Emit(event) => self.emit(event).await,
+                Action::Emit(event) => self.emit(event, written).await,
                 Action::ScaleDown {
                     version,
                     deployment,
@@ -127,7 +131,7 @@ impl<'a> Writer<'a> {
                 info!(service = %name, %version, %deployment, "superseded version scaled to 0");
                 crate::plan::Event {
                     type_: EventType::Normal,
-                    reason: "ScaledDown".into(),
+                    reason: reason::SCALED_DOWN.into(),
                     message: format!(
                         "{version} was superseded: its Deployment {deployment} is at 0 \
                          replicas, and can be removed from Git"
@@ -148,21 +152,22 @@ impl<'a> Writer<'a> {
                 };
                 crate::plan::Event {
                     type_: EventType::Warning,
-                    reason: "ScaleDownFailed".into(),
+                    reason: reason::SCALE_DOWN_FAILED.into(),
                     message: format!(
                         "could not scale {version}'s Deployment {deployment} to 0: {why}"
                     ),
                 }
             }
         };
-        self.emit(&event).await;
+        // Housekeeping after a promotion, not a transition: an Event only.
+        self.emit(&event, None).await;
     }
 
     /// Records a misconfiguration: its status, then its Event. Touches no mesh object.
     pub async fn record(&mut self, report: &Report) -> Result<(), Error> {
         if self.may_write(report)? {
             self.write_status(&report.status, &[]).await?;
-            self.emit(&report.event).await;
+            self.emit(&report.event, Some(&report.status)).await;
         }
         Ok(())
     }
@@ -255,13 +260,15 @@ impl<'a> Writer<'a> {
         )?)
     }
 
-    /// Events are for people: a failure to record one is logged, never fatal.
+    /// Records `event` and notifies the Service's sinks of it (with `status`, the status
+    /// written with it). Events are for people: a failure to record one is logged, never
+    /// fatal.
     ///
     /// Each is created anew. kube's `Recorder` would fold an Event into an earlier one
     /// with the same reason as a series that keeps the earlier message, and each of a
     /// rollout's transitions has its own (`10 → 25`, then `25 → 50`). The planner emits
     /// an Event only on a transition, so there are no repeats to fold.
-    async fn emit(&self, event: &crate::plan::Event) {
+    async fn emit(&self, event: &crate::plan::Event, status: Option<&Status>) {
         let name = self.service.name_any();
         let namespace = &self.ctx.config.namespace;
         let now = Timestamp::now();
@@ -295,6 +302,15 @@ impl<'a> Writer<'a> {
         };
         if let Err(e) = events.create(&params, &record).await {
             warn!(service = %name, reason = %event.reason, error = %e, "could not record event");
+        }
+        if let Some(notification) =
+            status.and_then(|s| notify::notification(namespace, &name, event, s))
+        {
+            // An invalid weir.dev/notify makes the Service misconfigured; that is told
+            // to every sink.
+            let sinks =
+                spec::notify(self.service.annotations()).unwrap_or_else(|_| Sink::ALL.to_vec());
+            self.ctx.notifier.publish(&sinks, notification);
         }
     }
 }

@@ -32,6 +32,7 @@ use tracing::{error, info, warn};
 use weir_analysis::{PrometheusApi, Reporter};
 
 use crate::mesh::{DestinationRule, VirtualService};
+use crate::notify::Notifier;
 use crate::server::{Metrics, Telemetry};
 use crate::spec::{self, Defaults};
 use lease::Leadership;
@@ -76,6 +77,8 @@ pub struct Context {
     pub leadership: Leadership,
     /// The agent's own metrics (`/metrics`).
     pub metrics: Arc<Metrics>,
+    /// Where transitions are told, besides Events.
+    pub notifier: Notifier,
     /// When the gates of each Service's current step were last evaluated. Memory only:
     /// see [`crate::plan::Observed::last_check_at`].
     pub last_checks: Mutex<HashMap<String, Timestamp>>,
@@ -105,13 +108,15 @@ const SUBSCRIBER_BUFFER: usize = 1024;
 /// are "not observed yet", never "gone" (DESIGN.md, invariant 7). VirtualServices and
 /// DestinationRules are only watched, to wake the Services they concern (now, or before
 /// an edit): a reconcile reads them fresh, because it writes them. Reconciles and writes
-/// happen only while `leadership` says this agent leads.
+/// happen only while `leadership` says this agent leads; so are notifications, which
+/// `notifier` sends.
 pub async fn run(
     client: Client,
     config: AgentConfig,
     prometheus: PrometheusApi,
     telemetry: Telemetry,
     leadership: Leadership,
+    notifier: Notifier,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ns = config.namespace.clone();
@@ -128,6 +133,7 @@ pub async fn run(
 
     let context = Arc::new(Context {
         metrics: telemetry.metrics.clone(),
+        notifier,
         config,
         client: client.clone(),
         prometheus,

@@ -317,9 +317,31 @@ pub enum EventType {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     pub type_: EventType,
-    /// CamelCase reason, e.g. `RolloutStarted`, `WeightChanged`, `Aborted`.
+    /// CamelCase reason, one of [`reason`].
     pub reason: String,
     pub message: String,
+}
+
+/// The reason of every Event the planner emits: named once, because notifications are
+/// derived from them (`crate::notify`).
+pub mod reason {
+    pub const STABLE_ADOPTED: &str = "StableAdopted";
+    pub const ROLLOUT_STARTED: &str = "RolloutStarted";
+    pub const WEIGHT_CHANGED: &str = "WeightChanged";
+    pub const CHECK_FAILED: &str = "CheckFailed";
+    pub const CHECK_INCONCLUSIVE: &str = "CheckInconclusive";
+    pub const PROMOTED: &str = "Promoted";
+    pub const PROMOTED_BY_PERSON: &str = "PromotedByPerson";
+    pub const ABORTED: &str = "Aborted";
+    pub const PAUSED: &str = "Paused";
+    pub const RESUMED: &str = "Resumed";
+    pub const RETRYING: &str = "Retrying";
+    pub const IGNORED_CONTROL: &str = "IgnoredControl";
+    pub const MISCONFIGURED: &str = "Misconfigured";
+    pub const RECONFIGURED: &str = "Reconfigured";
+    pub const CANARY_GONE: &str = "CanaryGone";
+    pub const SCALED_DOWN: &str = "ScaledDown";
+    pub const SCALE_DOWN_FAILED: &str = "ScaleDownFailed";
 }
 
 /// One write, in the order the plan lists them.

@@ -18,7 +18,7 @@ use weir_analysis::{Bound, InconclusiveReason, Verdict, format_value};
 
 use super::{
     Action, CheckRecord, CheckRequest, Event, EventType, FailedVersion, Observed, Phase, Plan,
-    Report, ReportedAs, Status, Subset, Superseded, Traffic, Version,
+    Report, ReportedAs, Status, Subset, Superseded, Traffic, Version, reason,
 };
 use crate::spec::{RolloutSpec, keys};
 
@@ -100,7 +100,7 @@ pub fn misconfigured(status: Option<&Status>, reason: &str, now: Timestamp) -> O
     next.last_transition_at = now;
     Some(Report {
         status: Box::new(next),
-        event: warning("Misconfigured", bounded(reason)),
+        event: warning(reason::MISCONFIGURED, bounded(reason)),
     })
 }
 
@@ -210,7 +210,7 @@ impl<'a> Draft<'a> {
         self.status.message = "configuration is valid again".into();
         self.dirty = true;
         self.events.push(normal(
-            "Reconfigured",
+            reason::RECONFIGURED,
             "the configuration is valid again; resuming".into(),
         ));
     }
@@ -276,7 +276,7 @@ impl<'a> Draft<'a> {
                         self.status.phase = Phase::Idle;
                         self.status.stable = Some(v.name.clone());
                         self.set_message(message.clone());
-                        self.events.push(normal("StableAdopted", message));
+                        self.events.push(normal(reason::STABLE_ADOPTED, message));
                         self.dirty = true;
                     }
                     None => self.set_message(
@@ -321,7 +321,7 @@ impl<'a> Draft<'a> {
                     keys::PROMOTE
                 ));
                 self.events.push(normal(
-                    "PromotedByPerson",
+                    reason::PROMOTED_BY_PERSON,
                     format!("{}={v}: skipping the remaining steps", keys::PROMOTE),
                 ));
                 self.dirty = true;
@@ -336,7 +336,7 @@ impl<'a> Draft<'a> {
                 self.status.failed.retain(|f| &f.version != v);
                 self.dirty = true;
                 self.events.push(normal(
-                    "Retrying",
+                    reason::RETRYING,
                     format!("{}={v}: {v} may be released again", keys::RETRY),
                 ));
                 if self.status.phase == Phase::Aborted
@@ -354,7 +354,7 @@ impl<'a> Draft<'a> {
                 self.status.phase = Phase::Paused;
                 self.set_message(format!("paused by {}", keys::PAUSE));
                 self.events.push(normal(
-                    "Paused",
+                    reason::PAUSED,
                     format!("paused at canary weight {}", self.status.weight),
                 ));
                 self.dirty = true;
@@ -364,7 +364,7 @@ impl<'a> Draft<'a> {
                 self.status.inconclusive_since = None;
                 self.set_message("resumed".into());
                 self.events.push(normal(
-                    "Resumed",
+                    reason::RESUMED,
                     format!("resumed at canary weight {}", self.status.weight),
                 ));
                 self.dirty = true;
@@ -381,7 +381,7 @@ impl<'a> Draft<'a> {
             _ => "no rollout is in progress".into(),
         };
         self.events.push(warning(
-            "IgnoredControl",
+            reason::IGNORED_CONTROL,
             format!("ignored {key}={version}: {current}; removed the annotation"),
         ));
     }
@@ -457,7 +457,7 @@ impl<'a> Draft<'a> {
             self.spec.steps.len()
         );
         self.set_message(message.clone());
-        self.events.push(normal("RolloutStarted", message));
+        self.events.push(normal(reason::ROLLOUT_STARTED, message));
     }
 
     /// One reconcile of a rollout in progress. Returns whether `check` was used.
@@ -471,7 +471,7 @@ impl<'a> Draft<'a> {
                 "the Deployment of {canary} is gone; all traffic back to stable"
             ));
             self.events
-                .push(warning("CanaryGone", self.status.message.clone()));
+                .push(warning(reason::CANARY_GONE, self.status.message.clone()));
             return false;
         };
         if self.status.stable.as_ref() == Some(&canary) {
@@ -597,7 +597,8 @@ impl<'a> Draft<'a> {
                     "check failed ({n}/{limit}) on {}: {summary}",
                     failed.join(", ")
                 );
-                self.events.push(warning("CheckFailed", message.clone()));
+                self.events
+                    .push(warning(reason::CHECK_FAILED, message.clone()));
                 if n >= limit {
                     self.abort(format!(
                         "{n} failed checks reached the failure limit; last: {summary}"
@@ -614,7 +615,7 @@ impl<'a> Draft<'a> {
                         self.dirty = true;
                         let message = format!("check inconclusive ({reason:?}): {detail}");
                         self.events
-                            .push(normal("CheckInconclusive", message.clone()));
+                            .push(normal(reason::CHECK_INCONCLUSIVE, message.clone()));
                         self.set_message(message);
                         now
                     }
@@ -656,7 +657,7 @@ impl<'a> Draft<'a> {
                 step + 2
             );
             self.set_message(message.clone());
-            self.events.push(normal("WeightChanged", message));
+            self.events.push(normal(reason::WEIGHT_CHANGED, message));
         } else {
             self.promote(format!("all {total} steps passed ({summary})"));
         }
@@ -682,7 +683,7 @@ impl<'a> Draft<'a> {
             s.canary.as_deref().unwrap_or("?")
         );
         self.set_message(message.clone());
-        self.events.push(warning("Aborted", message));
+        self.events.push(warning(reason::ABORTED, message));
     }
 
     /// Promote the canary in this one plan: the stable subset selects it, then it takes
@@ -713,7 +714,7 @@ impl<'a> Draft<'a> {
             "{why}; promoted {canary}: the stable subset selects it, canary weight 0"
         ));
         self.events
-            .push(normal("Promoted", self.status.message.clone()));
+            .push(normal(reason::PROMOTED, self.status.message.clone()));
     }
 
     /// Plans the scale-down of each superseded version whose `scale-down-delay` has

@@ -14,6 +14,7 @@
 //! | `weir_reconcile_errors_total` | counter, write conflicts excluded | `service` |
 //! | `weir_reconcile_panics_total` | counter, reconciles that panicked (a bug in weir; the agent carries on) | `service` |
 //! | `weir_prometheus_query_duration_seconds` | histogram, one check's queries (run in parallel, retries included) | — |
+//! | `weir_notifications_total` | counter, notifications by how they ended: delivered, given up after retries or refused, or dropped by a full queue | `sink` (`webhook`, `slack`), `outcome` (`sent`, `failed`, `dropped`) |
 //! | `weir_build_info` | gauge, always 1 | `version` |
 
 use std::collections::BTreeSet;
@@ -31,7 +32,7 @@ use prometheus_client::registry::Registry;
 use weir_analysis::{CheckReport, Verdict};
 
 use crate::plan::{Phase, Status};
-use crate::spec::Weight;
+use crate::spec::{Sink, Weight};
 
 /// The Content-Type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -61,6 +62,31 @@ impl Outcome {
         match self {
             Outcome::Promoted => "promoted",
             Outcome::Aborted => "aborted",
+        }
+    }
+}
+
+/// How one notification to one sink ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// The sink accepted it.
+    Sent,
+    /// The sink refused it, or did not accept it within the retries.
+    Failed,
+    /// The sink's queue was full: it was never sent.
+    Dropped,
+}
+
+impl Delivery {
+    /// Every outcome, in order.
+    pub const ALL: [Delivery; 3] = [Delivery::Sent, Delivery::Failed, Delivery::Dropped];
+
+    /// The value of the `outcome` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Delivery::Sent => "sent",
+            Delivery::Failed => "failed",
+            Delivery::Dropped => "dropped",
         }
     }
 }
@@ -106,6 +132,12 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotificationLabels {
+    sink: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -128,6 +160,7 @@ pub struct Metrics {
     reconcile_errors: Family<ServiceLabels, Counter>,
     reconcile_panics: Family<ServiceLabels, Counter>,
     query_duration: Histogram,
+    notifications: Family<NotificationLabels, Counter>,
     /// The Services that have series, so that those of deleted Services can be found
     /// and released.
     services: Mutex<BTreeSet<String>>,
@@ -154,6 +187,7 @@ impl Metrics {
         let reconcile_panics = Family::<ServiceLabels, Counter>::default();
         // 5ms to about 20s: a check is a few instant queries, retried up to its deadline.
         let query_duration = Histogram::new(exponential_buckets(0.005, 2.0, 13));
+        let notifications = Family::<NotificationLabels, Counter>::default();
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -207,6 +241,11 @@ impl Metrics {
             "Time one check's Prometheus queries took (run in parallel, retries included)",
             query_duration.clone(),
         );
+        registry.register(
+            "notifications",
+            "Notifications of transitions, by sink and by how they ended: sent, failed (refused, or not accepted within the retries) or dropped (the sink's queue was full)",
+            notifications.clone(),
+        );
         registry.register("build_info", "The running weir's version", build_info);
         Metrics {
             registry,
@@ -219,6 +258,7 @@ impl Metrics {
             reconcile_errors,
             reconcile_panics,
             query_duration,
+            notifications,
             services: Mutex::new(BTreeSet::new()),
         }
     }
@@ -334,6 +374,27 @@ impl Metrics {
                 outcome: outcome.label(),
             })
             .observe(duration.as_secs_f64());
+    }
+
+    /// Shows `sink`'s notification counters at 0, so that a configured sink has series
+    /// before its first notification.
+    pub fn notification_sink(&self, sink: Sink) {
+        for outcome in Delivery::ALL {
+            let _created = self.notifications.get_or_create(&NotificationLabels {
+                sink: sink.name(),
+                outcome: outcome.label(),
+            });
+        }
+    }
+
+    /// Counts one notification to `sink` that ended as `outcome`.
+    pub fn notification(&self, sink: Sink, outcome: Delivery) {
+        self.notifications
+            .get_or_create(&NotificationLabels {
+                sink: sink.name(),
+                outcome: outcome.label(),
+            })
+            .inc();
     }
 
     /// Counts a failed reconcile of `service`.
@@ -656,6 +717,7 @@ mod tests {
         metrics.rollout_finished("checkout", Outcome::Promoted, Duration::from_secs(60));
         metrics.reconcile_error("checkout");
         metrics.reconcile_panic("checkout");
+        metrics.notification(Sink::Slack, Delivery::Sent);
         let text = metrics.encode();
         let exposed: Vec<&str> = text
             .lines()
@@ -687,6 +749,35 @@ mod tests {
                 "the dashboard does not show {name}"
             );
         }
+    }
+
+    #[test]
+    fn notifications_count_by_sink_and_outcome_from_zero() {
+        let metrics = Metrics::new();
+        assert!(!metrics.encode().contains("weir_notifications_total{"));
+        metrics.notification_sink(Sink::Webhook);
+        let text = metrics.encode();
+        for outcome in ["sent", "failed", "dropped"] {
+            let series =
+                format!(r#"weir_notifications_total{{sink="webhook",outcome="{outcome}"}} 0"#);
+            assert!(text.contains(&series), "{series} is missing: {text}");
+        }
+        assert!(!text.contains(r#"sink="slack""#), "{text}");
+        metrics.notification(Sink::Webhook, Delivery::Sent);
+        metrics.notification(Sink::Webhook, Delivery::Sent);
+        metrics.notification(Sink::Slack, Delivery::Dropped);
+        // Not a Service's series: forgetting a Service keeps them.
+        metrics.reconcile_error("checkout");
+        metrics.forget("checkout");
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"weir_notifications_total{sink="webhook",outcome="sent"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"weir_notifications_total{sink="slack",outcome="dropped"} 1"#),
+            "{text}"
+        );
     }
 
     #[test]

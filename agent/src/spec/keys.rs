@@ -24,6 +24,7 @@ pub const TOLERANCE: &str = "weir.dev/tolerance";
 pub const CONFIDENCE: &str = "weir.dev/confidence";
 pub const DECISION_TIMEOUT: &str = "weir.dev/decision-timeout";
 pub const METRICS: &str = "weir.dev/metrics";
+pub const NOTIFY: &str = "weir.dev/notify";
 pub const SCALE_DOWN_DELAY: &str = "weir.dev/scale-down-delay";
 
 // Controls, written by a person or by the `weir` CLI.
@@ -65,6 +66,7 @@ pub const ALL: &[(&str, &str)] = &[
     (CONFIDENCE, r#"weir.dev/confidence: "99%""#),
     (DECISION_TIMEOUT, r#"weir.dev/decision-timeout: "1h""#),
     (METRICS, r#"weir.dev/metrics: "checkout-metrics""#),
+    (NOTIFY, r#"weir.dev/notify: "slack""#),
     (SCALE_DOWN_DELAY, r#"weir.dev/scale-down-delay: "10m""#),
     (PAUSE, r#"weir.dev/pause: "true""#),
     (PROMOTE, r#"weir.dev/promote: "v2""#),

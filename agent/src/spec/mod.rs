@@ -35,8 +35,9 @@ pub use names::{
 pub use values::{
     InvalidValue, MAX_INTERVAL, MAX_LATENCY, MAX_SCALE_DOWN_DELAY, MAX_STEPS, MIN_INTERVAL,
     MIN_LATENCY, parse_bool, parse_confidence, parse_duration, parse_error_codes,
-    parse_failure_limit, parse_interval, parse_latency, parse_min_requests, parse_percent,
-    parse_quantile, parse_rule, parse_scale_down_delay, parse_steps, parse_tolerance,
+    parse_failure_limit, parse_interval, parse_latency, parse_min_requests, parse_notify,
+    parse_percent, parse_quantile, parse_rule, parse_scale_down_delay, parse_steps,
+    parse_tolerance,
 };
 
 /// A traffic weight in percent, 0..=100.
@@ -200,6 +201,9 @@ pub fn parse(
     let scale_down_delay = reader
         .read(keys::SCALE_DOWN_DELAY, parse_scale_down_delay)
         .unwrap_or(defaults.scale_down_delay);
+    // Validated here, read by [`notify`]: where a transition is told is no part of
+    // how a rollout runs.
+    reader.read(keys::NOTIFY, parse_notify);
 
     if stable_subset == canary_subset {
         reader.conflict(
@@ -254,6 +258,40 @@ pub fn enabled(annotations: &BTreeMap<String, String>) -> Result<bool, SpecError
     match reader.errors.pop() {
         Some(error) => Err(error),
         None => Ok(enabled.unwrap_or(false)),
+    }
+}
+
+/// The sinks `weir.dev/notify` sends a Service's notifications to: all of them when
+/// absent, none when muted.
+pub fn notify(annotations: &BTreeMap<String, String>) -> Result<Vec<Sink>, SpecError> {
+    let mut reader = Reader::new(annotations);
+    let sinks = reader.read(keys::NOTIFY, parse_notify);
+    match reader.errors.pop() {
+        Some(error) => Err(error),
+        None => Ok(sinks.unwrap_or_else(|| Sink::ALL.to_vec())),
+    }
+}
+
+/// Where the agent sends notifications of transitions, by the name `weir.dev/notify`
+/// gives it. Ordered as [`Sink::ALL`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Sink {
+    /// A generic JSON webhook (`--notify-webhook-url-file`).
+    Webhook,
+    /// A Slack-compatible incoming webhook (`--notify-slack-url-file`).
+    Slack,
+}
+
+impl Sink {
+    /// Every sink, in order.
+    pub const ALL: [Sink; 2] = [Sink::Webhook, Sink::Slack];
+
+    /// The sink's name in `weir.dev/notify` and in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sink::Webhook => "webhook",
+            Sink::Slack => "slack",
+        }
     }
 }
 

@@ -939,6 +939,36 @@ const BAD: &[BadCase] = &[
         "weir.dev/canary-weight",
         "not one weir reads",
     ),
+    (
+        &[(keys::NOTIFY, "teams")],
+        keys::NOTIFY,
+        r#""teams" is not a sink: write all, none, or sink names separated by commas (webhook, slack)"#,
+    ),
+    (
+        &[(keys::NOTIFY, "")],
+        keys::NOTIFY,
+        "empty: write all, none",
+    ),
+    (
+        &[(keys::NOTIFY, "slack,none")],
+        keys::NOTIFY,
+        "none stands alone",
+    ),
+    (
+        &[(keys::NOTIFY, "all,slack")],
+        keys::NOTIFY,
+        "all stands alone",
+    ),
+    (
+        &[(keys::NOTIFY, "slack,,webhook")],
+        keys::NOTIFY,
+        "name 2 is empty: separate sink names with single commas",
+    ),
+    (
+        &[(keys::NOTIFY, "slack webhook")],
+        keys::NOTIFY,
+        "is not a sink",
+    ),
 ];
 
 #[test]
@@ -1122,6 +1152,44 @@ fn any_value_but_false_opts_in_and_only_true_is_valid() {
 }
 
 #[test]
+fn notify_routes_to_every_sink_by_default_and_can_mute_or_pick() {
+    assert_eq!(notify(&annotations(&[])), Ok(Sink::ALL.to_vec()));
+    let cases: &[(&str, &[Sink])] = &[
+        ("all", &[Sink::Webhook, Sink::Slack]),
+        (" ALL ", &[Sink::Webhook, Sink::Slack]),
+        ("none", &[]),
+        ("None", &[]),
+        ("slack", &[Sink::Slack]),
+        ("webhook", &[Sink::Webhook]),
+        ("Slack, webhook", &[Sink::Webhook, Sink::Slack]),
+        ("slack,slack", &[Sink::Slack]),
+    ];
+    for (value, sinks) in cases {
+        let map = annotations(&[(keys::ENABLED, "true"), (keys::NOTIFY, value)]);
+        assert_eq!(notify(&map).as_deref(), Ok(*sinks), "{value:?}");
+        parse("checkout", &map, &Defaults::default())
+            .unwrap_or_else(|errors| panic!("{value:?}:\n{errors}"));
+    }
+    // A bad value is an error of the spec (the Service is misconfigured) and of the
+    // routing read, which names the same annotation.
+    let map = annotations(&[(keys::ENABLED, "true"), (keys::NOTIFY, "mute")]);
+    let error = notify(&map).unwrap_err();
+    assert_eq!(error.annotation, keys::NOTIFY);
+    assert_eq!(
+        parse("checkout", &map, &Defaults::default())
+            .unwrap_err()
+            .get(keys::NOTIFY),
+        Some(&error)
+    );
+    assert!(
+        error
+            .to_string()
+            .ends_with(r#"for example weir.dev/notify: "slack""#),
+        "{error}"
+    );
+}
+
+#[test]
 fn controls_are_read() {
     assert_eq!(controls(&annotations(&[])).unwrap(), Controls::default());
     assert_eq!(
@@ -1285,6 +1353,10 @@ fn plausible_annotation() -> impl Strategy<Value = (String, String)> {
             vec![keys::ENABLED, keys::PAUSE],
             "true|false|TRUE|yes".boxed()
         ),
+        pair(
+            vec![keys::NOTIFY],
+            "all|none|slack|webhook|slack,webhook|teams|slack,none".boxed()
+        ),
     ]
 }
 
@@ -1311,6 +1383,8 @@ fn check_accepted(spec: &RolloutSpec, map: &BTreeMap<String, String>) -> Result<
         map.keys()
             .all(|key| !keys::is_weir(key) || keys::is_known(key))
     );
+    // An accepted spec routes its notifications as written.
+    prop_assert!(notify(map).is_ok());
     if let Some(steps) = map.get(keys::STEPS) {
         prop_assert_eq!(Ok(spec.steps.clone()), parse_steps(steps));
     }
@@ -1391,6 +1465,7 @@ proptest! {
         let _ = parse_route_name(&text);
         let _ = parse_label_key(&text);
         let _ = parse_version(&text);
+        let _ = parse_notify(&text);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use thiserror::Error;
 use weir_analysis::{InvalidResponseCodes, ResponseCodes, Rule};
 
-use super::Weight;
+use super::{Sink, Weight};
 
 /// Why a value was rejected, e.g. "steps must be strictly ascending: 5 comes after 10".
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -307,6 +307,50 @@ pub fn parse_confidence(text: &str) -> Result<f64, InvalidValue> {
 /// 0.9990000000000001): at most four decimals of a percentage are kept.
 fn fraction(percent: f64) -> f64 {
     (percent * 1e4).round() / 1e6
+}
+
+/// Where a Service's notifications go: `all` (every sink the agent has), `none` (muted),
+/// or sink names separated by commas (`slack`, `webhook,slack`), in any case. Returns
+/// the sinks named, each once, in the order of [`Sink::ALL`].
+pub fn parse_notify(text: &str) -> Result<Vec<Sink>, InvalidValue> {
+    const FORMAT: &str = "write all, none, or sink names separated by commas (webhook, slack)";
+    let items: Vec<&str> = text.split(',').map(str::trim).collect();
+    if let [only] = items.as_slice() {
+        if only.is_empty() {
+            return invalid(format!("empty: {FORMAT}"));
+        }
+        if only.eq_ignore_ascii_case("all") {
+            return Ok(Sink::ALL.to_vec());
+        }
+        if only.eq_ignore_ascii_case("none") {
+            return Ok(Vec::new());
+        }
+    }
+    let mut sinks = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        if ["all", "none"]
+            .iter()
+            .any(|word| item.eq_ignore_ascii_case(word))
+        {
+            return invalid(format!("{item} stands alone: {FORMAT}"));
+        }
+        match Sink::ALL
+            .into_iter()
+            .find(|sink| sink.name().eq_ignore_ascii_case(item))
+        {
+            Some(sink) => sinks.push(sink),
+            None if item.is_empty() => {
+                return invalid(format!(
+                    "name {} is empty: separate sink names with single commas",
+                    index + 1
+                ));
+            }
+            None => return invalid(format!("{item:?} is not a sink: {FORMAT}")),
+        }
+    }
+    sinks.sort();
+    sinks.dedup();
+    Ok(sinks)
 }
 
 /// Canary requests a check needs before it can pass: a whole number, 0 or more.
