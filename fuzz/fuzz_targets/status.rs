@@ -38,8 +38,10 @@ fuzz_target!(|data: &[u8]| {
     let offset = SignedDuration::from_secs(i64::from(clock / 3) * 97 - 3600);
     let now = base.checked_add(offset).unwrap_or(base);
 
-    check_plan(&plan::misconfigured(Some(&status), "fuzzed", now));
-    check_plan(&plan::plan(&spec, &observed, None, now));
+    if let Some(report) = plan::misconfigured(Some(&status), "fuzzed", now) {
+        serde_json::to_string(&report.status).expect("a misconfigured status serializes");
+    }
+    check_plan(&plan::plan(&spec, &observed, None, now), &observed);
     if let Some(request) = plan::check_due(&spec, &observed, now) {
         assert_eq!(Some(&request.canary), status.canary.as_ref());
         assert!(request.next_weight <= 100);
@@ -55,12 +57,10 @@ fuzz_target!(|data: &[u8]| {
             step: Some(StepCounts::default()),
             baseline: status.evidence.baseline,
         };
-        check_plan(&plan::plan(
-            &spec,
+        check_plan(
+            &plan::plan(&spec, &observed, Some((&request, &judgement)), now),
             &observed,
-            Some((&request, &judgement)),
-            now,
-        ));
+        );
     }
 });
 
@@ -104,9 +104,13 @@ fn observed(status: &Status, weight: u8, mesh: u8, cluster: u8) -> Observed {
     let version = |name: &str, template: String, available: bool, created: Timestamp| Version {
         name: name.to_owned(),
         deployment: format!("shop-{name}"),
+        legacy_template: format!("legacy-{template}"),
         template,
         available,
         created,
+        reported: name.to_owned(),
+        replicas: bit(mesh, 7).then_some(0),
+        resource_version: Some("1".to_owned()),
     };
     let mut versions = Vec::new();
     if bit(cluster, 0) {
@@ -151,7 +155,7 @@ fn observed(status: &Status, weight: u8, mesh: u8, cluster: u8) -> Observed {
 
 /// What any plan must hold: the weights it sets sum to 100, and it never asks to be
 /// woken again at once.
-fn check_plan(plan: &Plan) {
+fn check_plan(plan: &Plan, observed: &Observed) {
     for action in &plan.actions {
         match action {
             Action::SetWeights(traffic) => assert!(
@@ -161,6 +165,15 @@ fn check_plan(plan: &Plan) {
             ),
             Action::WriteStatus { status, .. } => {
                 serde_json::to_string(status).expect("a planned status serializes");
+            }
+            Action::ScaleDown { version, .. } => {
+                let named = |v: &Option<String>| v.as_deref() == Some(version.as_str());
+                assert!(
+                    !named(&observed.subsets.stable)
+                        && !named(&observed.subsets.canary)
+                        && !plan.written_status().is_some_and(|s| named(&s.stable) || named(&s.canary)),
+                    "a scale-down of a version in use: {version}"
+                );
             }
             Action::SetSubsetVersion { .. } | Action::Emit(_) => {}
         }
