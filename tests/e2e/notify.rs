@@ -235,10 +235,11 @@ async fn each_transition_is_told_to_the_services_sinks_and_a_failing_sink_catche
         .as_array()
         .cloned()
         .unwrap_or_default();
+    // v3's errors break both error gates; whichever has the evidence first aborts it.
     let error_rate = gates
         .iter()
-        .find(|g| g["metric"] == "error-rate")
-        .ok_or_else(|| anyhow!("the abort names no error-rate gate: {aborted}"))?;
+        .find(|g| g["metric"] == "error-rate" || g["metric"] == "errors-vs-stable")
+        .ok_or_else(|| anyhow!("the abort names no error gate: {aborted}"))?;
     let (canary, stable) = (error_rate["canary"].as_f64(), error_rate["stable"].as_f64());
     assert!(
         matches!((canary, stable), (Some(c), Some(s)) if c > s),
@@ -246,7 +247,8 @@ async fn each_transition_is_told_to_the_services_sinks_and_a_failing_sink_catche
     );
     let summary = aborted["summary"].as_str().unwrap_or_default();
     assert!(
-        summary.starts_with("shop/checkout: aborted v3 on error-rate "),
+        summary.starts_with("shop/checkout: aborted v3 on error-rate ")
+            || summary.starts_with("shop/checkout: aborted v3 on errors-vs-stable "),
         "{summary}"
     );
 
