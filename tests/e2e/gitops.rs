@@ -88,23 +88,39 @@ fn keep_ignored(desired: &mut Value, live: &Value) {
 /// One sync: every rendered object is applied (server-side, forced, as a GitOps
 /// controller does), keeping the ignored fields' live values; the app's Deployments that
 /// Git no longer lists are pruned. New Deployments become Available.
+///
+/// A sync that read the live values before a weir write and applied them after would
+/// undo that write for a moment (weir puts it back at its next reconcile); this one is
+/// guarded, so the weights seen are exactly weir's.
 async fn sync(bed: &Bed, versions: &[&str]) -> anyhow::Result<()> {
     let params = PatchParams::apply("gitops").force();
     let mut deployments = BTreeSet::new();
-    for mut object in render(versions)? {
-        let api = api(bed, &object);
-        let name = object["metadata"]["name"]
+    for rendered in render(versions)? {
+        let api = api(bed, &rendered);
+        let name = rendered["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        let live = api.get_opt(&name).await?;
-        if let Some(live) = &live {
-            keep_ignored(&mut object, &serde_json::to_value(live)?);
-        }
-        api.patch(&name, &params, &Patch::Apply(&object))
-            .await
-            .with_context(|| format!("syncing {} {name}", object["kind"]))?;
-        if object["kind"] == "Deployment" {
+        // The live values are read, then written back with the rest: guarded by the
+        // resourceVersion read, so that a weir write in between is never undone with a
+        // stale value (the apply is refused, and made again from a fresh read).
+        let mut attempts = 0;
+        let live = loop {
+            let mut object = rendered.clone();
+            let live = api.get_opt(&name).await?;
+            if let Some(live) = &live {
+                keep_ignored(&mut object, &serde_json::to_value(live)?);
+                object["metadata"]["resourceVersion"] = json!(live.metadata.resource_version);
+            }
+            match api.patch(&name, &params, &Patch::Apply(&object)).await {
+                Err(kube::Error::Api(e)) if e.code == 409 && attempts < 20 => attempts += 1,
+                result => {
+                    result.with_context(|| format!("syncing {} {name}", object["kind"]))?;
+                    break live;
+                }
+            }
+        };
+        if rendered["kind"] == "Deployment" {
             if live.is_none() {
                 weir_testbed::mark_deployment_available(&bed.client, &bed.namespace, &name).await?;
             }
