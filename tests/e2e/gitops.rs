@@ -8,13 +8,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow, ensure};
-use kube::Api;
-use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
-use serde::Deserialize as _;
+use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use weir::plan::Phase;
 
-use crate::install::helm;
+use crate::install::helm_template;
 use crate::support::Bed;
 
 fn chart() -> PathBuf {
@@ -34,38 +32,13 @@ fn render(versions: &[&str]) -> anyhow::Result<Vec<Value>> {
     });
     std::fs::write(&values, serde_json::to_string(&doc)?)?;
     let chart = chart();
-    let out = helm(&[
+    helm_template(&[
         "template",
         "checkout",
         chart.to_str().unwrap_or_default(),
         "--values",
         values.to_str().unwrap_or_default(),
-    ])?;
-    ensure!(
-        out.status.success(),
-        "helm template failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout)?;
-    let mut objects = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(&text) {
-        let value = Value::deserialize(document).context("parsing helm's output")?;
-        if !value.is_null() {
-            objects.push(value);
-        }
-    }
-    Ok(objects)
-}
-
-fn api(bed: &Bed, object: &Value) -> Api<DynamicObject> {
-    let api_version = object["apiVersion"].as_str().unwrap_or_default();
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    let gvk = GroupVersionKind::gvk(group, version, object["kind"].as_str().unwrap_or_default());
-    Api::namespaced_with(
-        bed.client.clone(),
-        &bed.namespace,
-        &ApiResource::from_gvk(&gvk),
-    )
+    ])
 }
 
 /// The fields docs/gitops.md tells Argo CD to ignore (`ignoreDifferences` with
@@ -96,7 +69,7 @@ async fn sync(bed: &Bed, versions: &[&str]) -> anyhow::Result<()> {
     let params = PatchParams::apply("gitops").force();
     let mut deployments = BTreeSet::new();
     for rendered in render(versions)? {
-        let api = api(bed, &rendered);
+        let api = bed.dynamic_api(&rendered)?;
         let name = rendered["metadata"]["name"]
             .as_str()
             .unwrap_or_default()

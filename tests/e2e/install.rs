@@ -61,7 +61,13 @@ fn render(namespace: &str, values: &str, set: &[&str]) -> anyhow::Result<Vec<Val
     for s in set {
         args.extend(["--set", s]);
     }
-    let out = helm(&args)?;
+    helm_template(&args)
+}
+
+/// `helm template` with `args` (which start with `template`): every rendered object, in
+/// order.
+pub(crate) fn helm_template(args: &[&str]) -> anyhow::Result<Vec<Value>> {
+    let out = helm(args)?;
     ensure!(
         out.status.success(),
         "helm template failed: {}",

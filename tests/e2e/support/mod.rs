@@ -289,20 +289,26 @@ impl Bed {
         )
     }
 
-    pub async fn create_dynamic(&self, object: &Value) -> anyhow::Result<()> {
+    /// The API of `object`'s kind in the test namespace, from its apiVersion and kind.
+    pub fn dynamic_api(&self, object: &Value) -> anyhow::Result<Api<DynamicObject>> {
         let kind = object["kind"].as_str().unwrap_or_default();
         let api_version = object["apiVersion"].as_str().unwrap_or_default();
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
         if kind.is_empty() || version.is_empty() {
             bail!("an object without apiVersion or kind: {object}");
         }
-        let obj: DynamicObject = serde_json::from_value(object.clone())?;
         let gvk = GroupVersionKind::gvk(group, version, kind);
-        let api: Api<DynamicObject> = Api::namespaced_with(
+        Ok(Api::namespaced_with(
             self.client.clone(),
             &self.namespace,
             &ApiResource::from_gvk(&gvk),
-        );
+        ))
+    }
+
+    pub async fn create_dynamic(&self, object: &Value) -> anyhow::Result<()> {
+        let kind = object["kind"].as_str().unwrap_or_default();
+        let api = self.dynamic_api(object)?;
+        let obj: DynamicObject = serde_json::from_value(object.clone())?;
         api.create(&PostParams::default(), &obj)
             .await
             .with_context(|| format!("creating {kind} {:?}", obj.metadata.name))?;
