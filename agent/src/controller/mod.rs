@@ -1,8 +1,8 @@
 //! kube-runtime wiring: watches, the reconcile pipeline, status, events.
 //!
 //! One reconcile reads top to bottom like DESIGN.md's lifecycle:
-//! [`observe`] (reads the Service, VirtualServices and DestinationRules fresh and the
-//! Deployments from the watch cache) → [`validate`] (through [`crate::spec`] and
+//! [`observe`] (reads the Service and the VirtualServices and DestinationRules that
+//! [`routing`] says name it fresh, and the Deployments from the watch cache) → [`validate`] (through [`crate::spec`] and
 //! [`crate::mesh`], pure) → the gates (Prometheus, only when a check is due) →
 //! [`crate::plan`] (pure) → [`apply`] (the only writes).
 
@@ -10,6 +10,7 @@ mod apply;
 pub mod lease;
 mod observe;
 mod reconcile;
+mod routing;
 pub mod template;
 pub mod validate;
 
@@ -36,6 +37,7 @@ use crate::notify::Notifier;
 use crate::server::{Metrics, Telemetry};
 use crate::spec::{self, Defaults};
 use lease::Leadership;
+use routing::RoutingIndex;
 
 pub use reconcile::Error;
 
@@ -57,7 +59,7 @@ pub struct AgentConfig {
 }
 
 /// Reconciles that may run at once. Bounds the agent's memory (each holds a fresh read
-/// of the Service, the namespace's VirtualServices and DestinationRules, and a
+/// of the Service, the VirtualServices and DestinationRules that name it, and a
 /// Prometheus response) and its connections, whatever the number of Services; a
 /// reconcile takes milliseconds, so four keep up with hundreds of Services.
 const RECONCILE_CONCURRENCY: u16 = 4;
@@ -73,6 +75,9 @@ pub struct Context {
     /// does; the planner is told either way, so that it can never read an empty cache as
     /// every version gone.
     pub deployments_synced: AtomicBool,
+    /// Which VirtualServices and DestinationRules name which Services, so that a
+    /// reconcile reads only those. Complete before the first reconcile.
+    pub routing: RoutingIndex,
     /// Whether this agent may write: reconciles and writes happen only while it leads.
     pub leadership: Leadership,
     /// The agent's own metrics (`/metrics`).
@@ -106,8 +111,10 @@ const SUBSCRIBER_BUFFER: usize = 1024;
 /// replica, leader or not, so that a failover starts with hot caches. Reconciles start
 /// only once both caches hold their first full list: before that, a Service's versions
 /// are "not observed yet", never "gone" (DESIGN.md, invariant 7). VirtualServices and
-/// DestinationRules are only watched, to wake the Services they concern (now, or before
-/// an edit): a reconcile reads them fresh, because it writes them. Reconciles and writes
+/// DestinationRules are watched from the start too, into an index of the Services they
+/// name (complete before the first reconcile) and to wake the Services they concern (now,
+/// or before an edit): a reconcile GETs the few it needs fresh, because it writes them.
+/// Reconciles and writes
 /// happen only while `leadership` says this agent leads; so are notifications, which
 /// `notifier` sends.
 pub async fn run(
@@ -139,6 +146,7 @@ pub async fn run(
         prometheus,
         deployments: deployments.clone(),
         deployments_synced: AtomicBool::new(false),
+        routing: RoutingIndex::new(&ns),
         leadership: leadership.clone(),
         last_checks: Mutex::new(HashMap::new()),
     });
@@ -168,13 +176,57 @@ pub async fn run(
     .default_backoff()
     .reflect_shared(deployments_writer)
     .for_each(|_| futures::future::ready(()));
-    let caches = tokio::spawn(futures::future::join(service_cache, deployment_cache));
+    // Routing objects: indexed at once, and handed to the controller (once it runs) to
+    // wake the Services they concern.
+    let (vs_events, vs_wake_events) = futures::channel::mpsc::unbounded();
+    let (vs_listed, vs_synced) = futures::channel::oneshot::channel();
+    let vs_cache = {
+        let context = context.clone();
+        index_routing(
+            watcher(
+                Api::<VirtualService>::namespaced(client.clone(), &ns),
+                watch.clone(),
+            )
+            .default_backoff(),
+            move |event| context.routing.apply_virtual_service(event),
+            vs_events,
+            vs_listed,
+        )
+    };
+    let (dr_events, dr_wake_events) = futures::channel::mpsc::unbounded();
+    let (dr_listed, dr_synced) = futures::channel::oneshot::channel();
+    let dr_cache = {
+        let context = context.clone();
+        index_routing(
+            watcher(
+                Api::<DestinationRule>::namespaced(client.clone(), &ns),
+                watch.clone(),
+            )
+            .default_backoff(),
+            move |event| context.routing.apply_destination_rule(event),
+            dr_events,
+            dr_listed,
+        )
+    };
+    let caches = tokio::spawn(futures::future::join4(
+        service_cache,
+        deployment_cache,
+        vs_cache,
+        dr_cache,
+    ));
 
     // The only waiter on each store's readiness: kube-runtime's `DelayedInit` wakes only
     // the latest of several concurrent waiters, so a second one could sleep forever.
     // The Controller waits on the Service store again below, once it is already ready.
-    let synced =
-        async { tokio::try_join!(services.wait_until_ready(), deployments.wait_until_ready()) };
+    let synced = async {
+        let text = |e: &dyn std::error::Error| e.to_string();
+        tokio::try_join!(
+            async { services.wait_until_ready().await.map_err(|e| text(&e)) },
+            async { deployments.wait_until_ready().await.map_err(|e| text(&e)) },
+            async { vs_synced.await.map_err(|_| text(&RoutingNotListed)) },
+            async { dr_synced.await.map_err(|_| text(&RoutingNotListed)) },
+        )
+    };
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     tokio::select! {
         result = synced => {
@@ -191,6 +243,7 @@ pub async fn run(
     }
     context.deployments_synced.store(true, Ordering::Release);
     telemetry.readiness.caches_synced();
+    debug_assert!(context.routing.synced());
     info!(
         services = services.state().len(),
         deployments = deployments.state().len(),
@@ -198,18 +251,12 @@ pub async fn run(
     );
 
     let (s1, s2, s3) = (services.clone(), services.clone(), services.clone());
-    let vs_wakes = observe::routing_wakes(
-        watcher(
-            Api::<VirtualService>::namespaced(client.clone(), &ns),
-            watch.clone(),
-        )
-        .default_backoff(),
-        move |vs| observe::services_routed_by(&s2, vs),
-    );
-    let dr_wakes = observe::routing_wakes(
-        watcher(Api::<DestinationRule>::namespaced(client, &ns), watch).default_backoff(),
-        move |dr| observe::services_with_subsets_in(&s3, dr),
-    );
+    let vs_wakes = observe::routing_wakes(vs_wake_events, move |vs| {
+        observe::services_routed_by(&s2, vs)
+    });
+    let dr_wakes = observe::routing_wakes(dr_wake_events, move |dr| {
+        observe::services_with_subsets_in(&s3, dr)
+    });
 
     Controller::for_shared_stream(service_events, services)
         .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
@@ -236,6 +283,40 @@ pub async fn run(
         .await;
     caches.abort();
     info!("controller stopped");
+}
+
+/// The routing watch never listed: it ended (only at shutdown) before its first list.
+#[derive(Debug, thiserror::Error)]
+#[error("the watch of routing objects stopped before its first list")]
+struct RoutingNotListed;
+
+type WatchEvent<K> = Result<watcher::Event<K>, watcher::Error>;
+
+/// Follows one kind of routing object: applies each event to the index (`index`), says
+/// when the first full list is in (`listed`), and passes every event on to `wakes` for
+/// the controller. The channel is unbounded, but holds at most one list's worth of
+/// events before the controller starts to drain it; after that, events pass straight
+/// through.
+async fn index_routing<K>(
+    events: impl futures::Stream<Item = WatchEvent<K>>,
+    index: impl Fn(&watcher::Event<K>),
+    wakes: futures::channel::mpsc::UnboundedSender<WatchEvent<K>>,
+    listed: futures::channel::oneshot::Sender<()>,
+) {
+    let mut listed = Some(listed);
+    futures::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        if let Ok(event) = &event {
+            index(event);
+            if matches!(event, watcher::Event::InitDone)
+                && let Some(listed) = listed.take()
+            {
+                let _ = listed.send(());
+            }
+        }
+        // The receiver is gone only once the controller has stopped.
+        let _ = wakes.unbounded_send(event);
+    }
 }
 
 /// One reconcile, with any panic in it contained: see [`contain_panics`].

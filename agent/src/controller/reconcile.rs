@@ -198,14 +198,38 @@ pub fn error_policy(service: Arc<Service>, error: &Error, ctx: Arc<Context>) -> 
 /// Fresh reads of what this reconcile writes to: the watch caches may lag behind this
 /// agent's own last writes, and a plan made from a stale status or stale weights would
 /// undo them. Deployments, which weir never writes, come from the cache.
+///
+/// Only the routing objects that concern the Service are read: those its annotations
+/// name, and those the [`RoutingIndex`](super::routing::RoutingIndex) says name it, so
+/// a reconcile costs the same in a namespace of ten Services or of a thousand. When that
+/// finds none of a kind (the Service is misconfigured, or the object that would fix it
+/// is newer than the index), the whole kind is listed once, so that the misconfiguration
+/// is reported exactly as the full picture shows it.
 async fn read(ctx: &Context, name: &str) -> Result<Reads, Error> {
     let ns = &ctx.config.namespace;
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
-    let vss: Api<VirtualService> = Api::namespaced(ctx.client.clone(), ns);
-    let drs: Api<DestinationRule> = Api::namespaced(ctx.client.clone(), ns);
-    let all = ListParams::default();
-    let (service, vs_list, dr_list) =
-        tokio::try_join!(services.get(name), vss.list(&all), drs.list(&all))?;
+    let service = services.get(name).await?;
+    let named = |key| {
+        service
+            .annotations()
+            .get(key)
+            .filter(|name| spec::parse_object_name(name).is_ok())
+            .cloned()
+    };
+    let vs_named = named(keys::VIRTUAL_SERVICE);
+    let dr_named = named(keys::DESTINATION_RULE);
+    let (virtual_services, destination_rules) = tokio::try_join!(
+        related::<VirtualService>(
+            ctx,
+            vs_named.as_deref(),
+            ctx.routing.virtual_services_routing_to(name)
+        ),
+        related::<DestinationRule>(
+            ctx,
+            dr_named.as_deref(),
+            ctx.routing.destination_rules_of(name)
+        ),
+    )?;
     let metrics = match service.annotations().get(keys::METRICS) {
         Some(cm) if spec::parse_object_name(cm).is_ok() => {
             Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
@@ -216,10 +240,40 @@ async fn read(ctx: &Context, name: &str) -> Result<Reads, Error> {
     };
     Ok(Reads {
         service,
-        virtual_services: vs_list.items,
-        destination_rules: dr_list.items,
+        virtual_services,
+        destination_rules,
         metrics,
     })
+}
+
+/// The objects of one routing kind a Service's reconcile needs: the one its annotation
+/// names, if any, else the ones the index lists; GET fresh, one by one. Lists the kind
+/// only when that finds nothing (see [`read`]).
+async fn related<K>(
+    ctx: &Context,
+    named: Option<&str>,
+    indexed: Vec<String>,
+) -> Result<Vec<K>, Error>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    let names = match named {
+        Some(name) => vec![name.to_owned()],
+        None => indexed,
+    };
+    let found: Vec<K> = futures::future::try_join_all(names.iter().map(|name| api.get_opt(name)))
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    if !found.is_empty() {
+        return Ok(found);
+    }
+    Ok(api.list(&ListParams::default()).await?.items)
 }
 
 /// The status annotation, if present and readable. An unreadable status is treated as

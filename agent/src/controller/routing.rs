@@ -1,0 +1,245 @@
+//! Which VirtualServices and DestinationRules name which Services: an index kept from
+//! watch events, so that a reconcile reads only the routing objects that concern its
+//! Service, not every object of the namespace.
+//!
+//! Listing both kinds on every reconcile made the agent's start-up work grow with the
+//! square of the namespace's size (each of N reconciles decoded N objects of each
+//! kind). The index holds names only; a reconcile still GETs the objects it may write,
+//! fresh, because the watch may lag behind the agent's own last write.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
+
+use kube::ResourceExt;
+use kube::runtime::watcher;
+
+use crate::mesh::{self, DestinationRule, VirtualService};
+
+/// Services named by one kind of routing object, by object name.
+#[derive(Debug, Default)]
+struct Names {
+    /// Object name → the Services (short names) it names.
+    by_object: HashMap<String, BTreeSet<String>>,
+    /// Service short name → the objects that name it.
+    by_service: HashMap<String, BTreeSet<String>>,
+    /// The objects of the re-list under way, between `Init` and `InitDone`.
+    listing: Option<HashSet<String>>,
+    /// Whether a first full list has been seen.
+    synced: bool,
+}
+
+impl Names {
+    fn set(&mut self, object: String, services: BTreeSet<String>) {
+        self.remove(&object);
+        for service in &services {
+            self.by_service
+                .entry(service.clone())
+                .or_default()
+                .insert(object.clone());
+        }
+        self.by_object.insert(object, services);
+    }
+
+    fn remove(&mut self, object: &str) {
+        for service in self.by_object.remove(object).unwrap_or_default() {
+            if let Some(objects) = self.by_service.get_mut(&service) {
+                objects.remove(object);
+                if objects.is_empty() {
+                    self.by_service.remove(&service);
+                }
+            }
+        }
+    }
+
+    fn apply<K: ResourceExt>(
+        &mut self,
+        event: &watcher::Event<K>,
+        named: impl Fn(&K) -> BTreeSet<String>,
+    ) {
+        match event {
+            watcher::Event::Init => self.listing = Some(HashSet::new()),
+            watcher::Event::InitApply(object) | watcher::Event::Apply(object) => {
+                let name = object.name_any();
+                if let Some(listing) = &mut self.listing {
+                    listing.insert(name.clone());
+                }
+                self.set(name, named(object));
+            }
+            watcher::Event::Delete(object) => self.remove(&object.name_any()),
+            watcher::Event::InitDone => {
+                // A re-list that no longer has an object: it was deleted while the
+                // watch was down, which sends no delete event.
+                if let Some(listed) = self.listing.take() {
+                    let gone: Vec<String> = self
+                        .by_object
+                        .keys()
+                        .filter(|name| !listed.contains(*name))
+                        .cloned()
+                        .collect();
+                    for name in gone {
+                        self.remove(&name);
+                    }
+                }
+                self.synced = true;
+            }
+        }
+    }
+
+    fn naming(&self, service: &str) -> Vec<String> {
+        self.by_service
+            .get(&service.to_ascii_lowercase())
+            .map(|objects| objects.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The short name of the Service `host` refers to, when it is one of this namespace's
+/// Services (`svc`, `svc.ns`, `svc.ns.svc[.<domain>]`).
+fn local_service(host: &str, namespace: &str) -> Option<String> {
+    let first = host.split('.').next()?.to_ascii_lowercase();
+    (!first.is_empty() && mesh::host_matches(host, &first, namespace)).then_some(first)
+}
+
+/// The Services a VirtualService routes to, in any of its HTTP routes.
+fn routed_by(virtual_service: &VirtualService, namespace: &str) -> BTreeSet<String> {
+    virtual_service
+        .spec
+        .http
+        .iter()
+        .flatten()
+        .flat_map(|route| route.route.iter().flatten())
+        .filter_map(|destination| local_service(&destination.destination.host, namespace))
+        .collect()
+}
+
+/// The Service a DestinationRule's host is.
+fn subsets_of(destination_rule: &DestinationRule, namespace: &str) -> BTreeSet<String> {
+    local_service(&destination_rule.spec.host, namespace)
+        .into_iter()
+        .collect()
+}
+
+/// The index of routing objects by the Services they name, for one namespace.
+#[derive(Debug)]
+pub struct RoutingIndex {
+    namespace: String,
+    virtual_services: Mutex<Names>,
+    destination_rules: Mutex<Names>,
+}
+
+impl RoutingIndex {
+    pub fn new(namespace: &str) -> Self {
+        RoutingIndex {
+            namespace: namespace.to_owned(),
+            virtual_services: Mutex::default(),
+            destination_rules: Mutex::default(),
+        }
+    }
+
+    pub fn apply_virtual_service(&self, event: &watcher::Event<VirtualService>) {
+        lock(&self.virtual_services).apply(event, |vs| routed_by(vs, &self.namespace));
+    }
+
+    pub fn apply_destination_rule(&self, event: &watcher::Event<DestinationRule>) {
+        lock(&self.destination_rules).apply(event, |dr| subsets_of(dr, &self.namespace));
+    }
+
+    /// Whether both kinds have been listed in full at least once. Before that, an
+    /// absent entry means "not observed yet", never "none".
+    pub fn synced(&self) -> bool {
+        lock(&self.virtual_services).synced && lock(&self.destination_rules).synced
+    }
+
+    /// The VirtualServices with a destination on `service`, by name, sorted.
+    pub fn virtual_services_routing_to(&self, service: &str) -> Vec<String> {
+        lock(&self.virtual_services).naming(service)
+    }
+
+    /// The DestinationRules whose host is `service`, by name, sorted.
+    pub fn destination_rules_of(&self, service: &str) -> Vec<String> {
+        lock(&self.destination_rules).naming(service)
+    }
+}
+
+fn lock(names: &Mutex<Names>) -> std::sync::MutexGuard<'_, Names> {
+    names
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn vs(name: &str, hosts: &[&str]) -> VirtualService {
+        let route: Vec<_> = hosts
+            .iter()
+            .map(|host| json!({ "destination": { "host": host } }))
+            .collect();
+        serde_json::from_value(json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": { "name": name, "namespace": "shop" },
+            "spec": { "hosts": ["edge"], "http": [{ "route": route }] },
+        }))
+        .expect("a valid VirtualService")
+    }
+
+    fn dr(name: &str, host: &str) -> DestinationRule {
+        serde_json::from_value(json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": { "name": name, "namespace": "shop" },
+            "spec": { "host": host },
+        }))
+        .expect("a valid DestinationRule")
+    }
+
+    #[test]
+    fn indexes_local_hosts_in_every_form_and_ignores_other_namespaces() {
+        let index = RoutingIndex::new("shop");
+        index.apply_virtual_service(&watcher::Event::Apply(vs(
+            "edge",
+            &[
+                "checkout",
+                "Cart.shop",
+                "pay.shop.svc.cluster.local",
+                "search.other.svc.cluster.local",
+            ],
+        )));
+        for service in ["checkout", "cart", "pay"] {
+            assert_eq!(index.virtual_services_routing_to(service), ["edge"]);
+        }
+        assert!(index.virtual_services_routing_to("search").is_empty());
+    }
+
+    #[test]
+    fn an_edit_moves_the_object_between_services_and_a_delete_removes_it() {
+        let index = RoutingIndex::new("shop");
+        index.apply_virtual_service(&watcher::Event::Apply(vs("a", &["checkout"])));
+        index.apply_virtual_service(&watcher::Event::Apply(vs("b", &["checkout"])));
+        assert_eq!(index.virtual_services_routing_to("checkout"), ["a", "b"]);
+        index.apply_virtual_service(&watcher::Event::Apply(vs("a", &["cart"])));
+        assert_eq!(index.virtual_services_routing_to("checkout"), ["b"]);
+        assert_eq!(index.virtual_services_routing_to("cart"), ["a"]);
+        index.apply_virtual_service(&watcher::Event::Delete(vs("b", &["checkout"])));
+        assert!(index.virtual_services_routing_to("checkout").is_empty());
+    }
+
+    #[test]
+    fn a_relist_drops_what_it_no_longer_has_and_marks_the_index_synced() {
+        let index = RoutingIndex::new("shop");
+        assert!(!index.synced());
+        index.apply_destination_rule(&watcher::Event::Apply(dr("old", "checkout")));
+        index.apply_destination_rule(&watcher::Event::Init);
+        index.apply_destination_rule(&watcher::Event::InitApply(dr("new", "checkout.shop")));
+        index.apply_destination_rule(&watcher::Event::InitDone);
+        assert_eq!(index.destination_rules_of("checkout"), ["new"]);
+        assert!(!index.synced(), "VirtualServices are not listed yet");
+        index.apply_virtual_service(&watcher::Event::Init);
+        index.apply_virtual_service(&watcher::Event::InitDone);
+        assert!(index.synced());
+    }
+}
