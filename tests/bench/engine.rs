@@ -11,13 +11,14 @@
 //! idle part (default 300) for a quick try; `WEIR_BENCH_PARTS` picks parts, e.g.
 //! `abort,writes` or `fleet` (default: all three).
 
+#[path = "process_stats.rs"]
+mod process_stats;
 #[path = "../e2e/support/mod.rs"]
 mod support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Debug;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,7 @@ use tokio::task::JoinHandle;
 use weir::plan::{Phase, Status};
 use weir_testbed::wait_until;
 
+use process_stats::{MemorySampler, cpu_seconds, load_average, memory};
 use support::{Agent, App, Bed, DEADLINE, metric_value, weights_of};
 
 const ABORT_RUNS: usize = 5;
@@ -52,7 +54,6 @@ const DEFAULT_IDLE_SECS: u64 = 300;
 /// After a rollout's last status write, time for the writes that follow it (its Event)
 /// to land before a count is closed. Longer than the agent's step and check intervals.
 const SETTLE: Duration = Duration::from_secs(10);
-const MEMORY_SAMPLE_EVERY: Duration = Duration::from_millis(200);
 const MIB: f64 = 1024.0 * 1024.0;
 
 #[tokio::main(flavor = "multi_thread")]
@@ -586,109 +587,6 @@ fn print_breakdown(writes: &[&Write]) {
             "     {kind:?}: {} ({added} added, {modified} modified)",
             added + modified
         );
-    }
-}
-
-// ---- the agent process ------------------------------------------------------------
-
-struct Memory {
-    rss_bytes: u64,
-    hwm_bytes: u64,
-    /// Heap and stacks: what the agent allocates.
-    anon_bytes: u64,
-    /// Pages of the binary and shared libraries that were touched.
-    file_bytes: u64,
-}
-
-/// VmRSS and VmHWM of a process.
-fn memory(pid: u32) -> anyhow::Result<Memory> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let field = |key: &str| -> anyhow::Result<u64> {
-        let line = status
-            .lines()
-            .find_map(|line| line.strip_prefix(key))
-            .with_context(|| format!("{path} has no {key}"))?;
-        let kib: u64 = line
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .with_context(|| format!("{key}{line}"))?;
-        Ok(kib * 1024)
-    };
-    Ok(Memory {
-        rss_bytes: field("VmRSS:")?,
-        hwm_bytes: field("VmHWM:")?,
-        anon_bytes: field("RssAnon:")?,
-        file_bytes: field("RssFile:")?,
-    })
-}
-
-/// User plus system CPU time of a process so far.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces:
-    // state is field 3 of proc(5), utime 14 and stime 15.
-    let rest = stat
-        .rsplit_once(')')
-        .with_context(|| format!("unexpected {path}: {stat}"))?
-        .1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |index: usize| -> anyhow::Result<u64> {
-        fields
-            .get(index)
-            .with_context(|| format!("{path} is too short"))?
-            .parse()
-            .with_context(|| format!("field {} of {path}", index + 3))
-    };
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if per_second <= 0 {
-        bail!("sysconf(_SC_CLK_TCK) failed");
-    }
-    Ok((ticks(11)? + ticks(12)?) as f64 / per_second as f64)
-}
-
-fn load_average() -> anyhow::Result<String> {
-    let text = std::fs::read_to_string("/proc/loadavg")?;
-    Ok(text
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" "))
-}
-
-/// The highest VmRSS of a process, sampled until dropped.
-struct MemorySampler {
-    peak: Arc<AtomicU64>,
-    task: JoinHandle<()>,
-}
-
-impl MemorySampler {
-    fn start(pid: u32) -> MemorySampler {
-        let peak = Arc::new(AtomicU64::new(0));
-        let sink = peak.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                if let Ok(memory) = memory(pid) {
-                    sink.fetch_max(memory.rss_bytes, Ordering::Relaxed);
-                }
-                tokio::time::sleep(MEMORY_SAMPLE_EVERY).await;
-            }
-        });
-        MemorySampler { peak, task }
-    }
-
-    fn peak_bytes(&self) -> u64 {
-        self.peak.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for MemorySampler {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

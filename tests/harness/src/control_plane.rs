@@ -32,7 +32,8 @@ const CRDS_ESTABLISHED: Duration = Duration::from_secs(120);
 /// The admin identity's user name; its token is in group `system:masters`.
 const ADMIN_USER: &str = "weir-testbed-admin";
 /// Service ClusterIPs are allocated from here (nothing routes to them: there is no proxy).
-const SERVICE_CLUSTER_IP_RANGE: &str = "10.0.0.0/24";
+/// A /16: the scale benchmark creates thousands of Services (a /24 holds about 250).
+const SERVICE_CLUSTER_IP_RANGE: &str = "10.0.0.0/16";
 
 /// A real etcd and kube-apiserver for one test, with Istio's and Gateway API's CRDs
 /// installed and Established, and nothing else created.

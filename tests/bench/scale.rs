@@ -1,0 +1,603 @@
+//! The agent with many Services in one namespace (issue 14), on the test bed. It prints
+//! numbers; it asserts nothing, because timings on a shared machine are not a test.
+//!
+//! For each size N (default 10, 100 and 1,000): N opted-in Services, each with its
+//! VirtualService, DestinationRule and version v1, are created before the agent starts
+//! (release build, as `cargo bench` builds it). Then:
+//!
+//! 1. **Start-up**: the time until every Service carries a status, and the agent's CPU
+//!    seconds and API requests until then.
+//! 2. **Idle** (`WEIR_SCALE_IDLE_SECS`, default 60): CPU seconds per minute, API requests
+//!    per minute (reads and writes), Prometheus queries per minute.
+//! 3. **Progressing**: v2 of a tenth of the Services becomes Available at once; one of
+//!    them fails half its requests. The time from Available to the first weight, the
+//!    bad one's abort latency (from its first weight to weight 0) while the others
+//!    progress, Prometheus queries per minute and their latency, CPU and RSS.
+//!
+//! API requests are the apiserver's own count (`apiserver_request_total`), so they
+//! include everything that talks to it; while the agent runs, only it and this bench's
+//! watch of the Services do, and the simulator, which only watches (watches are not in
+//! that count). Leases are left out: they are the apiserver's own heartbeat here.
+//!
+//! Run with `cargo bench -p weir --bench scale`. `WEIR_SCALE_SIZES=10,100` picks sizes;
+//! CI runs a short mode with small sizes and a short idle, built in the test profile
+//! (`cargo test -p weir --bench scale`), to prove it runs.
+
+#[path = "process_stats.rs"]
+mod process_stats;
+#[path = "../e2e/support/mod.rs"]
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Service;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::task::JoinHandle;
+use weir::plan::{Phase, Status};
+use weir_testbed::wait_until;
+
+use process_stats::{MemorySampler, cpu_seconds, load_average, memory};
+use support::{App, Bed, metric_value};
+
+const SIZES_VAR: &str = "WEIR_SCALE_SIZES";
+const IDLE_VAR: &str = "WEIR_SCALE_IDLE_SECS";
+const DEFAULT_SIZES: [usize; 3] = [10, 100, 1000];
+const DEFAULT_IDLE_SECS: u64 = 60;
+/// The check interval every Service uses here: the abort target is one of these + 1 s.
+const CHECK_INTERVAL_SECS: u64 = 5;
+/// Objects created at once while the namespace is filled.
+const CREATE_CONCURRENCY: usize = 16;
+/// How long start-up and the rollouts may take before the bench gives up on a size.
+const PHASE_DEADLINE: Duration = Duration::from_secs(900);
+const MIB: f64 = 1024.0 * 1024.0;
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let sizes = sizes()?;
+    let idle = idle()?;
+    println!(
+        "scale benchmark: sizes {sizes:?}, idle {} s, check interval {CHECK_INTERVAL_SECS} s, {} build",
+        idle.as_secs(),
+        if cfg!(debug_assertions) {
+            "debug (numbers are not the product's)"
+        } else {
+            "release"
+        }
+    );
+    let mut rows = Vec::new();
+    for n in sizes {
+        let row = run(n, idle)
+            .await
+            .with_context(|| format!("the run with {n} Services"))?;
+        row.print();
+        rows.push(row);
+    }
+    print_curve(&rows);
+    Ok(())
+}
+
+/// What one size measured.
+#[derive(Debug, Default)]
+struct Row {
+    services: usize,
+    startup_secs: f64,
+    startup_cpu_secs: f64,
+    startup_reads: f64,
+    startup_writes: f64,
+    idle_rss_mib: f64,
+    idle_cpu_per_min: f64,
+    idle_reads_per_min: f64,
+    idle_writes_per_min: f64,
+    idle_queries_per_min: f64,
+    progressing: usize,
+    first_weight_p50: f64,
+    first_weight_max: f64,
+    abort_latency: Option<f64>,
+    promoted: usize,
+    busy_cpu_per_min: f64,
+    busy_reads_per_min: f64,
+    busy_writes_per_min: f64,
+    busy_queries_per_min: f64,
+    query_p50: Option<f64>,
+    query_p99: Option<f64>,
+    peak_rss_mib: f64,
+    steady_rss_mib: f64,
+    steady_anon_mib: f64,
+    steady_file_mib: f64,
+    load_average: String,
+}
+
+impl Row {
+    fn print(&self) {
+        let n = self.services;
+        println!("\n== {n} Services ==");
+        println!(
+            "   start-up: every Service has a status {:.1} s after the agent started; {:.2} CPU-s; {:.0} API reads, {:.0} writes",
+            self.startup_secs, self.startup_cpu_secs, self.startup_reads, self.startup_writes
+        );
+        println!(
+            "   idle: RSS {:.1} MiB; {:.3} CPU-s/min ({:.2}% of a core); {:.1} API reads/min, {:.1} writes/min; {:.1} Prometheus queries/min",
+            self.idle_rss_mib,
+            self.idle_cpu_per_min,
+            self.idle_cpu_per_min / 60.0 * 100.0,
+            self.idle_reads_per_min,
+            self.idle_writes_per_min,
+            self.idle_queries_per_min
+        );
+        println!(
+            "   {} progressing (1 bad): Available → first weight p50 {:.1} s, max {:.1} s; bad one aborted {} after its first weight; {}/{} good promoted",
+            self.progressing,
+            self.first_weight_p50,
+            self.first_weight_max,
+            self.abort_latency
+                .map_or_else(|| "never".to_owned(), |s| format!("{s:.1} s")),
+            self.promoted,
+            self.progressing - 1,
+        );
+        println!(
+            "   while progressing: {:.2} CPU-s/min; {:.0} API reads/min, {:.0} writes/min; {:.0} Prometheus queries/min, latency p50 {} p99 {} (agent's histogram, upper bucket bounds)",
+            self.busy_cpu_per_min,
+            self.busy_reads_per_min,
+            self.busy_writes_per_min,
+            self.busy_queries_per_min,
+            seconds(self.query_p50),
+            seconds(self.query_p99),
+        );
+        println!(
+            "   RSS: peak {:.1} MiB, steady (after the rollouts) {:.1} MiB ({:.1} MiB anonymous, {:.1} MiB file-backed); load average {}",
+            self.peak_rss_mib,
+            self.steady_rss_mib,
+            self.steady_anon_mib,
+            self.steady_file_mib,
+            self.load_average
+        );
+    }
+}
+
+fn seconds(value: Option<f64>) -> String {
+    value.map_or_else(|| "n/a".to_owned(), |s| format!("≤{:.0} ms", s * 1000.0))
+}
+
+async fn run(n: usize, idle: Duration) -> anyhow::Result<Row> {
+    let bed = Bed::start().await?;
+    let names: Vec<String> = (0..n).map(|i| format!("svc-{i:04}")).collect();
+    let filled = Instant::now();
+    futures::stream::iter(names.iter().map(|name| {
+        let bed = &bed;
+        async move {
+            let app = App::new(name)
+                .with("check-interval", &format!("{CHECK_INTERVAL_SECS}s"))
+                .with("step-interval", "10s");
+            bed.deploy_app(&app).await
+        }
+    }))
+    .buffer_unordered(CREATE_CONCURRENCY)
+    .try_collect::<Vec<()>>()
+    .await?;
+    println!(
+        "\n{n} Services with their VirtualService, DestinationRule and v1 created in {:.1} s",
+        filled.elapsed().as_secs_f64()
+    );
+
+    let watch = StatusWatch::start(&bed);
+    let api_before = api_requests(&bed).await?;
+    let started = Instant::now();
+    let agent = bed.agent(&[])?;
+    let pid = agent.pid().context("the agent is not running")?;
+    let sampler = MemorySampler::start(pid);
+    let mut row = Row {
+        services: n,
+        ..Row::default()
+    };
+
+    wait_until(
+        "every Service to carry a status",
+        PHASE_DEADLINE,
+        || async {
+            let adopted = watch.count(|t| t.status.is_some());
+            anyhow::ensure!(adopted == n, "{adopted} of {n}");
+            Ok(())
+        },
+    )
+    .await?;
+    row.startup_secs = started.elapsed().as_secs_f64();
+    row.startup_cpu_secs = cpu_seconds(pid)?;
+    let api_started = api_requests(&bed).await?;
+    (row.startup_reads, row.startup_writes) = api_started.since(&api_before);
+
+    // Idle: let the start-up's last writes land first.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (cpu, api, queries) = (
+        cpu_seconds(pid)?,
+        api_requests(&bed).await?,
+        prometheus_queries(&bed).await?,
+    );
+    tokio::time::sleep(idle).await;
+    let minutes = idle.as_secs_f64() / 60.0;
+    row.idle_cpu_per_min = (cpu_seconds(pid)? - cpu) / minutes;
+    let (reads, writes) = api_requests(&bed).await?.since(&api);
+    row.idle_reads_per_min = reads / minutes;
+    row.idle_writes_per_min = writes / minutes;
+    row.idle_queries_per_min = (prometheus_queries(&bed).await? - queries) / minutes;
+    row.idle_rss_mib = memory(pid)?.rss_bytes as f64 / MIB;
+
+    // A tenth of the Services release v2 at once; the first one is bad.
+    let progressing: Vec<&String> = names.iter().take((n / 10).max(2)).collect();
+    row.progressing = progressing.len();
+    let bad = progressing[0].clone();
+    let (cpu, api, queries, histogram) = (
+        cpu_seconds(pid)?,
+        api_requests(&bed).await?,
+        prometheus_queries(&bed).await?,
+        query_histogram(&agent.metrics().await?),
+    );
+    let busy = Instant::now();
+    let available: HashMap<String, Instant> =
+        futures::stream::iter(progressing.iter().map(|name| {
+            let bed = &bed;
+            let bad = &bad;
+            async move {
+                let error_rate = if *name == bad { 0.5 } else { 0.0 };
+                bed.deploy_version(name, "v2", error_rate).await?;
+                anyhow::Ok(((*name).clone(), Instant::now()))
+            }
+        }))
+        .buffer_unordered(CREATE_CONCURRENCY)
+        .try_collect()
+        .await?;
+    wait_until(
+        "the bad canary to abort and the others to promote",
+        PHASE_DEADLINE,
+        || async {
+            let done = progressing
+                .iter()
+                .filter(|name| {
+                    watch.get(name).is_some_and(|t| {
+                        let status = t.status.as_ref();
+                        if ***name == bad {
+                            status.is_some_and(|s| s.phase == Phase::Aborted)
+                        } else {
+                            status.is_some_and(|s| {
+                                s.phase == Phase::Idle && s.stable.as_deref() == Some("v2")
+                            })
+                        }
+                    })
+                })
+                .count();
+            anyhow::ensure!(
+                done == progressing.len(),
+                "{done} of {} done",
+                progressing.len()
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    let minutes = busy.elapsed().as_secs_f64() / 60.0;
+    row.busy_cpu_per_min = (cpu_seconds(pid)? - cpu) / minutes;
+    let (reads, writes) = api_requests(&bed).await?.since(&api);
+    row.busy_reads_per_min = reads / minutes;
+    row.busy_writes_per_min = writes / minutes;
+    row.busy_queries_per_min = (prometheus_queries(&bed).await? - queries) / minutes;
+    let histogram = query_histogram(&agent.metrics().await?).since(&histogram);
+    row.query_p50 = histogram.quantile(0.5);
+    row.query_p99 = histogram.quantile(0.99);
+
+    let mut first_weights: Vec<f64> = progressing
+        .iter()
+        .filter_map(|name| {
+            let first = watch.get(name)?.first_weight?;
+            Some(
+                first
+                    .saturating_duration_since(available[*name])
+                    .as_secs_f64(),
+            )
+        })
+        .collect();
+    first_weights.sort_by(f64::total_cmp);
+    if first_weights.len() != progressing.len() {
+        bail!(
+            "{} of {} canaries never got a weight",
+            progressing.len() - first_weights.len(),
+            progressing.len()
+        );
+    }
+    row.first_weight_p50 = first_weights[first_weights.len() / 2];
+    row.first_weight_max = *first_weights.last().unwrap_or(&0.0);
+    let bad_times = watch.get(&bad).context("the bad Service's status")?;
+    row.abort_latency = bad_times
+        .first_weight
+        .zip(bad_times.aborted)
+        .map(|(first, aborted)| aborted.saturating_duration_since(first).as_secs_f64());
+    row.promoted = progressing.len() - 1;
+
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let now = memory(pid)?;
+    row.steady_rss_mib = now.rss_bytes as f64 / MIB;
+    row.steady_anon_mib = now.anon_bytes as f64 / MIB;
+    row.steady_file_mib = now.file_bytes as f64 / MIB;
+    row.load_average = load_average()?;
+    row.peak_rss_mib = now.hwm_bytes.max(sampler.peak_bytes()) as f64 / MIB;
+    drop(agent);
+    Ok(row)
+}
+
+// ---- what the bench sees of the Services ------------------------------------------
+
+/// One Service as the bench's watch saw it.
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    status: Option<Status>,
+    /// When its canary v2 first had a weight above 0.
+    first_weight: Option<Instant>,
+    /// When it was first seen Aborted.
+    aborted: Option<Instant>,
+}
+
+/// A watch of every Service's status, with the times of the transitions the bench
+/// measures (a watch, so that following 1,000 Services costs the apiserver one request).
+struct StatusWatch {
+    seen: Arc<Mutex<HashMap<String, Seen>>>,
+    task: JoinHandle<()>,
+}
+
+impl StatusWatch {
+    fn start(bed: &Bed) -> StatusWatch {
+        let seen: Arc<Mutex<HashMap<String, Seen>>> = Arc::default();
+        let sink = seen.clone();
+        let api: Api<Service> = bed.services();
+        let task = tokio::spawn(async move {
+            let events = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .applied_objects();
+            futures::pin_mut!(events);
+            while let Some(service) = events.next().await {
+                let Ok(service) = service else { continue };
+                let status: Option<Status> = service
+                    .annotations()
+                    .get("weir.dev/status")
+                    .and_then(|raw| serde_json::from_str(raw).ok());
+                let now = Instant::now();
+                let mut seen = sink
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let entry = seen.entry(service.name_any()).or_default();
+                if let Some(s) = &status {
+                    if s.canary.as_deref() == Some("v2") && s.weight > 0 {
+                        entry.first_weight.get_or_insert(now);
+                    }
+                    if s.phase == Phase::Aborted {
+                        entry.aborted.get_or_insert(now);
+                    }
+                }
+                entry.status = status;
+            }
+        });
+        StatusWatch { seen, task }
+    }
+
+    fn count(&self, matching: impl Fn(&Seen) -> bool) -> usize {
+        self.lock().values().filter(|seen| matching(seen)).count()
+    }
+
+    fn get(&self, name: &str) -> Option<Seen> {
+        self.lock().get(name).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Seen>> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for StatusWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ---- counters -----------------------------------------------------------------------
+
+/// `apiserver_request_total` summed by verb, for resource requests only.
+struct ApiRequests(BTreeMap<String, f64>);
+
+impl ApiRequests {
+    /// Reads and writes since `earlier`. Watches are not counted by the apiserver until
+    /// they end, and are left out.
+    fn since(&self, earlier: &ApiRequests) -> (f64, f64) {
+        let mut reads = 0.0;
+        let mut writes = 0.0;
+        for (verb, count) in &self.0 {
+            let delta = count - earlier.0.get(verb).copied().unwrap_or(0.0);
+            match verb.as_str() {
+                "GET" | "LIST" => reads += delta,
+                "WATCH" => {}
+                _ => writes += delta,
+            }
+        }
+        (reads, writes)
+    }
+}
+
+async fn api_requests(bed: &Bed) -> anyhow::Result<ApiRequests> {
+    let request = http::Request::get("/metrics").body(Vec::new())?;
+    let text = bed.client.request_text(request).await?;
+    let mut verbs = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let label = |key: &str| {
+            rest.split(&format!("{key}=\""))
+                .nth(1)
+                .and_then(|tail| tail.split('"').next())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        // Non-resource requests (this bench's own /metrics) have no resource; Leases
+        // are the apiserver's own heartbeat (the agent runs without leader election).
+        if matches!(label("resource").as_str(), "" | "leases") {
+            continue;
+        }
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .unwrap_or(0.0);
+        *verbs.entry(label("verb")).or_insert(0.0) += value;
+    }
+    Ok(ApiRequests(verbs))
+}
+
+/// Instant and range queries Prometheus has answered.
+async fn prometheus_queries(bed: &Bed) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("{}/metrics", bed.prometheus.url()))
+        .await?
+        .text()
+        .await?;
+    Ok(["/api/v1/query", "/api/v1/query_range"]
+        .iter()
+        .map(|handler| {
+            metric_value(
+                &text,
+                &format!(r#"prometheus_http_requests_total{{code="200",handler="{handler}"}}"#),
+            )
+            .unwrap_or(0.0)
+        })
+        .sum())
+}
+
+/// The agent's `weir_prometheus_query_duration_seconds` histogram: cumulative counts by
+/// upper bound.
+struct Histogram(Vec<(f64, f64)>);
+
+fn query_histogram(metrics: &str) -> Histogram {
+    let prefix = "weir_prometheus_query_duration_seconds_bucket{le=\"";
+    let buckets = metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix(prefix))
+        .filter_map(|rest| {
+            let (bound, value) = rest.split_once("\"} ")?;
+            let bound = if bound == "+Inf" {
+                f64::INFINITY
+            } else {
+                bound.parse().ok()?
+            };
+            Some((bound, value.trim().parse().ok()?))
+        })
+        .collect();
+    Histogram(buckets)
+}
+
+impl Histogram {
+    fn since(&self, earlier: &Histogram) -> Histogram {
+        Histogram(
+            self.0
+                .iter()
+                .map(|(bound, count)| {
+                    let before = earlier
+                        .0
+                        .iter()
+                        .find(|(b, _)| b == bound)
+                        .map_or(0.0, |(_, c)| *c);
+                    (*bound, count - before)
+                })
+                .collect(),
+        )
+    }
+
+    /// The upper bound of the bucket that holds quantile `q`.
+    fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.0.last()?.1;
+        if total <= 0.0 {
+            return None;
+        }
+        self.0
+            .iter()
+            .find(|(_, count)| *count >= q * total)
+            .map(|(bound, _)| *bound)
+    }
+}
+
+// ---- output and settings ------------------------------------------------------------
+
+fn print_curve(rows: &[Row]) {
+    println!("\n== the curve ==");
+    println!(
+        "{:>6}  {:>10}  {:>12}  {:>10}  {:>10}  {:>14}  {:>14}  {:>12}  {:>12}",
+        "N",
+        "start s",
+        "start CPU-s",
+        "peak MiB",
+        "idle MiB",
+        "idle CPU-s/min",
+        "busy queries/m",
+        "abort s",
+        "1st weight s"
+    );
+    for row in rows {
+        println!(
+            "{:>6}  {:>10.1}  {:>12.2}  {:>10.1}  {:>10.1}  {:>14.3}  {:>14.0}  {:>12}  {:>12.1}",
+            row.services,
+            row.startup_secs,
+            row.startup_cpu_secs,
+            row.peak_rss_mib,
+            row.idle_rss_mib,
+            row.idle_cpu_per_min,
+            row.busy_queries_per_min,
+            row.abort_latency
+                .map_or_else(|| "never".to_owned(), |s| format!("{s:.1}")),
+            row.first_weight_p50,
+        );
+    }
+    if let [first, .., last] = rows {
+        let extra = (last.services - first.services) as f64;
+        println!(
+            "per extra Service ({} → {}): {:.1} KiB of idle RSS, {:.1} ms of start-up CPU",
+            first.services,
+            last.services,
+            (last.idle_rss_mib - first.idle_rss_mib) * 1024.0 / extra,
+            (last.startup_cpu_secs - first.startup_cpu_secs) * 1000.0 / extra,
+        );
+    }
+}
+
+fn sizes() -> anyhow::Result<Vec<usize>> {
+    let Ok(value) = std::env::var(SIZES_VAR) else {
+        return Ok(DEFAULT_SIZES.to_vec());
+    };
+    value
+        .split(',')
+        .map(|n| {
+            n.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n >= 2)
+                .with_context(|| {
+                    format!(
+                        "{SIZES_VAR}: {n:?} is not a size of 2 or more; e.g. {SIZES_VAR}=10,100"
+                    )
+                })
+        })
+        .collect()
+}
+
+fn idle() -> anyhow::Result<Duration> {
+    let Ok(value) = std::env::var(IDLE_VAR) else {
+        return Ok(Duration::from_secs(DEFAULT_IDLE_SECS));
+    };
+    let secs: u64 = value
+        .parse()
+        .ok()
+        .filter(|s| *s > 0)
+        .with_context(|| format!("{IDLE_VAR}: {value:?} is not a number of seconds above 0"))?;
+    Ok(Duration::from_secs(secs))
+}
