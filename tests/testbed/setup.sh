@@ -2,8 +2,9 @@
 # Sets up the test bed every weir test runs against: kube-apiserver, etcd and helm built
 # from the Go module in ./go at the versions in ./versions.env, Istio's and Gateway API's
 # CRDs taken from the same module graph, the Prometheus Operator's ServiceMonitor CRD
-# from its module, and Debian packages the tests start per run
-# (Prometheus). Idempotent: a warm run only checks a stamp and takes seconds.
+# from its module, Flagger (the scale benchmark's comparison) and its CRDs from its own
+# module, and Debian packages the tests start per run (Prometheus). Idempotent: a warm
+# run only checks a stamp and takes seconds.
 #
 # Installs into ${WEIR_TESTBED_DIR:-${WEIR_CACHE:-$HOME/.cache/weir}/testbed/<versions>}
 # and writes testbed.env there; the weir-testbed harness finds the same directory.
@@ -72,6 +73,28 @@ build_control_plane() {
     say "built binaries in $(($(date +%s) - t0))s"
 }
 
+# Flagger is built from its own module graph, not go/go.mod's: it requires client-go
+# v0.27, and in go/go.mod's graph k8s.io/kubernetes would pull it up to the staging
+# modules of $KUBERNETES_VERSION, which is not the Flagger its release built. Its go.mod
+# has no replace directives, so `go install <package>@<version>` builds it exactly as its
+# go.mod and go.sum pin it (and downloads what it needs on a fresh machine).
+build_flagger() {
+    local t0 scratch package="github.com/fluxcd/flagger/cmd/flagger@$FLAGGER_VERSION"
+    local command="go install -trimpath -buildvcs=false -ldflags '-s -w' $package"
+    t0=$(date +%s)
+    say "building flagger $FLAGGER_VERSION"
+    mkdir -p "$dir/bin"
+    # `go install <package>@<version>` ignores the current module; run it outside one
+    # anyway, with GOFLAGS set here rather than taken from the caller (-mod=vendor breaks it).
+    scratch=$(mktemp -d)
+    (cd "$scratch" && GOBIN="$dir/bin" GOFLAGS=-mod=mod \
+        go install -trimpath -buildvcs=false -ldflags "-s -w" "$package") ||
+        fail "building Flagger failed: $command (GOBIN=$dir/bin) exited non-zero"
+    rmdir "$scratch"
+    [[ -x "$dir/bin/flagger" ]] || fail "$command did not install $dir/bin/flagger"
+    say "built flagger in $(($(date +%s) - t0))s"
+}
+
 # The directory of a module in go/go.mod's graph whose files (not packages) the test bed
 # reads. `go build` downloads only the modules it compiles, and `go list -m` prints an
 # empty directory for a module that is in the graph but not in the module cache, so
@@ -100,13 +123,15 @@ downloaded_module_dir() {
 }
 
 copy_crds() {
-    local istio gwapi operator file
+    local istio gwapi operator flagger file
     istio=$(graph_module_dir istio.io/api)
     gwapi=$(graph_module_dir sigs.k8s.io/gateway-api)
     operator=$(downloaded_module_dir github.com/prometheus-operator/prometheus-operator \
         "$PROMETHEUS_OPERATOR_VERSION")
+    flagger=$(downloaded_module_dir github.com/fluxcd/flagger "$FLAGGER_VERSION")
     rm -rf "$dir/crds"
-    mkdir -p "$dir/crds/istio" "$dir/crds/gateway-api" "$dir/crds/prometheus-operator"
+    mkdir -p "$dir/crds/istio" "$dir/crds/gateway-api" "$dir/crds/prometheus-operator" \
+        "$dir/crds/flagger"
     cp "$istio/kubernetes/customresourcedefinitions.gen.yaml" "$dir/crds/istio/"
     for file in "$gwapi"/config/crd/standard/*.yaml; do
         # The standard channel also ships a ValidatingAdmissionPolicy; only CRDs go in.
@@ -115,8 +140,11 @@ copy_crds() {
     # Not installed into every test's apiserver: only the chart's test needs it.
     cp "$operator/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" \
         "$dir/crds/prometheus-operator/"
+    # Installed only for the scale benchmark's Flagger run (Canary, MetricTemplate,
+    # AlertProvider).
+    cp "$flagger/artifacts/flagger/crd.yaml" "$dir/crds/flagger/"
     chmod -R u+w "$dir/crds"
-    say "copied $(ls "$dir/crds/istio" "$dir/crds/gateway-api" "$dir/crds/prometheus-operator" | grep -c yaml) CRD files"
+    say "copied $(ls "$dir/crds/istio" "$dir/crds/gateway-api" "$dir/crds/prometheus-operator" "$dir/crds/flagger" | grep -c yaml) CRD files"
 }
 
 apt_updated=false
@@ -150,6 +178,7 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$digest" ]]; then
 else
     rm -f "$stamp"
     build_control_plane
+    build_flagger
     copy_crds
     echo "$digest" >"$stamp"
 fi
@@ -167,6 +196,7 @@ KUBE_APISERVER=$dir/bin/kube-apiserver
 ETCD=$dir/bin/etcd
 HELM=$dir/bin/helm
 KUBECTL=$dir/bin/kubectl
+FLAGGER=$dir/bin/flagger
 PROMETHEUS=$(command -v prometheus)
 NGINX=$(command -v nginx)
 EOF
@@ -174,5 +204,6 @@ EOF
 say "kube-apiserver $("$dir/bin/kube-apiserver" --version | cut -d' ' -f2)," \
     "etcd $("$dir/bin/etcd" --version | sed -n 's/^etcd Version: //p')," \
     "helm $("$dir/bin/helm" version --short)," \
+    "flagger $("$dir/bin/flagger" -version | awk '{print $3}')," \
     "prometheus $(prometheus --version 2>&1 | sed -n 's/^prometheus, version \([^ ]*\).*/\1/p')"
 say "ready in $(($(date +%s) - started))s: $dir (see testbed.env)"
