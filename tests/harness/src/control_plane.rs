@@ -179,7 +179,18 @@ impl ControlPlane {
     }
 
     async fn install_crds(&self, testbed: &Path) -> anyhow::Result<()> {
-        let crds = crd_documents(testbed)?;
+        self.install_crd_documents(crd_documents(testbed)?).await
+    }
+
+    /// Installs the CRDs the test bed keeps under `crds/<source>/` besides those every
+    /// control plane has, for example `flagger` (the scale benchmark's comparison), and
+    /// waits until they are Established.
+    pub async fn install_extra_crds(&self, source: &str) -> anyhow::Result<()> {
+        let crds = read_crds(&testbed_dir().join("crds"), &[source])?;
+        self.install_crd_documents(&crds).await
+    }
+
+    async fn install_crd_documents(&self, crds: &[DynamicObject]) -> anyhow::Result<()> {
         let api: Api<DynamicObject> = Api::all_with(
             self.client.clone(),
             &ApiResource::erase::<CustomResourceDefinition>(&()),
@@ -199,21 +210,30 @@ impl ControlPlane {
         }))
         .await?;
         let crds_api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
-        let wanted = crds.len();
+        let wanted: Vec<&str> = crds
+            .iter()
+            .filter_map(|crd| crd.metadata.name.as_deref())
+            .collect();
         wait_until("every CRD to be Established", CRDS_ESTABLISHED, || {
             let crds_api = crds_api.clone();
+            let wanted = &wanted;
             async move {
                 let listed = crds_api.list(&Default::default()).await?;
-                let pending: Vec<_> = listed
+                let established: Vec<&str> = listed
                     .items
                     .iter()
-                    .filter(|crd| !is_established(crd))
+                    .filter(|crd| is_established(crd))
                     .filter_map(|crd| crd.metadata.name.as_deref())
                     .collect();
-                if listed.items.len() < wanted || !pending.is_empty() {
+                let pending: Vec<&&str> = wanted
+                    .iter()
+                    .filter(|name| !established.contains(name))
+                    .collect();
+                if !pending.is_empty() {
                     anyhow::bail!(
-                        "{} of {wanted} CRDs listed, not yet Established: {pending:?}",
-                        listed.items.len()
+                        "{} of {} CRDs not yet Established: {pending:?}",
+                        pending.len(),
+                        wanted.len()
                     );
                 }
                 Ok(())
@@ -375,14 +395,16 @@ fn is_established(crd: &CustomResourceDefinition) -> bool {
 /// The CRDs under `<testbed>/crds/`, parsed once per test process.
 fn crd_documents(testbed: &Path) -> anyhow::Result<&'static [DynamicObject]> {
     static CRDS: OnceLock<Result<Vec<DynamicObject>, String>> = OnceLock::new();
-    CRDS.get_or_init(|| read_crds(&testbed.join("crds")).map_err(|e| format!("{e:#}")))
-        .as_deref()
-        .map_err(|e| anyhow::anyhow!("reading the test bed's CRDs: {e}"))
+    CRDS.get_or_init(|| {
+        read_crds(&testbed.join("crds"), &["istio", "gateway-api"]).map_err(|e| format!("{e:#}"))
+    })
+    .as_deref()
+    .map_err(|e| anyhow::anyhow!("reading the test bed's CRDs: {e}"))
 }
 
-fn read_crds(dir: &Path) -> anyhow::Result<Vec<DynamicObject>> {
+fn read_crds(dir: &Path, sources: &[&str]) -> anyhow::Result<Vec<DynamicObject>> {
     let mut crds = Vec::new();
-    for source in ["istio", "gateway-api"] {
+    for source in sources {
         let mut files: Vec<PathBuf> = fs::read_dir(dir.join(source))
             .with_context(|| format!("listing {}: run `make testbed`", dir.join(source).display()))?
             .map(|entry| entry.map(|e| e.path()))

@@ -67,6 +67,13 @@ pub fn kubectl() -> PathBuf {
     testbed_dir().join("bin/kubectl")
 }
 
+/// Flagger, built from its Go module at the pinned version: the scale benchmark runs it
+/// beside weir. Its CRDs are not in every control plane: see
+/// [`ControlPlane::install_extra_crds`] (`"flagger"`).
+pub fn flagger() -> PathBuf {
+    testbed_dir().join("bin/flagger")
+}
+
 /// `k8s-<v>_etcd-<v>_helm-<v>_istio-<v>_gwapi-<v>`, as `setup.sh` names it.
 fn testbed_name() -> String {
     let version = |key: &str| {
