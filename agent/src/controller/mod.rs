@@ -69,7 +69,7 @@ pub struct Context {
     pub config: AgentConfig,
     pub client: Client,
     pub prometheus: PrometheusApi,
-    /// The namespace's Deployments, trimmed by [`trim`].
+    /// The namespace's Deployments, trimmed by [`trim`] and [`template::slim`].
     pub deployments: Store<Deployment>,
     /// Whether `deployments` holds its first full list. Reconciles start only after it
     /// does; the planner is told either way, so that it can never read an empty cache as
@@ -172,7 +172,10 @@ pub async fn run(
         Api::<Deployment>::namespaced(client.clone(), &ns),
         watch.clone(),
     )
-    .modify(trim)
+    .modify(|deployment| {
+        trim(deployment);
+        template::slim(deployment);
+    })
     .default_backoff()
     .reflect_shared(deployments_writer)
     .for_each(|_| futures::future::ready(()));

@@ -12,7 +12,7 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tracing::warn;
 
-use super::template::{legacy_template_hash, template_identity};
+use super::template::identities;
 use super::validate::Misconfiguration;
 use super::{opted_in, service_ref};
 use crate::mesh::{self, DestinationRule, VirtualService};
@@ -54,11 +54,12 @@ pub fn versions(
                 version: name.clone(),
             });
         }
+        let (template, legacy_template) = identities(deployment);
         found.push(Version {
             name: name.clone(),
             deployment: deployment.name_any(),
-            template: template_identity(&deployment.spec.template),
-            legacy_template: legacy_template_hash(&deployment.spec.template),
+            template,
+            legacy_template,
             available: is_available(deployment),
             created: deployment
                 .creation_timestamp()
@@ -257,6 +258,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     use super::*;
+    use crate::controller::template::{legacy_template_hash, template_identity};
 
     fn deployment(name: &str, labels: &[(&str, &str)], image: &str) -> std::sync::Arc<Deployment> {
         let labels: BTreeMap<String, String> = labels
@@ -346,6 +348,35 @@ mod tests {
             "{err:?}"
         );
         assert!(err.to_string().contains("both have version=v1"), "{err}");
+    }
+
+    #[test]
+    fn a_slimmed_deployment_keeps_its_identities_labels_and_replicas() {
+        let whole = deployment(
+            "checkout-v2",
+            &[("app", "checkout"), ("version", "v2")],
+            "img:2",
+        );
+        let mut slimmed = (*whole).clone();
+        super::super::template::slim(&mut slimmed);
+        assert!(
+            slimmed.spec.template.spec.is_none(),
+            "the pod spec is dropped"
+        );
+        let of = |d: Deployment| {
+            versions(
+                &service(),
+                &[std::sync::Arc::new(d)],
+                "version",
+                Reporter::Destination,
+            )
+            .unwrap()
+        };
+        assert_eq!(of(slimmed.clone()), of((*whole).clone()));
+        // Slimming again (a re-list of the same object) changes nothing.
+        let mut twice = slimmed.clone();
+        super::super::template::slim(&mut twice);
+        assert_eq!(of(twice), of((*whole).clone()));
     }
 
     #[test]

@@ -27,6 +27,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, PodTemplateSpec, Probe, Volume};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
@@ -47,6 +48,54 @@ pub fn template_identity(template: &PodTemplateSpec) -> String {
         "{IDENTITY_PREFIX}{:016x}",
         fnv1a(canonical(template).as_bytes())
     )
+}
+
+/// Where [`slim`] keeps a cached Deployment's [`template_identity`] and
+/// [`legacy_template_hash`]: annotations of the agent's in-memory copy only, never
+/// written to the cluster. Being `weir.dev/` keys, they count in no identity.
+const CACHED_IDENTITY: &str = "weir.dev/cached-template-identity";
+const CACHED_LEGACY_HASH: &str = "weir.dev/cached-template-legacy-hash";
+
+/// Reduces a Deployment for the agent's watch cache to what the agent reads of it. The
+/// pod template's spec (containers, env, volumes, probes) and annotations are most of a
+/// Deployment's size, and the agent reads them only to compute the two hashes, so they
+/// are computed here, from the full template, kept in [`CACHED_IDENTITY`] and
+/// [`CACHED_LEGACY_HASH`], and the spec and annotations dropped. The template's labels
+/// stay: they tell which Service selects it and which version it is.
+pub fn slim(deployment: &mut Deployment) {
+    let (identity, legacy) = identities(deployment);
+    let template = &mut deployment.spec.template;
+    template.spec = None;
+    if let Some(meta) = &mut template.metadata {
+        meta.annotations = None;
+    }
+    let annotations = deployment.metadata.annotations.get_or_insert_default();
+    annotations.insert(CACHED_IDENTITY.to_owned(), identity);
+    annotations.insert(CACHED_LEGACY_HASH.to_owned(), legacy);
+}
+
+/// A Deployment's [`template_identity`] and [`legacy_template_hash`]: those [`slim`]
+/// recorded, or, for a Deployment read whole, computed from its template.
+pub fn identities(deployment: &Deployment) -> (String, String) {
+    let cached = |key: &str| {
+        deployment
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|annotations| annotations.get(key))
+            .cloned()
+    };
+    match (
+        deployment.spec.template.spec.as_ref(),
+        cached(CACHED_IDENTITY),
+        cached(CACHED_LEGACY_HASH),
+    ) {
+        (None, Some(identity), Some(legacy)) => (identity, legacy),
+        _ => (
+            template_identity(&deployment.spec.template),
+            legacy_template_hash(&deployment.spec.template),
+        ),
+    }
 }
 
 /// The hash earlier agents recorded in `canaryTemplate` and `failed[].template`:

@@ -642,10 +642,24 @@ impl Agent {
             ("KUBECONFIG", self.kubeconfig.display().to_string()),
             ("RUST_LOG", "info,weir=debug,kube=warn".to_string()),
         ];
+        let binary = env!("CARGO_BIN_EXE_weir");
+        // A profiler to run the agent under, e.g. `WEIR_AGENT_WRAPPER="heaptrack -o
+        // /tmp/weir"`: for benchmarks only (the pid is then the wrapper's).
+        let (program, args) = match std::env::var("WEIR_AGENT_WRAPPER") {
+            Ok(wrapper) if !wrapper.trim().is_empty() => {
+                let mut words = wrapper.split_whitespace().map(str::to_owned);
+                let program = words.next().unwrap_or_default();
+                let mut args: Vec<String> = words.collect();
+                args.push(binary.to_owned());
+                args.extend(self.args.iter().cloned());
+                (program, args)
+            }
+            _ => (binary.to_owned(), self.args.clone()),
+        };
         self.process = Some(OwnedProcess::spawn(
             "weir-agent",
-            std::path::Path::new(env!("CARGO_BIN_EXE_weir")),
-            &self.args,
+            std::path::Path::new(&program),
+            &args,
             &env,
             self.log.clone(),
         )?);
