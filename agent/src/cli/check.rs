@@ -11,13 +11,12 @@ use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 use weir_analysis::{CheckReport, CheckRequest, Verdict};
 
-use super::agent::DefaultArgs;
 use super::cluster::{ClusterArgs, Error};
 use super::prometheus::PrometheusArgs;
 use super::view::{self, ServiceView};
 use super::{Output, print_structured};
 use crate::plan::Phase;
-use crate::spec;
+use crate::spec::{self, keys};
 
 /// Flags of `weir check`.
 #[derive(Debug, Args)]
@@ -40,11 +39,28 @@ pub struct CheckArgs {
     pub prometheus: PrometheusArgs,
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    #[command(
-        flatten,
-        next_help_heading = "The agent's defaults (as its --default-* flags)"
-    )]
-    pub defaults: DefaultArgs,
+}
+
+/// Why the gates of a Service without recorded settings are unknown, and what its
+/// annotations set.
+fn unrecorded(view: &ServiceView) -> String {
+    let why = match view.status() {
+        None => format!("{}'s settings are {}", view.name, view::NOT_OBSERVED),
+        Some(_) => format!(
+            "the agent recorded no settings in {}'s status (an earlier agent wrote it)",
+            view.name
+        ),
+    };
+    let set: Vec<String> = view
+        .annotations
+        .iter()
+        .filter(|(key, _)| keys::is_weir(key) && key.as_str() != keys::STATUS)
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    format!(
+        "{why}; its gates depend on the agent's defaults, which the CLI does not know. The annotations set only: {}",
+        set.join(", ")
+    )
 }
 
 /// The JSON/YAML form of a check.
@@ -62,11 +78,16 @@ struct CheckRecord<'a> {
 
 impl CheckArgs {
     pub async fn run(self, outer: &ClusterArgs) -> anyhow::Result<ExitCode> {
-        let defaults = self.defaults.parse()?;
         let prometheus = self.prometheus.api()?;
         let cluster = self.cluster.or(outer).connect().await?;
         let service = cluster.managed_service(&self.service).await?;
-        let view = ServiceView::new(&service, &defaults);
+        let view = ServiceView::new(&service);
+        // The gates are the agent's: its recorded settings, under any annotation changed
+        // since. Without a record the CLI does not know the agent's defaults.
+        let defaults = view
+            .settings()
+            .map(|s| s.as_defaults())
+            .ok_or_else(|| Error::Refused(unrecorded(&view)))?;
         let spec = spec::parse(&view.name, &view.annotations, &defaults).map_err(|errors| {
             Error::Refused(format!(
                 "{}'s annotations are not valid, so its gates are unknown:\n{errors}",

@@ -8,10 +8,15 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 use serde::Serialize;
-use weir_analysis::{Bound, Measurement, Verdict};
+use weir_analysis::{Bound, Measurement, Rule, Verdict};
 
-use crate::plan::{Phase, Status};
-use crate::spec::{self, Defaults, Weight, keys};
+use crate::plan::{Phase, Settings, Status};
+use crate::spec::{self, Weight, keys};
+
+/// What the CLI says of the settings of a Service the agent has not recorded any for: it
+/// does not know the agent's `--default-*` flags, and does not guess them.
+pub const NOT_OBSERVED: &str =
+    "not yet observed by the agent: settings shown once the agent records them";
 
 /// One opted-in Service as the agent last recorded it.
 #[derive(Clone, Debug)]
@@ -22,7 +27,8 @@ pub struct ServiceView {
     /// when it cannot be read.
     pub status: Result<Option<Status>, String>,
     /// The canary weights in effect: during a rollout the agent's record of them, else
-    /// the Service's `weir.dev/steps`, else the default.
+    /// the settings it recorded, else the Service's `weir.dev/steps`; empty when unknown
+    /// (the agent's default is not known to the CLI).
     pub steps: Vec<Weight>,
     /// For writes that must not race a change made since this read.
     pub resource_version: String,
@@ -34,6 +40,7 @@ pub struct ServiceView {
 pub struct ServiceRecord<'a> {
     pub service: &'a str,
     pub namespace: &'a str,
+    #[serde(skip_serializing_if = "<[Weight]>::is_empty")]
     pub steps: &'a [Weight],
     pub status: Option<&'a Status>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -41,8 +48,8 @@ pub struct ServiceRecord<'a> {
 }
 
 impl ServiceView {
-    /// Reads `service`'s annotations; `defaults` stand in for the agent's `--default-*`.
-    pub fn new(service: &Service, defaults: &Defaults) -> ServiceView {
+    /// Reads `service`'s annotations, the agent's status among them.
+    pub fn new(service: &Service) -> ServiceView {
         let annotations = service.annotations().clone();
         let status = match annotations.get(keys::STATUS) {
             None => Ok(None),
@@ -52,13 +59,14 @@ impl ServiceView {
         };
         let recorded = match &status {
             Ok(Some(status)) if !status.steps.is_empty() => Some(status.steps.clone()),
+            Ok(Some(status)) => status.settings.as_ref().map(|s| s.steps.clone()),
             _ => None,
         };
         let steps = recorded.unwrap_or_else(|| {
             annotations
                 .get(keys::STEPS)
                 .and_then(|text| spec::parse_steps(text).ok())
-                .unwrap_or_else(|| defaults.steps.clone())
+                .unwrap_or_default()
         });
         ServiceView {
             name: service.name_any(),
@@ -72,6 +80,11 @@ impl ServiceView {
     /// The status, when there is a readable one.
     pub fn status(&self) -> Option<&Status> {
         self.status.as_ref().ok().and_then(Option::as_ref)
+    }
+
+    /// The settings the agent recorded for the Service, if it has.
+    pub fn settings(&self) -> Option<&Settings> {
+        self.status().and_then(|s| s.settings.as_ref())
     }
 
     /// For `-o json|yaml`.
@@ -106,9 +119,10 @@ impl ServiceView {
         }
     }
 
-    /// `2/3` while a step is current, else `-`.
+    /// `2/3` while a step is current (`2/?` when the steps are unknown), else `-`.
     pub fn step(&self) -> String {
         match self.status().and_then(|s| s.step) {
+            Some(index) if self.steps.is_empty() => format!("{}/?", index + 1),
             Some(index) => format!("{}/{}", index + 1, self.steps.len()),
             None => "-".to_owned(),
         }
@@ -141,6 +155,81 @@ impl ServiceView {
         }
         row
     }
+}
+
+/// The settings the agent resolved, for people: one line per concern.
+pub fn settings(settings: &Settings) -> Vec<String> {
+    let gates = &settings.gates;
+    let steps: Vec<String> = settings.steps.iter().map(ToString::to_string).collect();
+    let mut limits = vec![
+        format!(
+            "errors ≤ {} (codes {})",
+            percent(gates.max_error_rate),
+            gates.error_codes
+        ),
+        format!(
+            "latency ≤ {} at {}",
+            duration_ms(gates.max_latency),
+            gates.latency_quantile
+        ),
+    ];
+    if let Some(slow) = &gates.max_slow_share {
+        limits.push(format!(
+            "slower than {} ≤ {}",
+            duration_ms(slow.threshold),
+            percent(slow.max_share)
+        ));
+    }
+    limits.push(format!("at least {} requests a step", gates.min_requests));
+    let judge = match gates.rule {
+        Rule::Sequential => format!(
+            "on evidence (sequential), tolerance {} of stable, confidence {}; a step waits at most {} for evidence after its interval",
+            percent(gates.tolerance),
+            percent(gates.confidence),
+            duration(settings.decision_timeout)
+        ),
+        Rule::Threshold => "on fixed limits at each check (threshold)".to_owned(),
+    };
+    let mut lines = vec![
+        format!(
+            "steps {}, each held at least {}; checks every {}",
+            steps.join(","),
+            duration(settings.step_interval),
+            duration(settings.check_interval)
+        ),
+        format!("gates: {}", limits.join(", ")),
+        format!("decided {judge}"),
+        format!(
+            "aborts at {} failed checks, or after {} without conclusive data",
+            settings.failure_limit,
+            duration(settings.no_data_timeout)
+        ),
+        format!(
+            "subsets {} (stable) and {} (canary), versions named by the label {}",
+            settings.stable_subset, settings.canary_subset, settings.version_label
+        ),
+    ];
+    if let Some(metrics) = &settings.metrics {
+        lines.push(format!("custom metrics from the ConfigMap {metrics}"));
+    }
+    lines.push(match settings.scale_down_delay {
+        Some(delay) => format!(
+            "the superseded version is scaled to zero {} after a promotion",
+            duration(delay)
+        ),
+        None => "the superseded version keeps its replicas (scale-down-delay never)".to_owned(),
+    });
+    lines
+}
+
+/// `2%`, `0.5%`, `99.9%`: a fraction as people write a percentage.
+pub fn percent(fraction: f64) -> String {
+    format!("{}%", (fraction * 100_000.0).round() / 1000.0)
+}
+
+/// A latency bound, to the millisecond: `500ms`, `1s 500ms`.
+fn duration_ms(d: Duration) -> String {
+    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
 }
 
 /// The status table's header, matching [`ServiceView::row`].

@@ -1,12 +1,14 @@
-//! The pure half of a reconcile: what was read → the spec, the versions, the patch
-//! target and the custom metrics; or the [`Misconfiguration`] that stops the Service.
-//! Shared by the agent and `weir explain`, so that both name the same problem.
+//! The first half of a reconcile: [`read`] what a Service's configuration names, then
+//! [`validate`] it (pure) into the spec, the versions, the patch target and the custom
+//! metrics; or the [`Misconfiguration`] that stops the Service. Shared by the agent and
+//! `weir explain`, so that both read the same objects and name the same problem.
 
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use kube::ResourceExt;
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
 use weir_analysis::{MetricTemplate, MetricsConfigError, Reporter};
 
 use super::observe;
@@ -81,11 +83,78 @@ pub enum Misconfiguration {
     Mesh(#[from] MeshError),
 }
 
+/// Everything [`read`] read, for [`Inputs`]: the Deployments come from elsewhere (the
+/// agent's cache, a list by the CLI).
+pub struct Reads {
+    pub service: Service,
+    pub virtual_services: Vec<VirtualService>,
+    pub destination_rules: Vec<DestinationRule>,
+    /// The ConfigMap `weir.dev/metrics` names, if it names a valid one that exists.
+    pub metrics: Option<ConfigMap>,
+}
+
+/// A read that failed, with what it was reading (for a message that says which
+/// permission is missing).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {verb} {resource}: {source}")]
+pub struct ReadError {
+    pub verb: &'static str,
+    pub resource: &'static str,
+    #[source]
+    pub source: kube::Error,
+}
+
+/// Fresh reads of the Service `name` and of the objects its configuration names, in
+/// `namespace`: the agent's watch caches may lag behind its own last writes, and a plan
+/// made from a stale status or stale weights would undo them.
+pub async fn read(client: &Client, namespace: &str, name: &str) -> Result<Reads, ReadError> {
+    let failed = |verb, resource| {
+        move |source| ReadError {
+            verb,
+            resource,
+            source,
+        }
+    };
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let vss: Api<VirtualService> = Api::namespaced(client.clone(), namespace);
+    let drs: Api<DestinationRule> = Api::namespaced(client.clone(), namespace);
+    let all = ListParams::default();
+    let (service, vs_list, dr_list) = tokio::try_join!(
+        async { services.get(name).await.map_err(failed("get", "services")) },
+        async {
+            vss.list(&all)
+                .await
+                .map_err(failed("list", "virtualservices"))
+        },
+        async {
+            drs.list(&all)
+                .await
+                .map_err(failed("list", "destinationrules"))
+        },
+    )?;
+    let metrics = match service.annotations().get(keys::METRICS) {
+        Some(cm) if spec::parse_object_name(cm).is_ok() => {
+            Api::<ConfigMap>::namespaced(client.clone(), namespace)
+                .get_opt(cm)
+                .await
+                .map_err(failed("get", "configmaps"))?
+        }
+        _ => None,
+    };
+    Ok(Reads {
+        service,
+        virtual_services: vs_list.items,
+        destination_rules: dr_list.items,
+        metrics,
+    })
+}
+
 /// What one validation looks at, as read from the cluster.
 pub struct Inputs<'a> {
     /// The agent's namespace.
     pub namespace: &'a str,
-    /// The agent's defaults for every optional annotation.
+    /// The agent's defaults for every optional annotation (for the CLI, the settings
+    /// the agent recorded).
     pub defaults: &'a Defaults,
     pub service: &'a Service,
     pub virtual_services: &'a [VirtualService],
@@ -117,9 +186,18 @@ pub struct Valid {
 pub fn validate(inputs: &Inputs<'_>) -> Result<Valid, Misconfiguration> {
     let service = inputs.service;
     let annotations = service.annotations();
-    let spec = spec::parse(&service.name_any(), annotations, inputs.defaults)
-        .map_err(Misconfiguration::Annotations)?;
-    let controls = spec::controls(annotations).map_err(Misconfiguration::Annotations)?;
+    // Every problem of the annotations at once, the controls' included.
+    let (spec, controls) = match (
+        spec::parse(&service.name_any(), annotations, inputs.defaults),
+        spec::controls(annotations),
+    ) {
+        (Ok(spec), Ok(controls)) => (spec, controls),
+        (spec, controls) => {
+            let errors = spec.err().into_iter().chain(controls.err()).flatten();
+            let errors = SpecErrors::from_vec(errors.collect()).expect("one of them failed");
+            return Err(Misconfiguration::Annotations(errors));
+        }
+    };
     let custom = match (&spec.metrics_config_map, inputs.metrics) {
         (None, _) => Vec::new(),
         (Some(cm), None) => {
