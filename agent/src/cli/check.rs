@@ -16,7 +16,7 @@ use super::prometheus::PrometheusArgs;
 use super::view::{self, ServiceView};
 use super::{Output, print_structured};
 use crate::plan::Phase;
-use crate::spec::{self, keys};
+use crate::spec;
 
 /// Flags of `weir check`.
 #[derive(Debug, Args)]
@@ -44,22 +44,11 @@ pub struct CheckArgs {
 /// Why the gates of a Service without recorded settings are unknown, and what its
 /// annotations set.
 fn unrecorded(view: &ServiceView) -> String {
-    let why = match view.status() {
-        None => format!("{}'s settings are {}", view.name, view::NOT_OBSERVED),
-        Some(_) => format!(
-            "the agent recorded no settings in {}'s status (an earlier agent wrote it)",
-            view.name
-        ),
-    };
-    let set: Vec<String> = view
-        .annotations
-        .iter()
-        .filter(|(key, _)| keys::is_weir(key) && key.as_str() != keys::STATUS)
-        .map(|(key, value)| format!("{key}={value}"))
-        .collect();
     format!(
-        "{why}; its gates depend on the agent's defaults, which the CLI does not know. The annotations set only: {}",
-        set.join(", ")
+        "{}'s settings are {}; its gates depend on the agent's defaults, which the CLI does not know. The annotations set only: {}",
+        view.name,
+        view.settings_unknown().unwrap_or_default(),
+        view.set_annotations().join(", ")
     )
 }
 

@@ -164,16 +164,10 @@ pub fn explain(
         }
         None => {
             out.push_str(&status::settings(view));
-            let set: Vec<String> = view
-                .annotations
-                .iter()
-                .filter(|(key, _)| keys::is_weir(key) && key.as_str() != keys::STATUS)
-                .map(|(key, value)| format!("{key}={value}"))
-                .collect();
             let _ = writeln!(
                 out,
                 "  The agent's defaults are unknown to the CLI; the annotations set: {}.",
-                set.join(", ")
+                view.set_annotations().join(", ")
             );
         }
     }

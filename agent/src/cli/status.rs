@@ -76,15 +76,14 @@ pub fn render(views: &[ServiceView], now: Option<Timestamp>) -> String {
 
 /// The settings the agent recorded for the Service, or why there are none to show.
 pub fn settings(view: &ServiceView) -> String {
-    match (view.status(), view.settings()) {
-        (_, Some(settings)) => {
+    match (view.settings(), view.settings_unknown()) {
+        (Some(settings), _) => {
             let mut out = "\nSettings, as the agent resolved them:\n".to_owned();
             for line in view::settings(settings) {
                 out.push_str(&format!("  {line}\n"));
             }
             out
         }
-        (Some(_), None) => "\nSettings: not recorded in the status (written by an earlier agent): the CLI does not know the agent's defaults.\n".to_owned(),
-        (None, None) => format!("\nSettings: {}.\n", view::NOT_OBSERVED),
+        (None, why) => format!("\nSettings: {}.\n", why.unwrap_or_default()),
     }
 }

@@ -18,6 +18,9 @@ use crate::spec::{self, Weight, keys};
 pub const NOT_OBSERVED: &str =
     "not yet observed by the agent: settings shown once the agent records them";
 
+/// What the CLI says of the settings of a Service whose status records none.
+pub const NOT_RECORDED: &str = "none recorded in the status (misconfigured since the agent first saw it, or written by an earlier agent)";
+
 /// One opted-in Service as the agent last recorded it.
 #[derive(Clone, Debug)]
 pub struct ServiceView {
@@ -85,6 +88,25 @@ impl ServiceView {
     /// The settings the agent recorded for the Service, if it has.
     pub fn settings(&self) -> Option<&Settings> {
         self.status().and_then(|s| s.settings.as_ref())
+    }
+
+    /// Why the agent's settings are not known, when they are not: never recorded, or
+    /// not yet observed.
+    pub fn settings_unknown(&self) -> Option<&'static str> {
+        match (self.status(), self.settings()) {
+            (_, Some(_)) => None,
+            (Some(_), None) => Some(NOT_RECORDED),
+            (None, None) => Some(NOT_OBSERVED),
+        }
+    }
+
+    /// The `weir.dev/` annotations a person set (`key=value`), the status aside.
+    pub fn set_annotations(&self) -> Vec<String> {
+        self.annotations
+            .iter()
+            .filter(|(key, _)| keys::is_weir(key) && key.as_str() != keys::STATUS)
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect()
     }
 
     /// For `-o json|yaml`.
@@ -200,12 +222,13 @@ pub fn settings(settings: &Settings) -> Vec<String> {
         format!("gates: {}", limits.join(", ")),
         format!("decided {judge}"),
         format!(
-            "aborts at {} failed checks, or after {} without conclusive data",
+            "aborts at {} failed check{}, or after {} without conclusive data",
             settings.failure_limit,
+            if settings.failure_limit == 1 { "" } else { "s" },
             duration(settings.no_data_timeout)
         ),
         format!(
-            "subsets {} (stable) and {} (canary), versions named by the label {}",
+            "stable subset {}, canary subset {}, versions named by the label {}",
             settings.stable_subset, settings.canary_subset, settings.version_label
         ),
     ];
@@ -464,6 +487,39 @@ mod tests {
              checkout  Idle         -\n\
              db        Progressing  pass: x\n"
         );
+    }
+
+    #[test]
+    fn settings_read_as_people_write_them() {
+        let annotations = BTreeMap::from([
+            (keys::ENABLED.to_owned(), "true".to_owned()),
+            (keys::MAX_ERROR_RATE.to_owned(), "0.5%".to_owned()),
+            (keys::MAX_SLOW_SHARE.to_owned(), "5%".to_owned()),
+            (keys::SLOW_THRESHOLD.to_owned(), "1.5s".to_owned()),
+            (keys::FAILURE_LIMIT.to_owned(), "1".to_owned()),
+            (keys::SCALE_DOWN_DELAY.to_owned(), "never".to_owned()),
+            (keys::METRICS.to_owned(), "checkout-metrics".to_owned()),
+        ]);
+        let defaults = crate::spec::Defaults {
+            step_interval: Duration::from_secs(120),
+            ..Default::default()
+        };
+        let spec = crate::spec::parse("checkout", &annotations, &defaults).unwrap();
+        let lines = settings(&Settings::of(&spec));
+        assert_eq!(
+            lines,
+            [
+                "steps 10,25,50, each held at least 2m; checks every 15s",
+                "gates: errors ≤ 0.5% (codes 5..), latency ≤ 500ms at 0.99, slower than 1s 500ms ≤ 5%, at least 50 requests a step",
+                "decided on evidence (sequential), tolerance 50% of stable, confidence 99%; a step waits at most 2h for evidence after its interval",
+                "aborts at 1 failed check, or after 10m without conclusive data",
+                "stable subset stable, canary subset canary, versions named by the label version",
+                "custom metrics from the ConfigMap checkout-metrics",
+                "the superseded version keeps its replicas (scale-down-delay never)",
+            ]
+        );
+        assert_eq!(percent(0.999), "99.9%");
+        assert_eq!(percent(0.0001), "0.01%");
     }
 
     #[test]
