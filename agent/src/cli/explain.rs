@@ -157,7 +157,13 @@ pub fn explain(
 
     match &resolved {
         Some(settings) => {
-            let _ = writeln!(out, "\nSettings, as the agent resolves them:");
+            let heading = match validation {
+                Validation::Valid(_) => "as the agent resolves them",
+                // The annotations do not resolve now: the record is of the last time
+                // they did.
+                _ => "as the agent last resolved them",
+            };
+            let _ = writeln!(out, "\nSettings, {heading}:");
             for line in view::settings(settings) {
                 let _ = writeln!(out, "  {line}");
             }
@@ -597,6 +603,10 @@ mod tests {
             text.contains(&format!(
                 "Misconfigured; weir changes no traffic until it is fixed:\n  - {problem}"
             )),
+            "{text}"
+        );
+        assert!(
+            text.contains("Settings, as the agent last resolved them:"),
             "{text}"
         );
     }
