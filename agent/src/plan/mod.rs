@@ -231,13 +231,16 @@ pub struct Status {
 // assumes it: a weight the route cannot take, a step index past any spec's steps.
 
 /// A record for readers (the settings, the last outcome): one that does not read (written
-/// by a later agent, say) is dropped and written again, never a reason to distrust the
-/// rollout the rest of the status records.
-fn record<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+/// by a later agent, or edited by hand, say) is dropped and written again, never a reason
+/// to distrust the rollout the rest of the status records. Only a record exactly as the
+/// agent writes it reads, so that a status reads back as it was written.
+fn record<'de, D: Deserializer<'de>, T: DeserializeOwned + Serialize>(
     deserializer: D,
 ) -> Result<Option<T>, D::Error> {
     let value = serde_json::Value::deserialize(deserializer)?;
-    Ok(serde_json::from_value(value).ok())
+    Ok(serde_json::from_value::<T>(value.clone())
+        .ok()
+        .filter(|record| serde_json::to_value(record).is_ok_and(|written| written == value)))
 }
 
 /// A weight the agent could have written, 0..=100.

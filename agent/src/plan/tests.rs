@@ -1471,6 +1471,29 @@ fn a_record_that_does_not_read_is_dropped_not_the_status() {
     let status: Status = serde_json::from_str(raw).unwrap();
     assert_eq!(status.stable.as_deref(), Some("v1"));
     assert_eq!((status.settings, status.ended), (None, None));
+    // One the agent would not have written (a hand-edited interval) is dropped too, so
+    // that every status reads back as it is written.
+    let mut settings = serde_json::to_value(Settings::of(&spec())).unwrap();
+    let written = json_with(&settings);
+    assert!(
+        serde_json::from_str::<Status>(&written)
+            .unwrap()
+            .settings
+            .is_some()
+    );
+    settings["stepInterval"] = "60s".into();
+    let edited = json_with(&settings);
+    assert_eq!(
+        serde_json::from_str::<Status>(&edited).unwrap().settings,
+        None
+    );
+}
+
+/// An idle status with these settings.
+fn json_with(settings: &serde_json::Value) -> String {
+    format!(
+        r#"{{"phase":"Idle","weight":0,"lastTransitionAt":"2026-11-26T11:00:00Z","settings":{settings}}}"#
+    )
 }
 
 #[test]
