@@ -13,7 +13,8 @@ use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
-use weir::plan::{CheckRecord, FailedVersion, Phase, Status};
+use weir::plan::{CheckRecord, FailedVersion, Phase, Settings, Status};
+use weir::spec::{self, Defaults};
 use weir_analysis::{Bound, InconclusiveReason, Measurement, Verdict};
 
 use crate::support::{App, Bed, CliRun, metric_value};
@@ -63,11 +64,26 @@ fn measurements(requests: f64, error_rate: Option<f64>, latency: Option<f64>) ->
     ]
 }
 
+/// The settings an agent with the built-in defaults records for a Service with these
+/// `steps`.
+fn recorded(steps: &str) -> Option<Settings> {
+    let annotations = BTreeMap::from([
+        ("weir.dev/enabled".to_owned(), "true".to_owned()),
+        ("weir.dev/steps".to_owned(), steps.to_owned()),
+    ]);
+    let spec = spec::parse("any", &annotations, &Defaults::default()).unwrap();
+    Some(Settings::of(&spec))
+}
+
 /// The statuses the golden files show: one Service in each phase, with fixed values.
+/// `search` was misconfigured from the start, so the agent never resolved its settings.
 fn statuses() -> Vec<(&'static str, Option<Status>)> {
     let base = |phase, stable: &str| Status {
         phase,
         stable: Some(stable.into()),
+        settings: (phase != Phase::Misconfigured)
+            .then(|| recorded("10,25,50"))
+            .flatten(),
         ..Status::new(at("2026-01-02T03:04:05Z"))
     };
     vec![
@@ -90,6 +106,7 @@ fn statuses() -> Vec<(&'static str, Option<Status>)> {
                 }),
                 message: "check passed; canary weight 5 → 25 (step 2/4)".into(),
                 rollout_started_at: Some(at("2026-01-02T03:03:00Z")),
+                settings: recorded("5,25,60,100"),
                 ..base(Phase::Progressing, "v1")
             }),
         ),
@@ -551,8 +568,6 @@ async fn check_and_explain_tell_what_the_agent_sees() -> anyhow::Result<()> {
                 &prometheus,
                 "--scrape-interval",
                 "1s",
-                "--default-min-requests",
-                "10",
             ];
             args.extend_from_slice(extra);
             bed.cli(&args).await
@@ -626,15 +641,18 @@ async fn check_and_explain_tell_what_the_agent_sees() -> anyhow::Result<()> {
         "{}",
         inconclusive.stdout
     );
+    let misconfigured = bed.wait_phase("search", Phase::Misconfigured).await?;
+    // Misconfigured from the start: the agent never resolved its settings.
     let invalid = check("search", &[]).await?;
     assert_eq!(invalid.code, Some(3), "{invalid:?}");
     assert!(
-        invalid.stderr.contains("annotations are not valid"),
+        invalid.stderr.contains(
+            "search's settings are none recorded in the status (misconfigured since the agent first saw it, or written by an earlier agent)"
+        ),
         "{}",
         invalid.stderr
     );
 
-    let misconfigured = bed.wait_phase("search", Phase::Misconfigured).await?;
     let explained = bed.cli(&["explain", "search"]).await?;
     let text = ok(&explained);
     assert!(
@@ -687,6 +705,94 @@ async fn check_and_explain_tell_what_the_agent_sees() -> anyhow::Result<()> {
         },
     )
     .await?;
+    Ok(())
+}
+
+/// The CLI takes no --default-* flags: it shows the settings the agent recorded, here
+/// an agent's whose flags are not the built-in defaults, and says so plainly while
+/// there is no record rather than guess.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_shows_the_agents_settings_without_its_flags() -> anyhow::Result<()> {
+    let bed = Bed::start().await?;
+    bed.deploy_app(&App::new("checkout").with("min-requests", "20"))
+        .await?;
+
+    // Not yet observed by an agent.
+    assert_golden(
+        "status-unobserved.txt",
+        ok(&bed.cli(&["status", "checkout", "--no-age"]).await?),
+    );
+    assert_golden(
+        "explain-unobserved.txt",
+        ok(&bed.cli(&["explain", "checkout"]).await?),
+    );
+    let prometheus = bed.prometheus.url();
+    let check = bed
+        .cli(&[
+            "check",
+            "checkout",
+            "--prometheus-url",
+            &prometheus,
+            "--canary",
+            "v1",
+            "--stable",
+            "v1",
+            "--window",
+            "1m",
+        ])
+        .await?;
+    assert_eq!(check.code, Some(3), "{check:?}");
+    assert!(
+        check.stderr.contains(
+            "not yet observed by the agent: settings shown once the agent records them; its gates depend on the agent's defaults, which the CLI does not know. The annotations set only: weir.dev/enabled=true, weir.dev/min-requests=20"
+        ),
+        "{}",
+        check.stderr
+    );
+    refused(
+        &bed.cli(&["status", "--default-max-error-rate", "2%"])
+            .await?,
+        "unexpected argument '--default-max-error-rate'",
+    );
+
+    let _agent = bed.agent(&[
+        "--default-max-error-rate",
+        "2%",
+        "--default-step-interval",
+        "2m",
+    ])?;
+    bed.wait_status("checkout", "the agent's settings recorded", |s| {
+        s.phase == Phase::Idle && s.settings.is_some()
+    })
+    .await?;
+    let status = ok(&bed.cli(&["status", "checkout", "--no-age"]).await?).to_owned();
+    assert_golden("status-settings.txt", &status);
+    let explained = ok(&bed.cli(&["explain", "checkout"]).await?).to_owned();
+    assert_golden("explain-settings.txt", &explained);
+    for text in [&status, &explained] {
+        assert!(text.contains("errors ≤ 2% (codes 5..)"), "{text}");
+        assert!(text.contains("each held at least 2m"), "{text}");
+        // The Service's own annotation, over the agent's default.
+        assert!(text.contains("at least 20 requests a step"), "{text}");
+    }
+    let json: Value =
+        serde_json::from_str(ok(&bed.cli(&["status", "checkout", "-o", "json"]).await?))?;
+    assert_eq!(json["status"]["settings"]["stepInterval"], "2m", "{json}");
+    assert_eq!(
+        json["status"]["settings"]["gates"]["max_error_rate"], 0.02,
+        "{json}"
+    );
+
+    // An annotation changed since the agent's record wins in `explain`, as it will at
+    // the agent's next reconcile.
+    bed.annotate("checkout", "weir.dev/step-interval", Some("30s"))
+        .await?;
+    let explained = bed.cli(&["explain", "checkout"]).await?;
+    assert!(
+        ok(&explained).contains("each held at least 30s"),
+        "{}",
+        explained.stdout
+    );
     Ok(())
 }
 

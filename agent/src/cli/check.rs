@@ -11,7 +11,6 @@ use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 use weir_analysis::{CheckReport, CheckRequest, Verdict};
 
-use super::agent::DefaultArgs;
 use super::cluster::{ClusterArgs, Error};
 use super::prometheus::PrometheusArgs;
 use super::view::{self, ServiceView};
@@ -40,11 +39,17 @@ pub struct CheckArgs {
     pub prometheus: PrometheusArgs,
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    #[command(
-        flatten,
-        next_help_heading = "The agent's defaults (as its --default-* flags)"
-    )]
-    pub defaults: DefaultArgs,
+}
+
+/// Why the gates of a Service without recorded settings are unknown, and what its
+/// annotations set.
+fn unrecorded(view: &ServiceView) -> String {
+    format!(
+        "{}'s settings are {}; its gates depend on the agent's defaults, which the CLI does not know. The annotations set only: {}",
+        view.name,
+        view.settings_unknown().unwrap_or_default(),
+        view.set_annotations().join(", ")
+    )
 }
 
 /// The JSON/YAML form of a check.
@@ -62,11 +67,16 @@ struct CheckRecord<'a> {
 
 impl CheckArgs {
     pub async fn run(self, outer: &ClusterArgs) -> anyhow::Result<ExitCode> {
-        let defaults = self.defaults.parse()?;
         let prometheus = self.prometheus.api()?;
         let cluster = self.cluster.or(outer).connect().await?;
         let service = cluster.managed_service(&self.service).await?;
-        let view = ServiceView::new(&service, &defaults);
+        let view = ServiceView::new(&service);
+        // The gates are the agent's: its recorded settings, under any annotation changed
+        // since. Without a record the CLI does not know the agent's defaults.
+        let defaults = view
+            .settings()
+            .map(|s| s.as_defaults())
+            .ok_or_else(|| Error::Refused(unrecorded(&view)))?;
         let spec = spec::parse(&view.name, &view.annotations, &defaults).map_err(|errors| {
             Error::Refused(format!(
                 "{}'s annotations are not valid, so its gates are unknown:\n{errors}",

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::agent::DefaultArgs;
 use super::cluster::{ClusterArgs, Error};
 use super::view::ServiceView;
 use crate::plan::{Phase, Status};
@@ -33,11 +32,6 @@ pub struct ControlArgs {
     pub service: String,
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    #[command(
-        flatten,
-        next_help_heading = "The agent's defaults (as its --default-* flags)"
-    )]
-    pub defaults: DefaultArgs,
 }
 
 /// The annotations to write (`None` removes one) and what the agent will do about them.
@@ -49,11 +43,10 @@ pub struct Decision {
 
 impl ControlArgs {
     pub async fn run(self, control: Control, outer: &ClusterArgs) -> anyhow::Result<ExitCode> {
-        let defaults = self.defaults.parse()?;
         let cluster = self.cluster.or(outer).connect().await?;
         for _ in 0..ATTEMPTS {
             let service = cluster.managed_service(&self.service).await?;
-            let view = ServiceView::new(&service, &defaults);
+            let view = ServiceView::new(&service);
             let decision = decide(control, &view).map_err(Error::Refused)?;
             if cluster
                 .annotate(&self.service, &view.resource_version, &decision.annotations)
@@ -158,11 +151,15 @@ pub fn decide(control: Control, view: &ServiceView) -> Result<Decision, String> 
                 Some(v) if aborted.is_some() => Ok(write(
                     keys::RETRY,
                     v,
-                    format!(
-                        "The agent forgets that {v} failed and releases it again from step 1/{} (canary weight {}%).",
-                        view.steps.len(),
-                        view.steps.first().copied().unwrap_or_default()
-                    ),
+                    match view.steps.first() {
+                        Some(first) => format!(
+                            "The agent forgets that {v} failed and releases it again from step 1/{} (canary weight {first}%).",
+                            view.steps.len(),
+                        ),
+                        None => format!(
+                            "The agent forgets that {v} failed and releases it again from its first step."
+                        ),
+                    },
                 )),
                 Some(v) => Ok(write(
                     keys::RETRY,

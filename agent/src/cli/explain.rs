@@ -1,31 +1,28 @@
 //! `weir explain <service>`: why the agent is doing what it does, or what is
 //! misconfigured and the exact fix.
 //!
-//! The agent's status says where the release is; this command adds what follows from the
-//! Service's annotations (timings, limits), and validates the whole configuration here
-//! with the agent's own function ([`validate::validate`]): the annotations, the metrics
-//! ConfigMap, the versions and the VirtualService and DestinationRule, so that it names
-//! the same [`Misconfiguration`] the agent would.
+//! The agent's status says where the release is and records the settings it resolved;
+//! this command reads what the agent reads and validates it with the agent's own
+//! functions ([`validate::read`], [`validate::validate`]), with the recorded settings in
+//! place of the agent's flags, so that it names the same [`Misconfiguration`] the agent
+//! would. It never stands the built-in defaults in for the agent's.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
-
 use std::sync::Arc;
 
 use clap::Args;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::Api;
 use kube::api::ListParams;
-use kube::{Api, ResourceExt};
 
-use super::agent::DefaultArgs;
 use super::cluster::{Cluster, ClusterArgs, Error};
+use super::status;
 use super::view::{self, ServiceView};
-use crate::controller::validate::{self, Inputs, Misconfiguration};
-use crate::mesh::{DestinationRule, Target, VirtualService};
-use crate::plan::{self, Phase, Status};
-use crate::spec::{self, Defaults, RolloutSpec, SpecErrors, keys};
+use crate::controller::validate::{self, Inputs, Misconfiguration, Valid};
+use crate::plan::{self, Phase, Settings, Status};
+use crate::spec::{Defaults, SpecErrors, keys};
 
 /// Flags of `weir explain`.
 #[derive(Debug, Args)]
@@ -34,102 +31,86 @@ pub struct ExplainArgs {
     pub service: String,
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    #[command(
-        flatten,
-        next_help_heading = "The agent's defaults (as its --default-* flags)"
-    )]
-    pub defaults: DefaultArgs,
 }
 
 /// What validating the Service's whole configuration, as the agent does, found.
-#[derive(Clone, Debug)]
-pub enum Routing {
-    /// Valid: the route and subsets the agent manages.
-    Resolved(Box<Target>),
+#[derive(Debug)]
+pub enum Validation {
+    /// Valid: what the agent resolves (the recorded settings under the annotations), and
+    /// the route and subsets it manages.
+    Valid(Box<Valid>),
+    /// Annotations that do not parse, conflict or are unknown: the agent reports these
+    /// whatever its defaults.
+    Annotations(SpecErrors),
     /// The agent would report this misconfiguration.
     Problem(Box<Misconfiguration>),
-    /// Not looked at: the annotations are invalid, or the objects could not be read.
+    /// Not looked at, and why: the objects could not be read, or the agent's defaults
+    /// (which decide the subsets and the version label) are unknown.
     Unknown(String),
 }
 
 impl ExplainArgs {
     pub async fn run(self, outer: &ClusterArgs) -> anyhow::Result<ExitCode> {
-        let defaults = self.defaults.parse()?;
         let cluster = self.cluster.or(outer).connect().await?;
         let service = cluster.managed_service(&self.service).await?;
-        let view = ServiceView::new(&service, &defaults);
-        let spec = spec::parse(&view.name, &view.annotations, &defaults);
-        let controls = spec::controls(&view.annotations).err();
-        let routing = match &spec {
-            Ok(_) => routing(&cluster, &service, &defaults).await,
-            Err(_) => Routing::Unknown("the annotations must be fixed first".into()),
-        };
+        let view = ServiceView::new(&service);
+        let validation = validation(&cluster, &self.service, view.settings()).await;
         print!(
             "{}",
-            explain(
-                &view,
-                &cluster.namespace,
-                &spec,
-                controls.as_ref(),
-                &routing,
-                Timestamp::now()
-            )
+            explain(&view, &cluster.namespace, &validation, Timestamp::now())
         );
         Ok(ExitCode::SUCCESS)
     }
 }
 
-/// Reads what the agent reads for `service` and validates it with the agent's function.
-async fn routing(cluster: &Cluster, service: &Service, defaults: &Defaults) -> Routing {
+/// Reads what the agent reads for `service` and validates it with the agent's
+/// functions, over the settings the agent recorded. Without them the annotations are
+/// still checked, since no default makes a bad one good, but nothing that depends on the
+/// agent's defaults is.
+async fn validation(cluster: &Cluster, service: &str, recorded: Option<&Settings>) -> Validation {
     let ns = &cluster.namespace;
-    let all = ListParams::default();
     let reads = async {
-        let vss = Api::<VirtualService>::namespaced(cluster.client.clone(), ns)
-            .list(&all)
+        let reads = validate::read(&cluster.client, ns, service, None)
             .await
-            .map_err(|e| cluster.error(e, "list", "virtualservices"))?;
-        let drs = Api::<DestinationRule>::namespaced(cluster.client.clone(), ns)
-            .list(&all)
-            .await
-            .map_err(|e| cluster.error(e, "list", "destinationrules"))?;
+            .map_err(|e| cluster.error(e.source, e.verb, e.resource))?;
         let deployments = Api::<Deployment>::namespaced(cluster.client.clone(), ns)
-            .list(&all)
+            .list(&ListParams::default())
             .await
             .map_err(|e| cluster.error(e, "list", "deployments"))?;
-        let metrics = match service.annotations().get(keys::METRICS) {
-            Some(name) if spec::parse_object_name(name).is_ok() => {
-                Api::<ConfigMap>::namespaced(cluster.client.clone(), ns)
-                    .get_opt(name)
-                    .await
-                    .map_err(|e| cluster.error(e, "get", "configmaps"))?
-            }
-            _ => None,
-        };
         let deployments: Vec<Arc<Deployment>> =
             deployments.items.into_iter().map(Arc::new).collect();
-        Ok::<_, Error>((vss.items, drs.items, deployments, metrics))
+        Ok::<_, Error>((reads, deployments))
     };
-    let (vss, drs, deployments, metrics) = match reads.await {
+    let (reads, deployments) = match reads.await {
         Ok(read) => read,
-        Err(e) => return Routing::Unknown(e.to_string()),
+        Err(e) => return Validation::Unknown(e.to_string()),
     };
+    let defaults = recorded.map_or_else(Defaults::default, Settings::as_defaults);
     let inputs = Inputs {
         namespace: ns,
-        defaults,
-        service,
-        virtual_services: &vss,
-        destination_rules: &drs,
-        metrics: metrics.as_ref(),
+        defaults: &defaults,
+        service: &reads.service,
+        virtual_services: &reads.virtual_services,
+        destination_rules: &reads.destination_rules,
+        metrics: reads.metrics.as_ref(),
         deployments: Some(&deployments),
+        // The agent's mode is not the CLI's to know: versions are not checked for being
+        // told apart in the metrics.
         reporter: None,
     };
-    match validate::validate(&inputs) {
-        Ok(valid) => Routing::Resolved(Box::new(valid.target)),
-        // Listed with the other annotation problems.
-        Err(Misconfiguration::Annotations(_)) => {
-            Routing::Unknown("the annotations must be fixed first".into())
-        }
-        Err(problem) => Routing::Problem(Box::new(problem)),
+    classify(validate::validate(&inputs), recorded.is_some())
+}
+
+/// What the agent's validation means to a reader who knows the agent's settings only if
+/// they were `recorded`: without them only the annotations' own problems are certain.
+fn classify(result: Result<Valid, Misconfiguration>, recorded: bool) -> Validation {
+    match (result, recorded) {
+        (Err(Misconfiguration::Annotations(errors)), _) => Validation::Annotations(errors),
+        (_, false) => Validation::Unknown(
+            "the agent's defaults (subsets, version label) are unknown to the CLI until the agent records its settings".into(),
+        ),
+        (Ok(valid), true) => Validation::Valid(Box::new(valid)),
+        (Err(problem), true) => Validation::Problem(Box::new(problem)),
     }
 }
 
@@ -137,9 +118,7 @@ async fn routing(cluster: &Cluster, service: &Service, defaults: &Defaults) -> R
 pub fn explain(
     view: &ServiceView,
     namespace: &str,
-    spec: &Result<RolloutSpec, SpecErrors>,
-    controls: Option<&SpecErrors>,
-    routing: &Routing,
+    validation: &Validation,
     now: Timestamp,
 ) -> String {
     let mut out = String::new();
@@ -149,6 +128,12 @@ pub fn explain(
         "Service {name} (namespace {namespace}): {}",
         view.phase()
     );
+    // What the agent resolves: its record under the annotations, when they are valid;
+    // else its record as it is.
+    let resolved = match validation {
+        Validation::Valid(valid) => Some(Settings::of(&valid.spec)),
+        _ => view.settings().cloned(),
+    };
     let status = match &view.status {
         Ok(Some(status)) => Some(status),
         Ok(None) => {
@@ -167,27 +152,44 @@ pub fn explain(
         }
     };
     if let Some(status) = status {
-        match spec {
-            Ok(spec) => phase(&mut out, view, status, spec, now),
-            Err(_) => phase_without_spec(&mut out, status),
+        phase(&mut out, view, status, resolved.as_ref(), now);
+    }
+
+    match &resolved {
+        Some(settings) => {
+            let heading = match validation {
+                Validation::Valid(_) => "as the agent resolves them",
+                // The annotations do not resolve now: the record is of the last time
+                // they did.
+                _ => "as the agent last resolved them",
+            };
+            let _ = writeln!(out, "\nSettings, {heading}:");
+            for line in view::settings(settings) {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+        None => {
+            out.push_str(&status::settings(view));
+            let _ = writeln!(
+                out,
+                "  The agent's defaults are unknown to the CLI; the annotations set: {}.",
+                view.set_annotations().join(", ")
+            );
         }
     }
 
-    let problems: Vec<String> = spec
-        .as_ref()
-        .err()
-        .into_iter()
-        .chain(controls)
-        .flat_map(|errors| errors.iter().map(ToString::to_string))
-        .collect();
-    if !problems.is_empty() {
+    if let Validation::Annotations(errors) = validation {
         let _ = writeln!(
             out,
             "\nThe annotations have {} problem{}; weir changes no traffic until they are fixed:",
-            problems.len(),
-            if problems.len() == 1 { "" } else { "s" }
+            errors.as_slice().len(),
+            if errors.as_slice().len() == 1 {
+                ""
+            } else {
+                "s"
+            }
         );
-        for problem in &problems {
+        for problem in errors {
             let _ = writeln!(out, "  - {problem}");
         }
         let _ = writeln!(
@@ -196,8 +198,9 @@ pub fn explain(
         );
     }
 
-    match routing {
-        Routing::Resolved(target) => {
+    match validation {
+        Validation::Valid(valid) => {
+            let target = &valid.target;
             let _ = writeln!(
                 out,
                 "\nRouting: VirtualService {}, route {}; DestinationRule {}, subsets {} ({}) and {} ({}).",
@@ -219,13 +222,19 @@ pub fn explain(
                 target.traffic.stable, target.traffic.canary
             );
         }
-        Routing::Problem(problem) => {
+        Validation::Problem(problem) => {
             let _ = writeln!(
                 out,
                 "\nMisconfigured; weir changes no traffic until it is fixed:\n  - {problem}"
             );
         }
-        Routing::Unknown(why) => {
+        Validation::Annotations(_) => {
+            let _ = writeln!(
+                out,
+                "\nRouting not checked: the annotations must be fixed first."
+            );
+        }
+        Validation::Unknown(why) => {
             let _ = writeln!(out, "\nRouting not checked: {why}.");
         }
     }
@@ -244,24 +253,33 @@ pub fn explain(
     out
 }
 
-/// The phase and what comes next, with the timings of the Service's spec.
+/// The phase and what comes next, with the timings the agent resolved; without them
+/// (a status written by an earlier agent), what the status alone says.
 fn phase(
     out: &mut String,
     view: &ServiceView,
     status: &Status,
-    spec: &RolloutSpec,
+    settings: Option<&Settings>,
     now: Timestamp,
 ) {
     let name = &view.name;
     let canary = status.canary.as_deref().unwrap_or("?");
     let stable = status.stable.as_deref().unwrap_or("no version yet");
-    let steps: Vec<String> = spec.steps.iter().map(ToString::to_string).collect();
+    let steps: Vec<String> = view.steps.iter().map(ToString::to_string).collect();
+    let steps = if steps.is_empty() {
+        "unknown".to_owned()
+    } else {
+        steps.join(",")
+    };
     match status.phase {
         Phase::Idle => {
+            let label = settings.map_or_else(
+                || "version label".to_owned(),
+                |s| format!("label {}", s.version_label),
+            );
             let _ = writeln!(
                 out,
-                "  {stable} is stable and serves all traffic. A rollout starts when a Deployment whose pods match the Service's selector, with a new value of the label {}, becomes Available.",
-                spec.version_label
+                "  {stable} is stable and serves all traffic. A rollout starts when a Deployment whose pods match the Service's selector, with a new value of the {label}, becomes Available."
             );
             if !status.failed.is_empty() {
                 let failed: Vec<&str> = status.failed.iter().map(|f| f.version.as_str()).collect();
@@ -275,10 +293,9 @@ fn phase(
         Phase::Progressing | Phase::Paused => {
             let _ = writeln!(
                 out,
-                "  Releasing {canary} (stable {stable}): step {} at canary weight {}% (steps {}).",
+                "  Releasing {canary} (stable {stable}): step {} at canary weight {}% (steps {steps}).",
                 view.step(),
                 status.weight,
-                steps.join(",")
             );
             if status.phase == Phase::Paused {
                 let _ = writeln!(
@@ -286,21 +303,29 @@ fn phase(
                     "  Paused by {}: no checks and no steps; traffic stays as it is. `weir resume {name}` continues.",
                     keys::PAUSE
                 );
-            } else {
-                timing(out, status, spec, now);
+            } else if let Some(settings) = settings {
+                timing(out, status, settings, now);
             }
+            let Some(settings) = settings else {
+                let _ = writeln!(
+                    out,
+                    "  Failed checks in this rollout: {}.\n  The agent says: {}",
+                    status.failed_checks, status.message
+                );
+                return;
+            };
             let _ = writeln!(
                 out,
                 "  Failed checks in this rollout: {} of {} (it aborts at {}).",
-                status.failed_checks, spec.failure_limit, spec.failure_limit
+                status.failed_checks, settings.failure_limit, settings.failure_limit
             );
             if let Some(since) = status.inconclusive_since {
-                let left = view::between(now, plan::add(since, spec.no_data_timeout));
+                let left = view::between(now, plan::add(since, settings.no_data_timeout));
                 let _ = writeln!(
                     out,
                     "  Inconclusive for {}: it aborts after {} without conclusive evidence ({} left).",
                     view::duration(view::between(since, now)),
-                    view::duration(spec.no_data_timeout),
+                    view::duration(settings.no_data_timeout),
                     view::duration(left)
                 );
             }
@@ -321,7 +346,7 @@ fn phase(
         Phase::Misconfigured => {
             let _ = writeln!(
                 out,
-                "  Misconfigured: weir changes no traffic until this is fixed. The agent says:\n  {}",
+                "  Misconfigured: weir changes no traffic until this is fixed. The agent says: {}",
                 status.message
             );
         }
@@ -381,27 +406,20 @@ fn evidence(out: &mut String, verdict: &weir_analysis::Verdict) {
     }
 }
 
-/// When the annotations do not parse, the timings are unknown: only the agent's word.
-fn phase_without_spec(out: &mut String, status: &Status) {
-    if !status.message.is_empty() {
-        let _ = writeln!(out, "  The agent says: {}", status.message);
-    }
-}
-
 /// How long the step still holds and when the next check is due. The agent checks
 /// every check interval, and also at the moment the step has been held its step
 /// interval, so that a healthy step advances on time.
-fn timing(out: &mut String, status: &Status, spec: &RolloutSpec, now: Timestamp) {
+fn timing(out: &mut String, status: &Status, settings: &Settings, now: Timestamp) {
     let Some(since) = status.step_started_at else {
         return;
     };
-    let held = plan::add(since, spec.step_interval);
+    let held = plan::add(since, settings.step_interval);
     if now < held {
         let _ = writeln!(
             out,
             "  The step began {} ago and holds at least {}: {} left, then it advances at the first passing check (every gate's evidence for the canary at what the step needs).",
             view::duration(view::between(since, now)),
-            view::duration(spec.step_interval),
+            view::duration(settings.step_interval),
             view::duration(view::between(now, held))
         );
     } else {
@@ -409,11 +427,11 @@ fn timing(out: &mut String, status: &Status, spec: &RolloutSpec, now: Timestamp)
             out,
             "  The step began {} ago and has been held its {}: it advances at the next passing check.",
             view::duration(view::between(since, now)),
-            view::duration(spec.step_interval)
+            view::duration(settings.step_interval)
         );
     }
     let last = status.last_check.as_ref().map(|c| c.at);
-    let next = plan::next_check_at(spec, status, last).unwrap_or(now);
+    let next = plan::next_check_at(settings.intervals(), status, last).unwrap_or(now);
     let when = if next <= now {
         "due now".to_owned()
     } else {
@@ -422,7 +440,7 @@ fn timing(out: &mut String, status: &Status, spec: &RolloutSpec, now: Timestamp)
     let _ = writeln!(
         out,
         "  Checks run every {}; the next is {when}.",
-        view::duration(spec.check_interval)
+        view::duration(settings.check_interval)
     );
 }
 
@@ -430,11 +448,14 @@ fn timing(out: &mut String, status: &Status, spec: &RolloutSpec, now: Timestamp)
 mod tests {
     use std::collections::BTreeMap;
 
+    use k8s_openapi::api::core::v1::Service;
+    use serde_json::json;
     use weir_analysis::Verdict;
 
     use super::*;
+    use crate::mesh::fixtures;
     use crate::plan::CheckRecord;
-    use crate::spec::Defaults;
+    use crate::spec;
 
     fn at(second: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + second).unwrap()
@@ -453,17 +474,45 @@ mod tests {
         }
     }
 
+    /// The agent's settings, recorded by an agent whose flags are not the built-in
+    /// defaults.
+    fn recorded() -> Settings {
+        let defaults = Defaults {
+            step_interval: std::time::Duration::from_secs(120),
+            ..Defaults::default()
+        };
+        let mut annotations = BTreeMap::new();
+        annotations.insert(keys::ENABLED.to_owned(), "true".to_owned());
+        Settings::of(&spec::parse("checkout", &annotations, &defaults).unwrap())
+    }
+
+    /// The agent's validation of the view's annotations, on the mesh fixtures' Service.
+    fn validated(view: &ServiceView) -> Validation {
+        let service: Service = serde_json::from_value(json!({
+            "metadata": {"name": "shop", "namespace": fixtures::NAMESPACE, "annotations": view.annotations},
+            "spec": {"selector": {"app": "shop"}}
+        }))
+        .unwrap();
+        let defaults = view
+            .settings()
+            .map_or_else(Defaults::default, Settings::as_defaults);
+        let result = validate::validate(&Inputs {
+            namespace: fixtures::NAMESPACE,
+            defaults: &defaults,
+            service: &service,
+            virtual_services: &[fixtures::typed_virtual_service(&fixtures::virtual_service())],
+            destination_rules: &[fixtures::typed_destination_rule(
+                &fixtures::destination_rule(),
+            )],
+            metrics: None,
+            deployments: None,
+            reporter: None,
+        });
+        classify(result, view.settings().is_some())
+    }
+
     fn run(view: &ServiceView, now: Timestamp) -> String {
-        let spec = spec::parse(&view.name, &view.annotations, &Defaults::default());
-        let controls = spec::controls(&view.annotations).err();
-        explain(
-            view,
-            "shop",
-            &spec,
-            controls.as_ref(),
-            &Routing::Unknown("not read in this test".into()),
-            now,
-        )
+        explain(view, "shop", &validated(view), now)
     }
 
     #[test]
@@ -482,16 +531,22 @@ mod tests {
                     measurements: Vec::new(),
                 },
             }),
+            settings: Some(recorded()),
             ..Status::new(at(0))
         };
         let text = run(&view_of(Some(status), &[(keys::ENABLED, "true")]), at(20));
         for expected in [
             "Service checkout (namespace shop): Progressing",
             "Releasing v2 (stable v1): step 2/3 at canary weight 25% (steps 10,25,50).",
-            "The step began 20s ago and holds at least 1m: 40s left",
+            // The agent's step interval, not the built-in default.
+            "The step began 20s ago and holds at least 2m: 1m 40s left",
             "Checks run every 15s; the next is due in about 10s.",
             "Failed checks in this rollout: 1 of 2 (it aborts at 2).",
             "Last check, 5s ago: pass.",
+            "Settings, as the agent resolves them:",
+            "steps 10,25,50, each held at least 2m; checks every 15s",
+            "gates: errors ≤ 1% (codes 5..), latency ≤ 500ms at 0.99, at least 50 requests a step",
+            "Routing: VirtualService shop, route main;",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }
@@ -513,6 +568,7 @@ mod tests {
             ],
         );
         let text = run(&view, at(1));
+        // The status records no settings: the annotations are still checked.
         assert!(text.contains("The agent says: weir.dev/steps"), "{text}");
         assert!(text.contains("The annotations have 2 problems"), "{text}");
         assert!(
@@ -528,26 +584,56 @@ mod tests {
 
     #[test]
     fn a_misconfiguration_beyond_the_annotations_is_named_as_the_agent_names_it() {
-        let view = view_of(None, &[(keys::ENABLED, "true"), (keys::METRICS, "absent")]);
-        let spec = spec::parse(&view.name, &view.annotations, &Defaults::default());
+        let status = Status {
+            phase: Phase::Idle,
+            stable: Some("v1".into()),
+            settings: Some(recorded()),
+            ..Status::new(at(0))
+        };
+        let view = view_of(
+            Some(status),
+            &[(keys::ENABLED, "true"), (keys::METRICS, "absent")],
+        );
         let problem = Misconfiguration::MetricsConfigMapMissing {
             config_map: "absent".into(),
-            namespace: "shop".into(),
+            namespace: fixtures::NAMESPACE.into(),
         };
-        let text = explain(
-            &view,
-            "shop",
-            &spec,
-            None,
-            &Routing::Problem(Box::new(problem.clone())),
-            at(1),
-        );
+        let text = run(&view, at(1));
         assert!(
             text.contains(&format!(
                 "Misconfigured; weir changes no traffic until it is fixed:\n  - {problem}"
             )),
             "{text}"
         );
+        assert!(
+            text.contains("Settings, as the agent last resolved them:"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn without_recorded_settings_it_shows_only_what_the_annotations_set() {
+        let view = view_of(
+            None,
+            &[(keys::ENABLED, "true"), (keys::MAX_ERROR_RATE, "2%")],
+        );
+        let text = run(&view, at(1));
+        assert!(text.contains("No status yet"), "{text}");
+        assert!(text.contains(view::NOT_OBSERVED), "{text}");
+        assert!(
+            text.contains(
+                "the annotations set: weir.dev/enabled=true, weir.dev/max-error-rate=2%."
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("Routing not checked: the agent's defaults"),
+            "{text}"
+        );
+        // No built-in default passed off as the agent's.
+        for guessed in ["1m", "15s", "10,25,50", "500ms"] {
+            assert!(!text.contains(guessed), "{guessed} in:\n{text}");
+        }
     }
 
     #[test]
@@ -560,6 +646,7 @@ mod tests {
             weight: 10,
             step_started_at: Some(at(0)),
             inconclusive_since: Some(at(60)),
+            settings: Some(recorded()),
             ..Status::new(at(0))
         };
         let view = view_of(
@@ -574,7 +661,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("has been held its 1m: it advances at the next passing check"),
+            text.contains("has been held its 2m: it advances at the next passing check"),
             "{text}"
         );
         assert!(text.contains("the next is due now"), "{text}");

@@ -49,8 +49,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the agent for one namespace.
-    Agent(AgentArgs),
+    /// Run the agent for one namespace. (This and `check` are boxed: their Prometheus
+    /// flags outweigh the other commands'.)
+    Agent(Box<AgentArgs>),
     /// Show where each opted-in Service's release is.
     Status(StatusArgs),
     /// Follow a rollout until it ends: exit 0 promoted, 1 aborted, 2 timed out, 3 error.
@@ -68,7 +69,7 @@ pub enum Command {
     /// Say why the agent does what it does, or what is misconfigured and how to fix it.
     Explain(ExplainArgs),
     /// Evaluate the gates now: exit 0 pass, 1 fail, 2 inconclusive, 3 error.
-    Check(CheckArgs),
+    Check(Box<CheckArgs>),
 }
 
 /// How a command prints what it read.
@@ -125,7 +126,7 @@ impl Cli {
                     !outer.any(),
                     "`weir agent` reads its cluster from KUBECONFIG or the Pod, and takes its namespace as `weir agent --namespace`"
                 );
-                args.run().await
+                (*args).run().await
             }
             Command::Status(args) => args.run(outer).await,
             Command::Watch(args) => could_not_tell(args.run(outer).await),
@@ -135,7 +136,7 @@ impl Cli {
             Command::Resume(args) => args.run(Control::Resume, outer).await,
             Command::Retry(args) => args.run(Control::Retry, outer).await,
             Command::Explain(args) => args.run(outer).await,
-            Command::Check(args) => could_not_tell(args.run(outer).await),
+            Command::Check(args) => could_not_tell((*args).run(outer).await),
         }
     }
 }
@@ -211,8 +212,6 @@ mod tests {
             "checkout",
             "--prometheus-url",
             "http://prometheus:9090",
-            "--default-min-requests",
-            "10",
             "-o",
             "json",
         ])
@@ -220,11 +219,36 @@ mod tests {
         let Command::Check(args) = cli.command else {
             panic!()
         };
-        assert_eq!(args.defaults.default_min_requests, "10");
         assert_eq!(args.output, Output::Json);
         assert!(
             Cli::try_parse_from(["weir", "promote"]).is_err(),
             "promote needs a Service"
         );
+    }
+
+    #[test]
+    fn only_the_agent_takes_the_default_flags() {
+        // The other commands read the settings the agent recorded in the status.
+        for command in [
+            &["status"][..],
+            &["watch", "checkout"],
+            &["explain", "checkout"],
+            &["promote", "checkout"],
+            &["check", "checkout", "--prometheus-url", "http://p:9090"],
+        ] {
+            let args = [&["weir"][..], command, &["--default-step-interval", "2m"]].concat();
+            assert!(Cli::try_parse_from(&args).is_err(), "{args:?} parsed");
+        }
+        let agent = Cli::try_parse_from([
+            "weir",
+            "agent",
+            "--namespace",
+            "shop",
+            "--prometheus-url",
+            "http://p:9090",
+            "--default-step-interval",
+            "2m",
+        ]);
+        assert!(agent.is_ok(), "{agent:?}");
     }
 }

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use clap::Args;
 use jiff::Timestamp;
 
-use super::agent::DefaultArgs;
 use super::cluster::ClusterArgs;
 use super::view::{self, ServiceView};
 use super::{Output, print_structured};
@@ -23,25 +22,16 @@ pub struct StatusArgs {
     pub no_age: bool,
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    #[command(
-        flatten,
-        next_help_heading = "The agent's defaults (as its --default-* flags)"
-    )]
-    pub defaults: DefaultArgs,
 }
 
 impl StatusArgs {
     pub async fn run(self, outer: &ClusterArgs) -> anyhow::Result<ExitCode> {
-        let defaults = self.defaults.parse()?;
         let cluster = self.cluster.or(outer).connect().await?;
         let services = match &self.service {
             Some(name) => vec![cluster.managed_service(name).await?],
             None => cluster.managed_services().await?,
         };
-        let views: Vec<ServiceView> = services
-            .iter()
-            .map(|s| ServiceView::new(s, &defaults))
-            .collect();
+        let views: Vec<ServiceView> = services.iter().map(ServiceView::new).collect();
         let ns = cluster.namespace.as_str();
         match (self.output, &self.service) {
             (Output::Table, _) if views.is_empty() => eprintln!(
@@ -61,7 +51,8 @@ impl StatusArgs {
     }
 }
 
-/// The table; for a single Service, followed by the agent's message about it.
+/// The table; for a single Service, followed by the agent's message about it and the
+/// settings it recorded.
 pub fn render(views: &[ServiceView], now: Option<Timestamp>) -> String {
     let rows: Vec<Vec<String>> = views.iter().map(|v| v.row(now)).collect();
     let mut out = view::table(&view::header(now.is_some()), &rows);
@@ -78,6 +69,21 @@ pub fn render(views: &[ServiceView], now: Option<Timestamp>) -> String {
         if let Some(message) = message {
             out.push_str(&format!("\n{}: {message}\n", single.name));
         }
+        out.push_str(&settings(single));
     }
     out
+}
+
+/// The settings the agent recorded for the Service, or why there are none to show.
+pub fn settings(view: &ServiceView) -> String {
+    match (view.settings(), view.settings_unknown()) {
+        (Some(settings), _) => {
+            let mut out = "\nSettings, as the agent resolved them:\n".to_owned();
+            for line in view::settings(settings) {
+                out.push_str(&format!("  {line}\n"));
+            }
+            out
+        }
+        (None, why) => format!("\nSettings: {}.\n", why.unwrap_or_default()),
+    }
 }

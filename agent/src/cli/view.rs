@@ -8,10 +8,18 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 use serde::Serialize;
-use weir_analysis::{Bound, Measurement, Verdict};
+use weir_analysis::{Bound, Measurement, Rule, Verdict};
 
-use crate::plan::{Phase, Status};
-use crate::spec::{self, Defaults, Weight, keys};
+use crate::plan::{Phase, Settings, Status};
+use crate::spec::{self, Weight, keys};
+
+/// What the CLI says of the settings of a Service the agent has not recorded any for: it
+/// does not know the agent's `--default-*` flags, and does not guess them.
+pub const NOT_OBSERVED: &str =
+    "not yet observed by the agent: settings shown once the agent records them";
+
+/// What the CLI says of the settings of a Service whose status records none.
+pub const NOT_RECORDED: &str = "none recorded in the status (misconfigured since the agent first saw it, or written by an earlier agent)";
 
 /// One opted-in Service as the agent last recorded it.
 #[derive(Clone, Debug)]
@@ -22,7 +30,8 @@ pub struct ServiceView {
     /// when it cannot be read.
     pub status: Result<Option<Status>, String>,
     /// The canary weights in effect: during a rollout the agent's record of them, else
-    /// the Service's `weir.dev/steps`, else the default.
+    /// the settings it recorded, else the Service's `weir.dev/steps`; empty when unknown
+    /// (the agent's default is not known to the CLI).
     pub steps: Vec<Weight>,
     /// For writes that must not race a change made since this read.
     pub resource_version: String,
@@ -34,6 +43,7 @@ pub struct ServiceView {
 pub struct ServiceRecord<'a> {
     pub service: &'a str,
     pub namespace: &'a str,
+    #[serde(skip_serializing_if = "<[Weight]>::is_empty")]
     pub steps: &'a [Weight],
     pub status: Option<&'a Status>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -41,8 +51,8 @@ pub struct ServiceRecord<'a> {
 }
 
 impl ServiceView {
-    /// Reads `service`'s annotations; `defaults` stand in for the agent's `--default-*`.
-    pub fn new(service: &Service, defaults: &Defaults) -> ServiceView {
+    /// Reads `service`'s annotations, the agent's status among them.
+    pub fn new(service: &Service) -> ServiceView {
         let annotations = service.annotations().clone();
         let status = match annotations.get(keys::STATUS) {
             None => Ok(None),
@@ -52,13 +62,14 @@ impl ServiceView {
         };
         let recorded = match &status {
             Ok(Some(status)) if !status.steps.is_empty() => Some(status.steps.clone()),
+            Ok(Some(status)) => status.settings.as_ref().map(|s| s.steps.clone()),
             _ => None,
         };
         let steps = recorded.unwrap_or_else(|| {
             annotations
                 .get(keys::STEPS)
                 .and_then(|text| spec::parse_steps(text).ok())
-                .unwrap_or_else(|| defaults.steps.clone())
+                .unwrap_or_default()
         });
         ServiceView {
             name: service.name_any(),
@@ -72,6 +83,30 @@ impl ServiceView {
     /// The status, when there is a readable one.
     pub fn status(&self) -> Option<&Status> {
         self.status.as_ref().ok().and_then(Option::as_ref)
+    }
+
+    /// The settings the agent recorded for the Service, if it has.
+    pub fn settings(&self) -> Option<&Settings> {
+        self.status().and_then(|s| s.settings.as_ref())
+    }
+
+    /// Why the agent's settings are not known, when they are not: never recorded, or
+    /// not yet observed.
+    pub fn settings_unknown(&self) -> Option<&'static str> {
+        match (self.status(), self.settings()) {
+            (_, Some(_)) => None,
+            (Some(_), None) => Some(NOT_RECORDED),
+            (None, None) => Some(NOT_OBSERVED),
+        }
+    }
+
+    /// The `weir.dev/` annotations a person set (`key=value`), the status aside.
+    pub fn set_annotations(&self) -> Vec<String> {
+        self.annotations
+            .iter()
+            .filter(|(key, _)| keys::is_weir(key) && key.as_str() != keys::STATUS)
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect()
     }
 
     /// For `-o json|yaml`.
@@ -106,9 +141,10 @@ impl ServiceView {
         }
     }
 
-    /// `2/3` while a step is current, else `-`.
+    /// `2/3` while a step is current (`2/?` when the steps are unknown), else `-`.
     pub fn step(&self) -> String {
         match self.status().and_then(|s| s.step) {
+            Some(index) if self.steps.is_empty() => format!("{}/?", index + 1),
             Some(index) => format!("{}/{}", index + 1, self.steps.len()),
             None => "-".to_owned(),
         }
@@ -141,6 +177,82 @@ impl ServiceView {
         }
         row
     }
+}
+
+/// The settings the agent resolved, for people: one line per concern.
+pub fn settings(settings: &Settings) -> Vec<String> {
+    let gates = &settings.gates;
+    let steps: Vec<String> = settings.steps.iter().map(ToString::to_string).collect();
+    let mut limits = vec![
+        format!(
+            "errors ≤ {} (codes {})",
+            percent(gates.max_error_rate),
+            gates.error_codes
+        ),
+        format!(
+            "latency ≤ {} at {}",
+            duration_ms(gates.max_latency),
+            gates.latency_quantile
+        ),
+    ];
+    if let Some(slow) = &gates.max_slow_share {
+        limits.push(format!(
+            "slower than {} ≤ {}",
+            duration_ms(slow.threshold),
+            percent(slow.max_share)
+        ));
+    }
+    limits.push(format!("at least {} requests a step", gates.min_requests));
+    let judge = match gates.rule {
+        Rule::Sequential => format!(
+            "on evidence (sequential), tolerance {} of stable, confidence {}; a step waits at most {} for evidence after its interval",
+            percent(gates.tolerance),
+            percent(gates.confidence),
+            duration(settings.decision_timeout)
+        ),
+        Rule::Threshold => "on fixed limits at each check (threshold)".to_owned(),
+    };
+    let mut lines = vec![
+        format!(
+            "steps {}, each held at least {}; checks every {}",
+            steps.join(","),
+            duration(settings.step_interval),
+            duration(settings.check_interval)
+        ),
+        format!("gates: {}", limits.join(", ")),
+        format!("decided {judge}"),
+        format!(
+            "aborts at {} failed check{}, or after {} without conclusive data",
+            settings.failure_limit,
+            if settings.failure_limit == 1 { "" } else { "s" },
+            duration(settings.no_data_timeout)
+        ),
+        format!(
+            "stable subset {}, canary subset {}, versions named by the label {}",
+            settings.stable_subset, settings.canary_subset, settings.version_label
+        ),
+    ];
+    if let Some(metrics) = &settings.metrics {
+        lines.push(format!("custom metrics from the ConfigMap {metrics}"));
+    }
+    lines.push(match settings.scale_down_delay {
+        Some(delay) => format!(
+            "the superseded version is scaled to zero {} after a promotion",
+            duration(delay)
+        ),
+        None => "the superseded version keeps its replicas (scale-down-delay never)".to_owned(),
+    });
+    lines
+}
+
+/// `2%`, `0.5%`, `99.9%`: a fraction as people write a percentage.
+pub fn percent(fraction: f64) -> String {
+    format!("{}%", (fraction * 100_000.0).round() / 1000.0)
+}
+
+/// A latency bound, to the millisecond: `500ms`, `1s 500ms`.
+fn duration_ms(d: Duration) -> String {
+    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
 }
 
 /// The status table's header, matching [`ServiceView::row`].
@@ -375,6 +487,39 @@ mod tests {
              checkout  Idle         -\n\
              db        Progressing  pass: x\n"
         );
+    }
+
+    #[test]
+    fn settings_read_as_people_write_them() {
+        let annotations = BTreeMap::from([
+            (keys::ENABLED.to_owned(), "true".to_owned()),
+            (keys::MAX_ERROR_RATE.to_owned(), "0.5%".to_owned()),
+            (keys::MAX_SLOW_SHARE.to_owned(), "5%".to_owned()),
+            (keys::SLOW_THRESHOLD.to_owned(), "1.5s".to_owned()),
+            (keys::FAILURE_LIMIT.to_owned(), "1".to_owned()),
+            (keys::SCALE_DOWN_DELAY.to_owned(), "never".to_owned()),
+            (keys::METRICS.to_owned(), "checkout-metrics".to_owned()),
+        ]);
+        let defaults = crate::spec::Defaults {
+            step_interval: Duration::from_secs(120),
+            ..Default::default()
+        };
+        let spec = crate::spec::parse("checkout", &annotations, &defaults).unwrap();
+        let lines = settings(&Settings::of(&spec));
+        assert_eq!(
+            lines,
+            [
+                "steps 10,25,50, each held at least 2m; checks every 15s",
+                "gates: errors ≤ 0.5% (codes 5..), latency ≤ 500ms at 0.99, slower than 1s 500ms ≤ 5%, at least 50 requests a step",
+                "decided on evidence (sequential), tolerance 50% of stable, confidence 99%; a step waits at most 2h for evidence after its interval",
+                "aborts at 1 failed check, or after 10m without conclusive data",
+                "stable subset stable, canary subset canary, versions named by the label version",
+                "custom metrics from the ConfigMap checkout-metrics",
+                "the superseded version keeps its replicas (scale-down-delay never)",
+            ]
+        );
+        assert_eq!(percent(0.999), "99.9%");
+        assert_eq!(percent(0.0001), "0.01%");
     }
 
     #[test]

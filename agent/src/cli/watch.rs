@@ -1,6 +1,10 @@
 //! `weir watch <service>`: follows a rollout until it ends, with a bar of the canary
 //! weight on a terminal and plain lines otherwise, so that a pipeline can wait on it.
 //!
+//! It watches the one Service (a kube-runtime watcher, which re-lists and resumes with
+//! backoff after a dropped connection), and takes a rollout's end from the agent's own
+//! record of it in the status ([`Status::ended`]), never from phases seen in passing.
+//!
 //! Exit status: 0 promoted, 1 aborted (or abandoned), 2 timed out, 3 could not watch.
 
 use std::io::IsTerminal;
@@ -8,13 +12,19 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use futures::StreamExt as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Service;
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Api, ResourceExt as _};
 
-use super::agent::DefaultArgs;
 use super::cluster::{ClusterArgs, Error};
 use super::view::{self, ServiceView};
-use crate::plan::{Phase, Status};
+use crate::plan::{Ended, Outcome, Status};
+use crate::spec::opted_in;
+
+/// How long one watch call lasts, in seconds: less than the CLI's read timeout.
+const WATCH_CALL_SECONDS: u32 = 15;
 
 /// Flags of `weir watch`. Its `--version` names a release, not weir's own version.
 #[derive(Debug, Args)]
@@ -29,70 +39,41 @@ pub struct WatchArgs {
     /// one to start]
     #[arg(long, value_name = "VERSION")]
     pub version: Option<String>,
-    /// How often to read the Service's status.
-    #[arg(long, default_value = "1s", value_parser = super::parse_duration)]
-    pub interval: Duration,
     /// Print plain lines even on a terminal (they are always plain when stdout is not one).
     #[arg(long)]
     pub plain: bool,
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    #[command(
-        flatten,
-        next_help_heading = "The agent's defaults (as its --default-* flags)"
-    )]
-    pub defaults: DefaultArgs,
 }
 
-/// How a watched rollout ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Ended {
-    Promoted {
-        version: String,
-    },
-    Aborted {
-        version: String,
-        message: String,
-    },
-    /// The rollout stopped without promotion or abort (its Deployment was deleted).
-    Abandoned {
-        version: String,
-        message: String,
-    },
-}
-
-impl Ended {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Ended::Promoted { .. } => 0,
-            Ended::Aborted { .. } | Ended::Abandoned { .. } => 1,
-        }
+/// The exit status for how a rollout ended.
+pub fn exit_code(ended: &Ended) -> u8 {
+    match ended.outcome {
+        Outcome::Promoted => 0,
+        Outcome::Aborted | Outcome::Abandoned => 1,
     }
 }
 
-/// Follows successive reads of a status to the end of one rollout. Pure.
+/// Follows successive revisions of a status to the end of one rollout. Pure.
 ///
-/// Reads are a second or so apart, and the agent may promote a version and start the
-/// next rollout between two of them, so an outcome is recognised from what the status
-/// remembers (the stable version, the aborted versions) as well as from its phase.
+/// The end is the planner's record of it ([`Status::ended`]): it stays in the status
+/// after the agent has moved on (to the next rollout, say), so a revision missed by the
+/// watch costs nothing.
 #[derive(Debug, Default)]
 pub struct Tracker {
     /// The version asked for with `--version`.
     target: Option<String>,
-    /// The rollout being followed: its canary and that canary's pod template.
-    following: Option<(String, Option<String>)>,
-    /// What the first read showed, so that a rollout that starts and ends between two
-    /// reads is not missed.
-    baseline: Option<Baseline>,
+    /// The canary being followed, for the display.
+    following: Option<String>,
+    /// The end the first revision recorded: a rollout that ended before the watch began
+    /// is not the one it waits for (unless named).
+    baseline: Option<Option<Ended>>,
 }
-
-/// The stable version, and the aborted canary with when it was aborted, at the first read.
-type Baseline = (Option<String>, Option<(String, Timestamp)>);
 
 impl Tracker {
     pub fn new(target: Option<String>) -> Tracker {
         Tracker {
-            following: target.clone().map(|t| (t, None)),
+            following: target.clone(),
             target,
             baseline: None,
         }
@@ -100,93 +81,28 @@ impl Tracker {
 
     /// The canary being followed, if a rollout has started.
     pub fn following(&self) -> Option<&str> {
-        self.following.as_ref().map(|(version, _)| version.as_str())
+        self.following.as_deref()
     }
 
-    /// Takes one read of the status; `Some` once the followed rollout has ended.
+    /// Takes one revision of the status; `Some` once the awaited rollout has ended.
     pub fn observe(&mut self, status: &Status) -> Option<Ended> {
-        let in_rollout = matches!(
-            status.phase,
-            Phase::Progressing | Phase::Paused | Phase::Promoting
-        );
-        let baseline = self.baseline.get_or_insert_with(|| {
-            let last_abort = (status.phase == Phase::Aborted)
-                .then(|| {
-                    status
-                        .canary
-                        .clone()
-                        .map(|c| (c, status.last_transition_at))
-                })
-                .flatten();
-            (status.stable.clone(), last_abort)
-        });
-        if let Some((version, template)) = &mut self.following {
-            if in_rollout && status.canary.as_ref() == Some(version) {
-                *template = status.canary_template.clone().or(template.take());
-                return None;
-            }
-            if status.stable.as_ref() == Some(version) && status.phase != Phase::Promoting {
-                return Some(Ended::Promoted {
-                    version: version.clone(),
-                });
-            }
-            let aborted_now =
-                status.phase == Phase::Aborted && status.canary.as_ref() == Some(version);
-            let remembered = status.failed.iter().any(|f| {
-                &f.version == version && template.as_ref().is_some_and(|t| &f.template == t)
-            });
-            if aborted_now || remembered {
-                let message = match (&status.canary, status.phase) {
-                    _ if aborted_now => status.message.clone(),
-                    (Some(next), Phase::Progressing | Phase::Paused | Phase::Promoting) => {
-                        format!(
-                            "{version} was aborted; the agent has since started releasing {next}"
-                        )
-                    }
-                    _ => format!("{version} was aborted"),
-                };
-                return Some(Ended::Aborted {
-                    version: version.clone(),
-                    message,
-                });
-            }
-            if self.target.is_some() {
-                return None;
-            }
-        }
-        if in_rollout {
+        let baseline = self.baseline.get_or_insert_with(|| status.ended.clone());
+        let releasing = status.canary.as_ref().filter(|_| status.in_rollout());
+        if let Some(canary) = releasing
+            && self.target.as_ref().is_none_or(|t| t == canary)
+        {
             // A newer version may supersede the one followed: follow it instead.
-            self.following = status
-                .canary
-                .clone()
-                .map(|canary| (canary, status.canary_template.clone()));
-            return None;
+            self.following = Some(canary.clone());
         }
-        match (&self.following, status.phase) {
-            (Some((version, _)), Phase::Idle) => Some(Ended::Abandoned {
-                version: version.clone(),
-                message: status.message.clone(),
-            }),
-            (Some((version, _)), Phase::Aborted) => Some(Ended::Abandoned {
-                version: version.clone(),
-                message: status.message.clone(),
-            }),
-            // Waiting for a rollout: one that came and went between two reads counts.
-            (None, Phase::Idle) if status.stable != baseline.0 => Some(Ended::Promoted {
-                version: status.stable.clone().unwrap_or_default(),
-            }),
-            (None, Phase::Aborted) => {
-                let this_abort = status
-                    .canary
-                    .clone()
-                    .map(|c| (c, status.last_transition_at));
-                (this_abort != baseline.1).then(|| Ended::Aborted {
-                    version: status.canary.clone().unwrap_or_default(),
-                    message: status.message.clone(),
-                })
-            }
-            _ => None,
-        }
+        let ended = status.ended.as_ref()?;
+        let awaited = match &self.target {
+            // The named version's own outcome, whenever it came, unless it is being
+            // released again now.
+            Some(target) => &ended.version == target && releasing != Some(target),
+            // The first end recorded since the watch began.
+            None => Some(ended) != baseline.as_ref(),
+        };
+        awaited.then(|| ended.clone())
     }
 }
 
@@ -295,84 +211,136 @@ fn elapsed(started: Instant) -> String {
 
 impl WatchArgs {
     pub async fn run(self, outer: &ClusterArgs) -> anyhow::Result<ExitCode> {
-        let defaults = self.defaults.parse()?;
         let cluster = self.cluster.or(outer).connect().await?;
         // The first read fails for every wrong use: no such Service, not opted in, no
         // access, no cluster.
         let mut service = cluster.managed_service(&self.service).await?;
         let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let mut tracker = Tracker::new(self.version.clone());
         let mut display = Display::new(self.plain, &self.service);
+        if ServiceView::new(&service)
+            .status()
+            .is_some_and(|s| s.settings.is_none())
+        {
+            eprintln!(
+                "note: {}'s status was written by an earlier agent, which does not record how rollouts end; waiting for the agent to record it",
+                self.service
+            );
+        }
+
+        let api: Api<Service> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+        // The server ends each watch call before the client's read timeout would (a
+        // quiet rollout sends nothing for minutes); the watcher then resumes it.
+        let config = watcher::Config::default()
+            .fields(&format!("metadata.name={}", self.service))
+            .timeout(WATCH_CALL_SECONDS);
+        let mut revisions = std::pin::pin!(watcher(api, config).default_backoff());
         let mut last_error: Option<String> = None;
+        // Whether the current (re-)list has shown the Service.
+        let mut listed = true;
         loop {
-            let view = ServiceView::new(&service, &defaults);
+            let view = ServiceView::new(&service);
             if let Some(status) = view.status()
                 && let Some(ended) = tracker.observe(status)
             {
                 display.show(&view, tracker.following(), started);
                 display.finish(&summary(&self.service, &ended, started.elapsed()));
-                return Ok(ExitCode::from(ended.exit_code()));
+                return Ok(ExitCode::from(exit_code(&ended)));
             }
             display.show(&view, tracker.following(), started);
-            if started.elapsed() + self.interval > self.timeout {
-                display.finish(&format!(
-                    "{}: gave up after {} (--timeout): {}",
-                    self.service,
-                    view::duration(self.timeout),
-                    progress(&view, tracker.following())
-                ));
-                return Ok(ExitCode::from(2));
-            }
-            tokio::time::sleep(self.interval).await;
-            loop {
-                match cluster.managed_service(&self.service).await {
-                    Ok(read) => {
-                        service = read;
-                        last_error = None;
-                        break;
+            let event = match tokio::time::timeout_at(deadline, revisions.next()).await {
+                Ok(Some(Ok(event))) => event,
+                // A blip of the API server does not end the watch (the watcher backs off
+                // and resumes); the timeout does. Being refused does at once.
+                Ok(Some(Err(e))) => {
+                    let error = watch_error(&cluster, e);
+                    if matches!(error, Error::Forbidden { .. } | Error::Unauthorized { .. }) {
+                        return Err(error.into());
                     }
-                    // A blip of the API server does not end the watch; the timeout does.
-                    Err(e @ (Error::Unreachable { .. } | Error::Api { .. })) => {
-                        let text = e.to_string();
-                        if last_error.as_ref() != Some(&text) {
-                            eprintln!("{}  {text} (retrying)", elapsed(started));
-                            last_error = Some(text);
-                        }
-                        if started.elapsed() + self.interval > self.timeout {
-                            return Err(e.into());
-                        }
-                        tokio::time::sleep(self.interval).await;
+                    let text = error.to_string();
+                    if last_error.as_ref() != Some(&text) {
+                        eprintln!("{}  {text} (retrying)", elapsed(started));
+                        last_error = Some(text);
                     }
-                    Err(e) => return Err(e.into()),
+                    continue;
+                }
+                Ok(None) => anyhow::bail!("the watch of Service {} ended", self.service),
+                Err(_timeout) => {
+                    display.finish(&format!(
+                        "{}: gave up after {} (--timeout): {}",
+                        self.service,
+                        view::duration(self.timeout),
+                        progress(&view, tracker.following())
+                    ));
+                    if let Some(error) = last_error {
+                        anyhow::bail!("{error}");
+                    }
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            last_error = None;
+            match event {
+                watcher::Event::Init => listed = false,
+                watcher::Event::InitApply(read) | watcher::Event::Apply(read) => {
+                    listed = true;
+                    if !opted_in(read.annotations()) {
+                        return Err(Error::NotOptedIn {
+                            service: self.service.clone(),
+                            namespace: cluster.namespace.clone(),
+                        }
+                        .into());
+                    }
+                    service = read;
+                }
+                watcher::Event::InitDone if listed => {}
+                watcher::Event::InitDone | watcher::Event::Delete(_) => {
+                    return Err(Error::ServiceNotFound {
+                        service: self.service.clone(),
+                        namespace: cluster.namespace.clone(),
+                    }
+                    .into());
                 }
             }
         }
     }
 }
 
+/// A watcher's error, worded as the other commands word the same failure.
+fn watch_error(cluster: &super::cluster::Cluster, error: watcher::Error) -> Error {
+    match error {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => cluster.error(e, "watch", "services"),
+        other => Error::Api {
+            server: cluster.server.clone(),
+            message: other.to_string(),
+        },
+    }
+}
+
 fn summary(service: &str, ended: &Ended, took: Duration) -> String {
     let took = view::duration(took);
-    match ended {
-        Ended::Promoted { version } => {
-            format!(
-                "{service}: {version} promoted (watched for {took}); it is the stable version now"
-            )
+    let (version, reason) = (&ended.version, &ended.reason);
+    match ended.outcome {
+        Outcome::Promoted => format!(
+            "{service}: {version} promoted (watched for {took}); it is the stable version now"
+        ),
+        Outcome::Aborted => {
+            format!("{service}: {version} aborted (watched for {took}): {reason}")
         }
-        Ended::Aborted { version, message } => {
-            format!("{service}: {version} aborted (watched for {took}): {message}")
-        }
-        Ended::Abandoned { version, message } => {
-            format!(
-                "{service}: the rollout of {version} stopped without a promotion (watched for {took}): {message}"
-            )
-        }
+        Outcome::Abandoned => format!(
+            "{service}: the rollout of {version} stopped without a promotion (watched for {took}): {reason}"
+        ),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use jiff::Timestamp;
+
     use super::*;
-    use crate::plan::FailedVersion;
+    use crate::plan::Phase;
 
     fn at(second: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + second).unwrap()
@@ -390,64 +358,73 @@ mod tests {
         }
     }
 
+    fn ended(version: &str, outcome: Outcome, second: i64) -> Option<Ended> {
+        Some(Ended {
+            version: version.into(),
+            outcome,
+            reason: format!("{outcome:?}"),
+            started_at: Some(at(0)),
+            at: at(second),
+        })
+    }
+
+    /// `status` after the planner recorded an end.
+    fn after(status: Status, end: Option<Ended>) -> Status {
+        Status {
+            ended: end,
+            ..status
+        }
+    }
+
     #[test]
     fn follows_a_rollout_that_starts_after_the_watch_to_its_promotion() {
         let mut tracker = Tracker::new(None);
-        assert_eq!(tracker.observe(&status(Phase::Idle, "v1", None, 0)), None);
+        let earlier = ended("v1", Outcome::Promoted, -100);
+        let idle = after(status(Phase::Idle, "v1", None, 0), earlier.clone());
+        assert_eq!(tracker.observe(&idle), None, "an earlier rollout's end");
         assert_eq!(tracker.following(), None);
-        assert_eq!(
-            tracker.observe(&status(Phase::Progressing, "v1", Some("v2"), 1)),
-            None
-        );
+        let releasing = after(status(Phase::Progressing, "v1", Some("v2"), 1), earlier);
+        assert_eq!(tracker.observe(&releasing), None);
         assert_eq!(tracker.following(), Some("v2"));
-        assert_eq!(
-            tracker.observe(&status(Phase::Promoting, "v1", Some("v2"), 2)),
-            None
+        let promoted = after(
+            status(Phase::Idle, "v2", None, 3),
+            ended("v2", Outcome::Promoted, 3),
         );
-        let ended = tracker
-            .observe(&status(Phase::Idle, "v2", None, 3))
-            .unwrap();
-        assert_eq!(
-            ended,
-            Ended::Promoted {
-                version: "v2".into()
-            }
-        );
-        assert_eq!(ended.exit_code(), 0);
+        let end = tracker.observe(&promoted).unwrap();
+        assert_eq!(end.version, "v2");
+        assert_eq!(exit_code(&end), 0);
     }
 
     #[test]
-    fn an_old_abort_is_not_the_outcome_but_a_new_one_is() {
+    fn an_end_recorded_before_the_watch_is_not_its_answer_but_a_new_one_is() {
         let mut tracker = Tracker::new(None);
-        assert_eq!(
-            tracker.observe(&status(Phase::Aborted, "v1", Some("v2"), 0)),
-            None
+        let old = after(
+            status(Phase::Aborted, "v1", Some("v2"), 0),
+            ended("v2", Outcome::Aborted, 0),
         );
-        assert_eq!(
-            tracker.observe(&status(Phase::Aborted, "v1", Some("v2"), 0)),
-            None
+        assert_eq!(tracker.observe(&old), None);
+        assert_eq!(tracker.observe(&old), None);
+        // v3 started and was aborted between two revisions the watch saw.
+        let new = after(
+            status(Phase::Aborted, "v1", Some("v3"), 9),
+            ended("v3", Outcome::Aborted, 9),
         );
-        // v3 started and was aborted between two reads.
-        let ended = tracker
-            .observe(&status(Phase::Aborted, "v1", Some("v3"), 9))
-            .unwrap();
-        assert_eq!(ended.exit_code(), 1);
-        assert!(matches!(ended, Ended::Aborted { version, .. } if version == "v3"));
+        let end = tracker.observe(&new).unwrap();
+        assert_eq!((end.version.as_str(), exit_code(&end)), ("v3", 1));
     }
 
     #[test]
-    fn a_promotion_between_two_reads_is_seen_from_the_stable_version() {
-        let mut tracker = Tracker::new(None);
-        assert_eq!(tracker.observe(&status(Phase::Idle, "v1", None, 0)), None);
-        let ended = tracker
-            .observe(&status(Phase::Idle, "v2", None, 5))
-            .unwrap();
-        assert_eq!(
-            ended,
-            Ended::Promoted {
-                version: "v2".into()
-            }
-        );
+    fn an_end_is_seen_even_when_the_next_rollout_already_started() {
+        for outcome in [Outcome::Promoted, Outcome::Aborted] {
+            let mut tracker = Tracker::new(None);
+            tracker.observe(&status(Phase::Progressing, "v1", Some("v2"), 0));
+            let next = after(
+                status(Phase::Progressing, "v1", Some("v4"), 5),
+                ended("v2", outcome, 4),
+            );
+            let end = tracker.observe(&next).unwrap();
+            assert_eq!((end.version.as_str(), end.outcome), ("v2", outcome));
+        }
     }
 
     #[test]
@@ -456,94 +433,45 @@ mod tests {
         tracker.observe(&status(Phase::Progressing, "v1", Some("v2"), 0));
         tracker.observe(&status(Phase::Progressing, "v1", Some("v3"), 1));
         assert_eq!(tracker.following(), Some("v3"));
-        let ended = tracker
-            .observe(&status(Phase::Idle, "v1", None, 2))
-            .unwrap();
-        assert!(
-            matches!(&ended, Ended::Abandoned { version, .. } if version == "v3"),
-            "{ended:?}"
+        let gone = after(
+            status(Phase::Idle, "v1", None, 2),
+            ended("v3", Outcome::Abandoned, 2),
         );
-        assert_eq!(ended.exit_code(), 1);
+        let end = tracker.observe(&gone).unwrap();
+        assert_eq!((end.version.as_str(), exit_code(&end)), ("v3", 1));
     }
 
     #[test]
     fn a_named_version_ends_on_its_own_outcome_even_if_already_reached() {
         let mut tracker = Tracker::new(Some("v2".into()));
-        let ended = tracker
-            .observe(&status(Phase::Idle, "v2", None, 0))
-            .unwrap();
-        assert_eq!(
-            ended,
-            Ended::Promoted {
-                version: "v2".into()
-            }
+        let promoted = after(
+            status(Phase::Idle, "v2", None, 0),
+            ended("v2", Outcome::Promoted, 0),
         );
+        assert_eq!(tracker.observe(&promoted).unwrap().version, "v2");
 
+        // v3's earlier abort is not the answer while v3 is released again (a retry).
         let mut tracker = Tracker::new(Some("v3".into()));
-        assert_eq!(
-            tracker.observe(&status(Phase::Aborted, "v1", Some("v2"), 0)),
-            None
+        let retried = after(
+            status(Phase::Progressing, "v1", Some("v3"), 1),
+            ended("v3", Outcome::Aborted, 0),
         );
-        assert_eq!(
-            tracker.observe(&status(Phase::Progressing, "v1", Some("v3"), 1)),
-            None
+        assert_eq!(tracker.observe(&retried), None);
+        // Another version's end is not either.
+        let other = after(
+            status(Phase::Progressing, "v1", Some("v3"), 1),
+            ended("v2", Outcome::Aborted, 1),
         );
-        assert!(
-            tracker
-                .observe(&status(Phase::Aborted, "v1", Some("v3"), 2))
-                .is_some()
+        assert_eq!(tracker.observe(&other), None);
+        let aborted = after(
+            status(Phase::Aborted, "v1", Some("v3"), 2),
+            ended("v3", Outcome::Aborted, 2),
         );
+        assert_eq!(tracker.observe(&aborted).unwrap().at, at(2));
     }
 
     #[test]
-    fn a_promotion_is_seen_even_when_the_next_rollout_already_started() {
-        let mut tracker = Tracker::new(None);
-        tracker.observe(&status(Phase::Progressing, "v1", Some("v2"), 0));
-        // Promoted, and another version released, between two reads.
-        let ended = tracker
-            .observe(&status(Phase::Progressing, "v2", Some("v4"), 5))
-            .unwrap();
-        assert_eq!(
-            ended,
-            Ended::Promoted {
-                version: "v2".into()
-            }
-        );
-    }
-
-    #[test]
-    fn an_abort_is_seen_from_the_failed_versions_when_the_next_rollout_already_started() {
-        let mut tracker = Tracker::new(None);
-        let mut progressing = status(Phase::Progressing, "v1", Some("v3"), 0);
-        progressing.canary_template = Some("t3".into());
-        tracker.observe(&progressing);
-        let mut next = status(Phase::Progressing, "v1", Some("v4"), 5);
-        next.failed.push(FailedVersion {
-            version: "v3".into(),
-            template: "t3".into(),
-        });
-        let ended = tracker.observe(&next).unwrap();
-        assert!(
-            matches!(&ended, Ended::Aborted { version, .. } if version == "v3"),
-            "{ended:?}"
-        );
-    }
-
-    #[test]
-    fn an_earlier_failed_build_of_the_same_version_is_not_this_rollouts_abort() {
-        let mut tracker = Tracker::new(None);
-        let mut rebuilt = status(Phase::Progressing, "v1", Some("v3"), 0);
-        rebuilt.canary_template = Some("fixed".into());
-        rebuilt.failed.push(FailedVersion {
-            version: "v3".into(),
-            template: "broken".into(),
-        });
-        assert_eq!(tracker.observe(&rebuilt), None);
-        assert_eq!(tracker.observe(&rebuilt), None);
-    }
-
-    #[test]
-    fn misconfiguration_keeps_waiting() {
+    fn misconfiguration_and_a_status_without_a_recorded_end_keep_waiting() {
         let mut tracker = Tracker::new(None);
         tracker.observe(&status(Phase::Progressing, "v1", Some("v2"), 0));
         assert_eq!(
@@ -551,5 +479,7 @@ mod tests {
             None
         );
         assert_eq!(tracker.following(), Some("v2"));
+        // An earlier agent's status: its phases alone are not read as an outcome.
+        assert_eq!(tracker.observe(&status(Phase::Idle, "v2", None, 2)), None);
     }
 }

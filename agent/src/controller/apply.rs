@@ -13,7 +13,8 @@ use serde_json::{Map, Value, json};
 use tracing::{info, warn};
 
 use super::Context;
-use super::reconcile::{Error, Reads};
+use super::reconcile::Error;
+use super::validate::Reads;
 use crate::mesh::{self, DestinationRule, Target, VirtualService};
 use crate::notify;
 use crate::plan::{Action, EventType, Report, Status, Subset, reason};

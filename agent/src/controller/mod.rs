@@ -10,7 +10,7 @@ mod apply;
 pub mod lease;
 mod observe;
 mod reconcile;
-mod routing;
+pub mod routing;
 pub mod template;
 pub mod validate;
 

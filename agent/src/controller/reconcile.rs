@@ -5,10 +5,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use kube::api::ListParams;
+use k8s_openapi::api::core::v1::Service;
+use kube::ResourceExt;
 use kube::runtime::controller::Action as Requeue;
-use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
 use weir_analysis::judge::Judgement;
 use weir_analysis::{CheckRequest, MetricTemplate};
@@ -16,9 +15,9 @@ use weir_analysis::{CheckRequest, MetricTemplate};
 use super::apply::{MeshTarget, Writer};
 use super::validate::{self, Inputs, Valid};
 use super::{Context, opted_in};
-use crate::mesh::{DestinationRule, MeshError, VirtualService};
+use crate::mesh::MeshError;
 use crate::plan::{self, Observed, Status, Version};
-use crate::spec::{self, RolloutSpec, keys};
+use crate::spec::{RolloutSpec, keys};
 
 /// Why a reconcile did not finish. Misconfiguration is not an error: it is a status
 /// and an Event.
@@ -26,6 +25,8 @@ use crate::spec::{self, RolloutSpec, keys};
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    #[error("Kubernetes API: {0}")]
+    Read(#[from] validate::ReadError),
     #[error("{object} changed since it was read; re-reading and re-planning")]
     Conflict { object: String },
     #[error("refused to build a patch: {0}")]
@@ -39,15 +40,6 @@ pub enum Error {
     Panicked { message: String },
 }
 
-/// Everything one reconcile read, before any validation.
-pub(super) struct Reads {
-    pub service: Service,
-    pub virtual_services: Vec<VirtualService>,
-    pub destination_rules: Vec<DestinationRule>,
-    /// The ConfigMap `weir.dev/metrics` names, if it names a valid one that exists.
-    pub metrics: Option<ConfigMap>,
-}
-
 pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     // A standby follows the cluster in its caches and nothing else; when it starts to
     // lead, every Service is reconciled again.
@@ -59,7 +51,15 @@ pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeu
         return Ok(Requeue::await_change());
     }
     let name = cached.name_any();
-    let reads = read(&ctx, &name).await?;
+    // Fresh reads of what this reconcile writes to; Deployments, which weir never
+    // writes, come from the cache.
+    let reads = validate::read(
+        &ctx.client,
+        &ctx.config.namespace,
+        &name,
+        Some(&ctx.routing),
+    )
+    .await?;
     if !opted_in(&reads.service) {
         return Ok(Requeue::await_change());
     }
@@ -97,8 +97,7 @@ pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeu
                 writer.record(report).await?;
             }
             let written = report.as_ref().map(|r| r.status.as_ref());
-            ctx.metrics
-                .observe_applied(&name, status.as_ref(), written, now);
+            ctx.metrics.observe_applied(&name, status.as_ref(), written);
             return Ok(Requeue::await_change());
         }
     };
@@ -169,7 +168,7 @@ pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeu
         )
         .await?;
     ctx.metrics
-        .observe_applied(&name, status.as_ref(), plan.written_status(), now);
+        .observe_applied(&name, status.as_ref(), plan.written_status());
     Ok(match plan.requeue_after {
         Some(after) => Requeue::requeue(after),
         None => Requeue::await_change(),
@@ -193,87 +192,6 @@ pub fn error_policy(service: Arc<Service>, error: &Error, ctx: Arc<Context>) -> 
             Requeue::requeue(Duration::from_secs(5))
         }
     }
-}
-
-/// Fresh reads of what this reconcile writes to: the watch caches may lag behind this
-/// agent's own last writes, and a plan made from a stale status or stale weights would
-/// undo them. Deployments, which weir never writes, come from the cache.
-///
-/// Only the routing objects that concern the Service are read: those its annotations
-/// name, and those the [`RoutingIndex`](super::routing::RoutingIndex) says name it, so
-/// a reconcile costs the same in a namespace of ten Services or of a thousand. When that
-/// finds none of a kind (the Service is misconfigured, or the object that would fix it
-/// is newer than the index), the whole kind is listed once, so that the misconfiguration
-/// is reported exactly as the full picture shows it.
-async fn read(ctx: &Context, name: &str) -> Result<Reads, Error> {
-    let ns = &ctx.config.namespace;
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
-    let service = services.get(name).await?;
-    let named = |key| {
-        service
-            .annotations()
-            .get(key)
-            .filter(|name| spec::parse_object_name(name).is_ok())
-            .cloned()
-    };
-    let vs_named = named(keys::VIRTUAL_SERVICE);
-    let dr_named = named(keys::DESTINATION_RULE);
-    let (virtual_services, destination_rules) = tokio::try_join!(
-        related::<VirtualService>(
-            ctx,
-            vs_named.as_deref(),
-            ctx.routing.virtual_services_routing_to(name)
-        ),
-        related::<DestinationRule>(
-            ctx,
-            dr_named.as_deref(),
-            ctx.routing.destination_rules_of(name)
-        ),
-    )?;
-    let metrics = match service.annotations().get(keys::METRICS) {
-        Some(cm) if spec::parse_object_name(cm).is_ok() => {
-            Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
-                .get_opt(cm)
-                .await?
-        }
-        _ => None,
-    };
-    Ok(Reads {
-        service,
-        virtual_services,
-        destination_rules,
-        metrics,
-    })
-}
-
-/// The objects of one routing kind a Service's reconcile needs: the one its annotation
-/// names, if any, else the ones the index lists; GET fresh, one by one. Lists the kind
-/// only when that finds nothing (see [`read`]).
-async fn related<K>(
-    ctx: &Context,
-    named: Option<&str>,
-    indexed: Vec<String>,
-) -> Result<Vec<K>, Error>
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    let names = match named {
-        Some(name) => vec![name.to_owned()],
-        None => indexed,
-    };
-    let found: Vec<K> = futures::future::try_join_all(names.iter().map(|name| api.get_opt(name)))
-        .await?
-        .into_iter()
-        .flatten()
-        .collect();
-    if !found.is_empty() {
-        return Ok(found);
-    }
-    Ok(api.list(&ListParams::default()).await?.items)
 }
 
 /// The status annotation, if present and readable. An unreadable status is treated as

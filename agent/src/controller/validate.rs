@@ -1,15 +1,18 @@
-//! The pure half of a reconcile: what was read → the spec, the versions, the patch
-//! target and the custom metrics; or the [`Misconfiguration`] that stops the Service.
-//! Shared by the agent and `weir explain`, so that both name the same problem.
+//! The first half of a reconcile: [`read`] what a Service's configuration names, then
+//! [`validate`] it (pure) into the spec, the versions, the patch target and the custom
+//! metrics; or the [`Misconfiguration`] that stops the Service. Shared by the agent and
+//! `weir explain`, so that both read the same objects and name the same problem.
 
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use kube::ResourceExt;
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
 use weir_analysis::{MetricTemplate, MetricsConfigError, Reporter};
 
 use super::observe;
+use super::routing::RoutingIndex;
 use crate::mesh::{self, DestinationRule, MeshError, Target, VirtualService};
 use crate::plan::{Controls, Version};
 use crate::spec::{self, Defaults, RolloutSpec, SpecErrors, keys};
@@ -81,11 +84,144 @@ pub enum Misconfiguration {
     Mesh(#[from] MeshError),
 }
 
+/// Everything [`read`] read, for [`Inputs`]: the Deployments come from elsewhere (the
+/// agent's cache, a list by the CLI).
+pub struct Reads {
+    pub service: Service,
+    pub virtual_services: Vec<VirtualService>,
+    pub destination_rules: Vec<DestinationRule>,
+    /// The ConfigMap `weir.dev/metrics` names, if it names a valid one that exists.
+    pub metrics: Option<ConfigMap>,
+}
+
+/// A read that failed, with what it was reading (for a message that says which
+/// permission is missing).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {verb} {resource}: {source}")]
+pub struct ReadError {
+    pub verb: &'static str,
+    pub resource: &'static str,
+    #[source]
+    pub source: kube::Error,
+}
+
+/// Fresh reads of the Service `name` and of the objects its configuration names, in
+/// `namespace`: the agent's watch caches may lag behind its own last writes, and a plan
+/// made from a stale status or stale weights would undo them.
+///
+/// With an `index` (the agent), only the routing objects that concern the Service are
+/// read: those its annotations name, else those the index says name it, so a reconcile
+/// costs the same in a namespace of ten Services or of a thousand. When that finds none
+/// of a kind (the Service is misconfigured, or the object that would fix it is newer
+/// than the index), the whole kind is listed once, so that the misconfiguration is
+/// reported from the full picture. Without one (the CLI), both kinds are listed.
+pub async fn read(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    index: Option<&RoutingIndex>,
+) -> Result<Reads, ReadError> {
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let service = services
+        .get(name)
+        .await
+        .map_err(failed("get", "services"))?;
+    let named = |key| {
+        service
+            .annotations()
+            .get(key)
+            .filter(|name| spec::parse_object_name(name).is_ok())
+            .cloned()
+    };
+    let vs_named = named(keys::VIRTUAL_SERVICE);
+    let dr_named = named(keys::DESTINATION_RULE);
+    let (virtual_services, destination_rules) = tokio::try_join!(
+        related::<VirtualService>(
+            client,
+            namespace,
+            vs_named.as_deref(),
+            index.map(|index| index.virtual_services_routing_to(name)),
+            "virtualservices",
+        ),
+        related::<DestinationRule>(
+            client,
+            namespace,
+            dr_named.as_deref(),
+            index.map(|index| index.destination_rules_of(name)),
+            "destinationrules",
+        ),
+    )?;
+    let metrics = match service.annotations().get(keys::METRICS) {
+        Some(cm) if spec::parse_object_name(cm).is_ok() => {
+            Api::<ConfigMap>::namespaced(client.clone(), namespace)
+                .get_opt(cm)
+                .await
+                .map_err(failed("get", "configmaps"))?
+        }
+        _ => None,
+    };
+    Ok(Reads {
+        service,
+        virtual_services,
+        destination_rules,
+        metrics,
+    })
+}
+
+fn failed(verb: &'static str, resource: &'static str) -> impl Fn(kube::Error) -> ReadError {
+    move |source| ReadError {
+        verb,
+        resource,
+        source,
+    }
+}
+
+/// The objects of one routing kind a Service needs: the one its annotation names, if
+/// any, else the ones the index lists, each GET fresh; the whole kind when that finds
+/// nothing or there is no index (see [`read`]).
+async fn related<K>(
+    client: &Client,
+    namespace: &str,
+    named: Option<&str>,
+    indexed: Option<Vec<String>>,
+    resource: &'static str,
+) -> Result<Vec<K>, ReadError>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let names = match (named, indexed) {
+        (Some(name), _) => Some(vec![name.to_owned()]),
+        (None, indexed) => indexed,
+    };
+    if let Some(names) = names {
+        let found: Vec<K> =
+            futures::future::try_join_all(names.iter().map(|name| api.get_opt(name)))
+                .await
+                .map_err(failed("get", resource))?
+                .into_iter()
+                .flatten()
+                .collect();
+        if !found.is_empty() {
+            return Ok(found);
+        }
+    }
+    Ok(api
+        .list(&ListParams::default())
+        .await
+        .map_err(failed("list", resource))?
+        .items)
+}
+
 /// What one validation looks at, as read from the cluster.
 pub struct Inputs<'a> {
     /// The agent's namespace.
     pub namespace: &'a str,
-    /// The agent's defaults for every optional annotation.
+    /// The agent's defaults for every optional annotation (for the CLI, the settings
+    /// the agent recorded).
     pub defaults: &'a Defaults,
     pub service: &'a Service,
     pub virtual_services: &'a [VirtualService],
@@ -117,9 +253,18 @@ pub struct Valid {
 pub fn validate(inputs: &Inputs<'_>) -> Result<Valid, Misconfiguration> {
     let service = inputs.service;
     let annotations = service.annotations();
-    let spec = spec::parse(&service.name_any(), annotations, inputs.defaults)
-        .map_err(Misconfiguration::Annotations)?;
-    let controls = spec::controls(annotations).map_err(Misconfiguration::Annotations)?;
+    // Every problem of the annotations at once, the controls' included.
+    let (spec, controls) = match (
+        spec::parse(&service.name_any(), annotations, inputs.defaults),
+        spec::controls(annotations),
+    ) {
+        (Ok(spec), Ok(controls)) => (spec, controls),
+        (spec, controls) => {
+            let errors = spec.err().into_iter().chain(controls.err()).flatten();
+            let errors = SpecErrors::from_vec(errors.collect()).expect("one of them failed");
+            return Err(Misconfiguration::Annotations(errors));
+        }
+    };
     let custom = match (&spec.metrics_config_map, inputs.metrics) {
         (None, _) => Vec::new(),
         (Some(cm), None) => {

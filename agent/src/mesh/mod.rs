@@ -14,7 +14,7 @@ mod patch;
 mod target;
 
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 
 pub use error::MeshError;
 pub use istio::{DestinationRule, VirtualService};

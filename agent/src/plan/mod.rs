@@ -8,16 +8,19 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use serde::de::{Error as _, Unexpected};
+use serde::de::{DeserializeOwned, Error as _, Unexpected};
 use serde::{Deserialize, Deserializer, Serialize};
 use weir_analysis::Verdict;
 use weir_analysis::sequential::RolloutEvidence;
 
 use crate::spec::{MAX_STEPS, Weight};
 
+mod record;
 mod rollout;
 #[cfg(test)]
 mod tests;
+
+pub use record::{Ended, Intervals, Outcome, Settings};
 
 pub use rollout::{add, check_due, misconfigured, next_check_at, plan};
 
@@ -203,11 +206,42 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_started_at: Option<Timestamp>,
     pub last_transition_at: Timestamp,
+    /// Every setting the agent resolved for the Service at its last reconcile (its
+    /// annotations, else the agent's defaults), so that readers of the status need not
+    /// know the agent's flags. `None` in a status written by an earlier agent.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "record"
+    )]
+    pub settings: Option<Settings>,
+    /// How the last rollout ended, as the planner decided it: the one account of an
+    /// outcome that the metrics, `weir watch` and people read. `None` before the first
+    /// rollout ends (and in a status written by an earlier agent).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "record"
+    )]
+    pub ended: Option<Ended>,
 }
 
 // A number the agent could not have written makes the whole status unreadable (read as
 // absent: the planner starts over from Idle), rather than reaching arithmetic that
 // assumes it: a weight the route cannot take, a step index past any spec's steps.
+
+/// A record for readers (the settings, the last outcome): one that does not read (written
+/// by a later agent, or edited by hand, say) is dropped and written again, never a reason
+/// to distrust the rollout the rest of the status records. Only a record exactly as the
+/// agent writes it reads, so that a status reads back as it was written.
+fn record<'de, D: Deserializer<'de>, T: DeserializeOwned + Serialize>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    let value = serde_json::Value::deserialize(deserializer)?;
+    Ok(serde_json::from_value::<T>(value.clone())
+        .ok()
+        .filter(|record| serde_json::to_value(record).is_ok_and(|written| written == value)))
+}
 
 /// A weight the agent could have written, 0..=100.
 fn weight<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Weight, D::Error> {
@@ -257,7 +291,17 @@ impl Status {
             message: String::new(),
             rollout_started_at: None,
             last_transition_at: now,
+            settings: None,
+            ended: None,
         }
+    }
+
+    /// Whether a rollout is under way: a canary is being released, held, or promoted.
+    pub fn in_rollout(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Progressing | Phase::Paused | Phase::Promoting
+        )
     }
 
     /// Whether this status could have been written by the agent: a rollout in progress

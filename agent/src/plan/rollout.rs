@@ -17,8 +17,9 @@ use weir_analysis::sequential::{RolloutEvidence, StepCounts};
 use weir_analysis::{Bound, InconclusiveReason, Verdict, format_value};
 
 use super::{
-    Action, CheckRecord, CheckRequest, Event, EventType, FailedVersion, Observed, Phase, Plan,
-    Report, ReportedAs, Status, Subset, Superseded, Traffic, Version, reason,
+    Action, CheckRecord, CheckRequest, Ended, Event, EventType, FailedVersion, Intervals, Observed,
+    Outcome, Phase, Plan, Report, ReportedAs, Settings, Status, Subset, Superseded, Traffic,
+    Version, reason,
 };
 use crate::spec::{RolloutSpec, keys};
 
@@ -52,7 +53,7 @@ pub fn check_due(spec: &RolloutSpec, observed: &Observed, now: Timestamp) -> Opt
         return None;
     }
     let since = status.step_started_at?;
-    let due = next_check_at(spec, status, observed.last_check_at)?;
+    let due = next_check_at(Intervals::of(spec), status, observed.last_check_at)?;
     let next_weight = status
         .step
         .and_then(|step| spec.steps.get(step + 1))
@@ -71,14 +72,14 @@ pub fn check_due(spec: &RolloutSpec, observed: &Observed, now: Timestamp) -> Opt
 /// the step has been held for `step-interval`, so that a healthy step advances on time.
 /// `None` when no step is in progress.
 pub fn next_check_at(
-    spec: &RolloutSpec,
+    intervals: Intervals,
     status: &Status,
     last_check_at: Option<Timestamp>,
 ) -> Option<Timestamp> {
     let since = status.step_started_at?;
     let last = last_check_at.filter(|t| *t >= since);
-    let regular = add(last.unwrap_or(since), spec.check_interval);
-    let held = add(since, spec.step_interval);
+    let regular = add(last.unwrap_or(since), intervals.check);
+    let held = add(since, intervals.step);
     Some(match last {
         Some(t) if t >= held => regular,
         _ => regular.min(held),
@@ -470,6 +471,7 @@ impl<'a> Draft<'a> {
             self.go_idle(format!(
                 "the Deployment of {canary} is gone; all traffic back to stable"
             ));
+            self.end(canary, Outcome::Abandoned, self.status.message.clone());
             self.events
                 .push(warning(reason::CANARY_GONE, self.status.message.clone()));
             return false;
@@ -682,8 +684,24 @@ impl<'a> Draft<'a> {
             "aborted {}: {reason}; canary weight 0",
             s.canary.as_deref().unwrap_or("?")
         );
+        if let Some(canary) = s.canary.clone() {
+            self.end(canary, Outcome::Aborted, reason);
+        }
         self.set_message(message.clone());
         self.events.push(warning(reason::ABORTED, message));
+    }
+
+    /// Records how the rollout of `version` ended: the one account of it that the
+    /// agent's metrics and `weir watch` read.
+    fn end(&mut self, version: String, outcome: Outcome, reason: String) {
+        self.status.ended = Some(Ended {
+            version,
+            outcome,
+            reason: bounded(&reason),
+            started_at: self.status.rollout_started_at,
+            at: self.now,
+        });
+        self.dirty = true;
     }
 
     /// Promote the canary in this one plan: the stable subset selects it, then it takes
@@ -713,6 +731,7 @@ impl<'a> Draft<'a> {
         self.go_idle(format!(
             "{why}; promoted {canary}: the stable subset selects it, canary weight 0"
         ));
+        self.end(canary, Outcome::Promoted, why);
         self.events
             .push(normal(reason::PROMOTED, self.status.message.clone()));
     }
@@ -831,6 +850,11 @@ impl<'a> Draft<'a> {
             self.status.steps = steps;
             self.dirty = true;
         }
+        // Kept current for readers, but no transition: an agent upgraded from one that
+        // recorded no settings rewrites each status once, and then only when they change.
+        let settings = Some(Settings::of(self.spec));
+        let resettled = self.status.settings != settings;
+        self.status.settings = settings;
         let promoting = self.converge_to.is_some();
         let intent = self.converge_to.as_ref().unwrap_or(&self.status);
         let Convergence { darken, mesh } = converge(intent, self.observed);
@@ -844,7 +868,7 @@ impl<'a> Draft<'a> {
             (Vec::new(), mesh)
         };
         actions.extend(mesh_first);
-        if self.dirty || !self.consumed.is_empty() {
+        if self.dirty || resettled || !self.consumed.is_empty() {
             if self.dirty {
                 self.status.last_transition_at = self.now;
             }
@@ -865,7 +889,7 @@ impl<'a> Draft<'a> {
             self.observed.last_check_at
         };
         let next_check = match self.status.phase {
-            Phase::Progressing => next_check_at(self.spec, &self.status, last_check),
+            Phase::Progressing => next_check_at(Intervals::of(self.spec), &self.status, last_check),
             _ => None,
         };
         let requeue_after = [next_check, self.next_scale_down]

@@ -1422,3 +1422,195 @@ fn each_promotion_scales_down_what_it_superseded() {
     assert_eq!(w.scaled_down, ["v1", "v2"]);
     assert!(w.status.as_ref().unwrap().superseded.is_empty());
 }
+
+// The record the status keeps for its readers: the settings the agent resolved, and how
+// each rollout ended.
+
+#[test]
+fn a_status_written_by_the_previous_agent_still_reads_and_is_completed_quietly() {
+    // Exactly as the previous release wrote it: no settings, no recorded end.
+    let raw = r#"{"phase":"Progressing","stable":"v1","canary":"v2","canaryTemplate":"t2","step":1,"steps":[10,25,50],"weight":25,"stepStartedAt":"2026-11-26T11:00:00Z","failedChecks":1,"message":"check passed; canary weight 10 → 25 (step 2/3)","rolloutStartedAt":"2026-11-26T10:58:00Z","lastTransitionAt":"2026-11-26T11:00:00Z"}"#;
+    let old: Status = serde_json::from_str(raw).unwrap();
+    assert_eq!(
+        (old.phase, old.step, old.weight, old.failed_checks),
+        (Phase::Progressing, Some(1), 25, 1)
+    );
+    assert_eq!((&old.settings, &old.ended), (&None, &None));
+
+    let mut w = World::new();
+    w.versions.push(version("v2", "t2", 60));
+    w.traffic = Traffic {
+        stable: 75,
+        canary: 25,
+    };
+    w.subsets.canary = Some("v2".into());
+    w.status = Some(old.clone());
+    w.now = "2026-11-26T11:00:05Z".parse().unwrap();
+    // The upgraded agent records its settings, in the same rollout at the same step, and
+    // that is no transition.
+    let plan = w.reconcile(None, None);
+    let written = plan.written_status().expect("the settings are recorded");
+    assert_eq!(written.settings, Some(Settings::of(&w.spec)));
+    assert_eq!(
+        Status {
+            settings: None,
+            ..written.clone()
+        },
+        old
+    );
+    assert!(reasons(&plan).is_empty(), "{plan:?}");
+    // Then nothing more to write.
+    w.tick(1);
+    let plan = w.reconcile(None, None);
+    assert_eq!(plan.written_status(), None, "{plan:?}");
+}
+
+#[test]
+fn a_record_that_does_not_read_is_dropped_not_the_status() {
+    let raw = r#"{"phase":"Idle","stable":"v1","weight":0,"settings":{"stepInterval":5},"ended":"soon","lastTransitionAt":"2026-11-26T11:00:00Z"}"#;
+    let status: Status = serde_json::from_str(raw).unwrap();
+    assert_eq!(status.stable.as_deref(), Some("v1"));
+    assert_eq!((status.settings, status.ended), (None, None));
+    // One the agent would not have written (a hand-edited interval) is dropped too, so
+    // that every status reads back as it is written.
+    let mut settings = serde_json::to_value(Settings::of(&spec())).unwrap();
+    let written = json_with(&settings);
+    assert!(
+        serde_json::from_str::<Status>(&written)
+            .unwrap()
+            .settings
+            .is_some()
+    );
+    settings["stepInterval"] = "60s".into();
+    let edited = json_with(&settings);
+    assert_eq!(
+        serde_json::from_str::<Status>(&edited).unwrap().settings,
+        None
+    );
+}
+
+/// An idle status with these settings.
+fn json_with(settings: &serde_json::Value) -> String {
+    format!(
+        r#"{{"phase":"Idle","weight":0,"lastTransitionAt":"2026-11-26T11:00:00Z","settings":{settings}}}"#
+    )
+}
+
+#[test]
+fn settings_read_back_exactly_as_recorded_and_stand_in_for_the_agents_defaults() {
+    let enabled = [(crate::spec::keys::ENABLED, "true")];
+    let parse = |extra: &[(&str, &str)], defaults: &Defaults| {
+        let annotations: BTreeMap<String, String> = enabled
+            .iter()
+            .chain(extra)
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        crate::spec::parse("checkout", &annotations, defaults).unwrap()
+    };
+    use crate::spec::keys;
+    let unusual = [
+        (keys::STEPS, "5,20,100"),
+        (keys::STEP_INTERVAL, "1h 30m 1.5s"),
+        (keys::CHECK_INTERVAL, "20s"),
+        (keys::MAX_ERROR_RATE, "0.3%"),
+        (keys::ERROR_CODES, "5..|429"),
+        (keys::MAX_LATENCY, "1.25s"),
+        (keys::LATENCY_QUANTILE, "0.95"),
+        (keys::MAX_SLOW_SHARE, "5%"),
+        (keys::SLOW_THRESHOLD, "250ms"),
+        (keys::ANALYSIS, "threshold"),
+        (keys::TOLERANCE, "25%"),
+        (keys::CONFIDENCE, "99.9%"),
+        (keys::FAILURE_LIMIT, "3"),
+        (keys::NO_DATA_TIMEOUT, "15m"),
+        (keys::DECISION_TIMEOUT, "45m"),
+        (keys::SCALE_DOWN_DELAY, "never"),
+        (keys::STABLE_SUBSET, "primary"),
+        (keys::CANARY_SUBSET, "candidate"),
+        (keys::VERSION_LABEL, "app.kubernetes.io/version"),
+    ];
+    let settings = Settings::of(&parse(&unusual, &Defaults::default()));
+    let json = serde_json::to_value(&settings).unwrap();
+    assert_eq!(json["stepInterval"], "1h 30m 1s 500ms");
+    assert_eq!(json["scaleDownDelay"], "never");
+    assert_eq!(serde_json::from_value::<Settings>(json).unwrap(), settings);
+    // A reader that knows only the record resolves what the agent resolved.
+    let again = parse(&[], &settings.as_defaults());
+    assert_eq!(Settings::of(&again), settings);
+    // An annotation changed since the record wins, as it will at the next reconcile.
+    let changed = parse(&[(keys::FAILURE_LIMIT, "5")], &settings.as_defaults());
+    assert_eq!(changed.failure_limit, 5);
+    assert_eq!(changed.step_interval, settings.step_interval);
+    // A zero scale-down delay is recorded as one, not as never.
+    let now = Settings::of(&parse(
+        &[(keys::SCALE_DOWN_DELAY, "0s")],
+        &Defaults::default(),
+    ));
+    let json = serde_json::to_string(&now).unwrap();
+    assert_eq!(
+        serde_json::from_str::<Settings>(&json)
+            .unwrap()
+            .scale_down_delay,
+        Some(Duration::ZERO)
+    );
+}
+
+#[test]
+fn the_planner_records_how_each_rollout_ended() {
+    let mut w = World::new();
+    w.reconcile(None, None);
+    assert_eq!(w.status.as_ref().unwrap().ended, None);
+    // Promoted after its last step.
+    w.versions.push(version("v2", "t2", 60));
+    w.reconcile(None, None);
+    let started = w.now;
+    for _ in 0..40 {
+        w.tick(15);
+        w.reconcile(Some(pass()), None);
+        if w.status.as_ref().unwrap().phase == Phase::Idle {
+            break;
+        }
+    }
+    let ended = w.status.as_ref().unwrap().ended.clone().unwrap();
+    assert_eq!(
+        (ended.version.as_str(), ended.outcome),
+        ("v2", Outcome::Promoted)
+    );
+    assert_eq!(ended.started_at, Some(started));
+    assert_eq!(ended.at, w.now);
+    assert!(ended.reason.starts_with("all 3 steps passed"), "{ended:?}");
+    assert!(ended.duration() > Duration::ZERO);
+
+    // Aborted by a person; the record outlives the next rollout's start.
+    w.versions.push(version("v3", "t3", 120));
+    w.tick(1);
+    w.reconcile(None, None);
+    w.controls.abort = Some("v3".into());
+    w.tick(1);
+    w.reconcile(None, None);
+    let ended = w.status.as_ref().unwrap().ended.clone().unwrap();
+    assert_eq!(
+        (ended.version.as_str(), ended.outcome),
+        ("v3", Outcome::Aborted)
+    );
+    assert_eq!(ended.reason, "aborted by weir.dev/abort=v3");
+    w.versions.push(version("v4", "t4", 180));
+    w.tick(1);
+    w.reconcile(None, None);
+    let status = w.status.clone().unwrap();
+    assert_eq!(status.canary.as_deref(), Some("v4"));
+    assert_eq!(
+        status.ended.as_ref().map(|e| e.version.as_str()),
+        Some("v3")
+    );
+
+    // Abandoned: its Deployment went away.
+    w.versions.retain(|v| v.name != "v4");
+    w.tick(1);
+    w.reconcile(None, None);
+    let ended = w.status.as_ref().unwrap().ended.clone().unwrap();
+    assert_eq!(
+        (ended.version.as_str(), ended.outcome),
+        ("v4", Outcome::Abandoned)
+    );
+}

@@ -22,7 +22,6 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use jiff::Timestamp;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -31,7 +30,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use weir_analysis::{CheckReport, Verdict};
 
-use crate::plan::{Phase, Status};
+use crate::plan::{Ended, Outcome, Phase, Status};
 use crate::spec::{Sink, Weight};
 
 /// The Content-Type of [`Metrics::encode`]'s output.
@@ -47,22 +46,16 @@ const PHASES: [Phase; 6] = [
     Phase::Misconfigured,
 ];
 
-/// How a rollout ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The canary became the stable version.
-    Promoted,
-    /// The canary's traffic went back to stable and the version is remembered as failed.
-    Aborted,
-}
+/// The rollouts' outcomes that `weir_rollouts_total` counts: an abandoned rollout (its
+/// canary's Deployment went away) is neither.
+const COUNTED: [Outcome; 2] = [Outcome::Promoted, Outcome::Aborted];
 
-impl Outcome {
-    /// The value of the `outcome` label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Outcome::Promoted => "promoted",
-            Outcome::Aborted => "aborted",
-        }
+/// The value of the `outcome` label of a rollout.
+pub fn outcome_label(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Promoted => "promoted",
+        Outcome::Aborted => "aborted",
+        Outcome::Abandoned => "abandoned",
     }
 }
 
@@ -308,26 +301,22 @@ impl Metrics {
     }
 
     /// Records what one reconcile applied: the status it wrote (if any) and, when that
-    /// status ends a rollout, its outcome and duration. `before` is the status the
-    /// reconcile read; call this after the writes were made.
+    /// status records the end of a rollout, its outcome and duration. `before` is the
+    /// status the reconcile read; call this after the writes were made.
     pub fn observe_applied(
         &self,
         service: &str,
         before: Option<&Status>,
         written: Option<&Status>,
-        now: Timestamp,
     ) {
         let Some(after) = written.or(before) else {
             return;
         };
         self.observe_status(service, after);
-        if let Some(outcome) = written.and_then(|after| ended(before, after)) {
-            let duration = after
-                .rollout_started_at
-                .map(|start| now.duration_since(start))
-                .and_then(|d| Duration::try_from(d).ok())
-                .unwrap_or_default();
-            self.rollout_finished(service, outcome, duration);
+        if let Some(ended) = written.and_then(|after| newly_ended(before, after))
+            && COUNTED.contains(&ended.outcome)
+        {
+            self.rollout_finished(service, ended.outcome, ended.duration());
         }
     }
 
@@ -366,12 +355,12 @@ impl Metrics {
         self.rollouts
             .get_or_create(&RolloutLabels {
                 service: service.to_owned(),
-                outcome: outcome.label(),
+                outcome: outcome_label(outcome),
             })
             .inc();
         self.rollout_duration
             .get_or_create(&OutcomeLabels {
-                outcome: outcome.label(),
+                outcome: outcome_label(outcome),
             })
             .observe(duration.as_secs_f64());
     }
@@ -442,10 +431,10 @@ impl Metrics {
                 verdict,
             });
         }
-        for outcome in [Outcome::Promoted, Outcome::Aborted] {
+        for outcome in COUNTED {
             self.rollouts.remove(&RolloutLabels {
                 service: service.to_owned(),
-                outcome: outcome.label(),
+                outcome: outcome_label(outcome),
             });
         }
     }
@@ -465,28 +454,16 @@ fn service_labels(service: &str) -> ServiceLabels {
     }
 }
 
-/// The outcome when the move from `before` to `after` ends a rollout.
-fn ended(before: Option<&Status>, after: &Status) -> Option<Outcome> {
-    let was = before.map(|s| s.phase);
-    match after.phase {
-        Phase::Aborted if was != Some(Phase::Aborted) => Some(Outcome::Aborted),
-        // A promotion goes from the rollout straight to idle (or through a recorded
-        // `Promoting` when it was cut short), with the canary as the new stable.
-        Phase::Idle
-            if matches!(
-                was,
-                Some(Phase::Progressing | Phase::Paused | Phase::Promoting | Phase::Aborted)
-            ) && after.stable.is_some()
-                && after.stable == before.and_then(|s| s.canary.clone()) =>
-        {
-            Some(Outcome::Promoted)
-        }
-        _ => None,
-    }
+/// The end of a rollout that `written` records and `before` did not: the planner's own
+/// account of it, counted once however often the status is rewritten afterwards.
+fn newly_ended<'a>(before: Option<&Status>, written: &'a Status) -> Option<&'a Ended> {
+    let ended = written.ended.as_ref()?;
+    (before.and_then(|s| s.ended.as_ref()) != Some(ended)).then_some(ended)
 }
 
 #[cfg(test)]
 mod tests {
+    use jiff::Timestamp;
     use weir_analysis::{Bound, Measurement};
 
     use super::*;
@@ -547,14 +524,35 @@ mod tests {
         assert!(text.contains(r#"weir_rollout_step{service="checkout"} 0"#));
     }
 
+    /// `status` as the planner writes it when it ends a rollout of `version` at `second`.
+    fn ending(status: Status, version: &str, outcome: Outcome, second: i64) -> Status {
+        Status {
+            ended: Some(Ended {
+                version: version.into(),
+                outcome,
+                reason: "why".into(),
+                started_at: status.rollout_started_at,
+                at: at(second),
+            }),
+            ..status
+        }
+    }
+
     #[test]
     fn an_abort_is_counted_once_with_its_duration() {
         let metrics = Metrics::new();
         let before = status(Phase::Progressing, Some("v3"), Some(0), 10);
-        let after = status(Phase::Aborted, Some("v3"), None, 0);
-        metrics.observe_applied("checkout", Some(&before), Some(&after), at(90));
-        // The next reconcile reads the aborted status and writes nothing new.
-        metrics.observe_applied("checkout", Some(&after), None, at(95));
+        let after = ending(
+            status(Phase::Aborted, Some("v3"), None, 0),
+            "v3",
+            Outcome::Aborted,
+            90,
+        );
+        metrics.observe_applied("checkout", Some(&before), Some(&after));
+        // The next reconcile reads the aborted status and writes nothing new, then one
+        // rewrites it for another reason (a retry control, say): still one abort.
+        metrics.observe_applied("checkout", Some(&after), None);
+        metrics.observe_applied("checkout", Some(&after), Some(&after));
         let text = metrics.encode();
         assert!(
             text.contains(r#"weir_rollouts_total{service="checkout",outcome="aborted"} 1"#),
@@ -573,15 +571,20 @@ mod tests {
     }
 
     #[test]
-    fn a_promotion_counts_when_the_canary_becomes_stable() {
-        for before in [Phase::Progressing, Phase::Promoting] {
+    fn a_promotion_counts_as_the_planner_recorded_it() {
+        for before in [Phase::Progressing, Phase::Promoting, Phase::Aborted] {
             let metrics = Metrics::new();
             let last_step = status(before, Some("v2"), Some(2), 50);
-            let idle = Status {
-                stable: Some("v2".into()),
-                ..status(Phase::Idle, None, None, 0)
-            };
-            metrics.observe_applied("checkout", Some(&last_step), Some(&idle), at(300));
+            let idle = ending(
+                Status {
+                    stable: Some("v2".into()),
+                    ..status(Phase::Idle, None, None, 0)
+                },
+                "v2",
+                Outcome::Promoted,
+                300,
+            );
+            metrics.observe_applied("checkout", Some(&last_step), Some(&idle));
             let text = metrics.encode();
             assert!(
                 text.contains(r#"weir_rollouts_total{service="checkout",outcome="promoted"} 1"#),
@@ -595,12 +598,20 @@ mod tests {
     }
 
     #[test]
-    fn going_idle_without_a_promotion_is_not_an_outcome() {
+    fn going_idle_without_a_promotion_is_not_counted() {
         let metrics = Metrics::new();
         let progressing = status(Phase::Progressing, Some("v2"), Some(0), 10);
         // The canary's Deployment was deleted: back to idle, stable unchanged.
+        let idle = ending(
+            status(Phase::Idle, None, None, 0),
+            "v2",
+            Outcome::Abandoned,
+            30,
+        );
+        metrics.observe_applied("checkout", Some(&progressing), Some(&idle));
+        // A phase change the planner did not record as an end is none either.
         let idle = status(Phase::Idle, None, None, 0);
-        metrics.observe_applied("checkout", Some(&progressing), Some(&idle), at(30));
+        metrics.observe_applied("checkout", Some(&progressing), Some(&idle));
         assert!(!metrics.encode().contains("weir_rollouts_total{"));
     }
 
@@ -609,7 +620,7 @@ mod tests {
         // A restarted agent must show the phase at once, before anything changes.
         let metrics = Metrics::new();
         let paused = status(Phase::Paused, Some("v2"), Some(0), 10);
-        metrics.observe_applied("checkout", Some(&paused), None, at(5));
+        metrics.observe_applied("checkout", Some(&paused), None);
         let text = metrics.encode();
         assert!(
             text.contains(r#"weir_rollout_phase{service="checkout",phase="paused"} 1"#),

@@ -18,7 +18,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::task::JoinHandle;
 
-pub use metrics::{CONTENT_TYPE, Delivery, Metrics, Outcome, phase_label};
+pub use metrics::{CONTENT_TYPE, Delivery, Metrics, outcome_label, phase_label};
 
 /// What `/readyz` waits for: the controller's watch caches hold their first full list,
 /// and, with leader election, the elector has looked at the Lease once (a standby is

@@ -610,18 +610,21 @@ impl Agent {
             "2s",
             "--listen",
             &format!("127.0.0.1:{port}"),
-            "--default-step-interval",
-            "4s",
-            "--default-check-interval",
-            "2s",
-            "--default-min-requests",
-            "10",
-            "--default-failure-limit",
-            "1",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // The fast timings, unless `extra` sets the same flag (the agent takes each once).
+        for (flag, value) in [
+            ("--default-step-interval", "4s"),
+            ("--default-check-interval", "2s"),
+            ("--default-min-requests", "10"),
+            ("--default-failure-limit", "1"),
+        ] {
+            if !extra.contains(&flag) {
+                args.extend([flag.to_owned(), value.to_owned()]);
+            }
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let n = std::fs::read_dir(bed.logs.path())?.count();
         let log = bed.logs.path().join(format!("agent-{n}.log"));
