@@ -19,6 +19,20 @@
 //! watch of the Services do, and the simulator, which only watches (watches are not in
 //! that count). Leases are left out: they are the apiserver's own heartbeat here.
 //!
+//! **Flagger beside weir** (`WEIR_SCALE_FLAGGER=1`/`0`; on by default in `cargo bench`,
+//! off in `cargo test`): after each size, the same N on a fresh test bed with Flagger
+//! (built by `tests/testbed/setup.sh`) instead of the agent, see [`run_flagger`]: N
+//! Deployments and N `Canary` objects (Istio provider, analysis every
+//! [`CHECK_INTERVAL_SECS`], step weights 10, 25, 50, threshold 1, the built-in
+//! request-success-rate and request-duration metrics over 30 s). The same figures are
+//! measured where Flagger has them and printed with the ratios weir/Flagger. Differences
+//! that stay: Flagger moves one step per analysis interval (weir holds each step 10 s);
+//! it exports no histogram of its query latency; start-up ends when every Canary is
+//! `Initialized` (Flagger has created the primary Deployment, Services, VirtualService
+//! and DestinationRules), not when a status is written. Without a kubelet, the bench
+//! marks Deployments Available, and its own requests for that are taken out of the API
+//! counts.
+//!
 //! Run with `cargo bench -p weir --bench scale`. `WEIR_SCALE_SIZES=10,100` picks sizes;
 //! CI runs a short mode with small sizes and a short idle, built in the test profile
 //! (`cargo test -p weir --bench scale`), to prove it runs.
@@ -34,19 +48,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
-use kube::api::Api;
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::task::JoinHandle;
 use weir::plan::{Phase, Status};
-use weir_testbed::wait_until;
+use weir_testbed::{OwnedProcess, mark_deployment_available, wait_until};
 
 use process_stats::{MemorySampler, cpu_seconds, load_average, memory};
 use support::{App, Bed, metric_value};
 
 const SIZES_VAR: &str = "WEIR_SCALE_SIZES";
 const IDLE_VAR: &str = "WEIR_SCALE_IDLE_SECS";
+const FLAGGER_VAR: &str = "WEIR_SCALE_FLAGGER";
 const DEFAULT_SIZES: [usize; 3] = [10, 100, 1000];
 const DEFAULT_IDLE_SECS: u64 = 60;
 /// The check interval every Service uses here: the abort target is one of these + 1 s.
@@ -61,9 +79,11 @@ const MIB: f64 = 1024.0 * 1024.0;
 async fn main() -> anyhow::Result<()> {
     let sizes = sizes()?;
     let idle = idle()?;
+    let with_flagger = with_flagger()?;
     println!(
-        "scale benchmark: sizes {sizes:?}, idle {} s, check interval {CHECK_INTERVAL_SECS} s, {} build",
+        "scale benchmark: sizes {sizes:?}, idle {} s, check interval {CHECK_INTERVAL_SECS} s, Flagger {}, {} build",
         idle.as_secs(),
+        if with_flagger { "too" } else { "not run" },
         if cfg!(debug_assertions) {
             "debug (numbers are not the product's)"
         } else {
@@ -71,20 +91,36 @@ async fn main() -> anyhow::Result<()> {
         }
     );
     let mut rows = Vec::new();
+    let mut flagger_rows = Vec::new();
     for n in sizes {
         let row = run(n, idle)
             .await
             .with_context(|| format!("the run with {n} Services"))?;
         row.print();
+        if with_flagger {
+            let flagger = run_flagger(n, idle)
+                .await
+                .with_context(|| format!("the Flagger run with {n} Canaries"))?;
+            flagger.print();
+            print_ratios(&row, &flagger);
+            flagger_rows.push(flagger);
+        }
         rows.push(row);
     }
     print_curve(&rows);
+    if !flagger_rows.is_empty() {
+        print_curve(&flagger_rows);
+    }
     Ok(())
 }
 
 /// What one size measured.
 #[derive(Debug, Default)]
 struct Row {
+    /// `weir` or `Flagger`.
+    controller: &'static str,
+    /// What start-up waits for.
+    ready: &'static str,
     services: usize,
     startup_secs: f64,
     startup_cpu_secs: f64,
@@ -116,10 +152,15 @@ struct Row {
 impl Row {
     fn print(&self) {
         let n = self.services;
-        println!("\n== {n} Services ==");
+        let controller = self.controller;
+        println!("\n== {n} Services: {controller} ==");
         println!(
-            "   start-up: every Service has a status {:.1} s after the agent started; {:.2} CPU-s; {:.0} API reads, {:.0} writes",
-            self.startup_secs, self.startup_cpu_secs, self.startup_reads, self.startup_writes
+            "   start-up: {} {:.1} s after {controller} started; {:.2} CPU-s; {:.0} API reads, {:.0} writes",
+            self.ready,
+            self.startup_secs,
+            self.startup_cpu_secs,
+            self.startup_reads,
+            self.startup_writes
         );
         println!(
             "   idle: RSS {:.1} MiB; {:.3} CPU-s/min ({:.2}% of a core); {:.1} API reads/min, {:.1} writes/min; {:.1} Prometheus queries/min",
@@ -141,13 +182,20 @@ impl Row {
             self.progressing - 1,
         );
         println!(
-            "   while progressing: {:.2} CPU-s/min; {:.0} API reads/min, {:.0} writes/min; {:.0} Prometheus queries/min, latency p50 {} p99 {} (agent's histogram, upper bucket bounds)",
+            "   while progressing: {:.2} CPU-s/min; {:.0} API reads/min, {:.0} writes/min; {:.0} Prometheus queries/min, {}",
             self.busy_cpu_per_min,
             self.busy_reads_per_min,
             self.busy_writes_per_min,
             self.busy_queries_per_min,
-            seconds(self.query_p50),
-            seconds(self.query_p99),
+            if self.controller == "weir" {
+                format!(
+                    "latency p50 {} p99 {} ({controller}'s histogram, upper bucket bounds)",
+                    seconds(self.query_p50),
+                    seconds(self.query_p99)
+                )
+            } else {
+                format!("query latency not measured ({controller} exports no histogram of it)")
+            },
         );
         println!(
             "   RSS: peak {:.1} MiB, steady (after the rollouts) {:.1} MiB ({:.1} MiB anonymous, {:.1} MiB file-backed); load average {}",
@@ -192,6 +240,8 @@ async fn run(n: usize, idle: Duration) -> anyhow::Result<Row> {
     let pid = agent.pid().context("the agent is not running")?;
     let sampler = MemorySampler::start(pid);
     let mut row = Row {
+        controller: "weir",
+        ready: "every Service has a status",
         services: n,
         ..Row::default()
     };
@@ -403,6 +453,513 @@ impl Drop for StatusWatch {
     }
 }
 
+// ---- Flagger, beside weir -----------------------------------------------------------
+
+/// The Flagger run of size `n`: a fresh test bed with Flagger's CRDs, N Deployments
+/// `svc-<i>` and N Canaries targeting them, and Flagger started on them. Measures what
+/// [`run`] measures of the agent, where Flagger has it.
+///
+/// There is no kubelet: a background task marks every Deployment Available whenever its
+/// status lags its generation (the `-primary` ones Flagger creates, and every scale or
+/// template change), and its own API requests are taken out of the counts.
+async fn run_flagger(n: usize, idle: Duration) -> anyhow::Result<Row> {
+    let bed = Bed::start().await?;
+    bed.control_plane.install_extra_crds("flagger").await?;
+    let marker = AvailabilityMarker::start(&bed);
+    let names: Vec<String> = (0..n).map(|i| format!("svc-{i:04}")).collect();
+    let canaries = canaries(&bed);
+    let filled = Instant::now();
+    futures::stream::iter(names.iter().map(|name| {
+        let bed = &bed;
+        let canaries = &canaries;
+        async move {
+            let deployment: Deployment = serde_json::from_value(serde_json::json!({
+                "metadata": {
+                    "name": name,
+                    "annotations": {"sim.weir.dev/error-rate": "0", "sim.weir.dev/latency-ms": "20"}
+                },
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": {"app": name}},
+                    "template": {
+                        "metadata": {"labels": {"app": name}},
+                        "spec": {"containers": [{"name": "app", "image": format!("example.test/{name}:v1")}]}
+                    }
+                }
+            }))?;
+            bed.deployments()
+                .create(&PostParams::default(), &deployment)
+                .await?;
+            let canary: DynamicObject = serde_json::from_value(flagger_canary(name))?;
+            canaries.create(&PostParams::default(), &canary).await?;
+            anyhow::Ok(())
+        }
+    }))
+    .buffer_unordered(CREATE_CONCURRENCY)
+    .try_collect::<Vec<()>>()
+    .await?;
+    wait_until(
+        "every Deployment to be marked Available",
+        PHASE_DEADLINE,
+        || async {
+            let marked = marker.marked();
+            anyhow::ensure!(marked >= n, "{marked} of {n}");
+            Ok(())
+        },
+    )
+    .await?;
+    println!(
+        "\n{n} Deployments and Canaries created in {:.1} s (Flagger creates the Services, VirtualServices and DestinationRules)",
+        filled.elapsed().as_secs_f64()
+    );
+
+    let watch = CanaryWatch::start(canaries.clone());
+    let api_before = flagger_api_requests(&bed, &marker).await?;
+    let started = Instant::now();
+    let flagger = start_flagger(&bed)?;
+    let pid = flagger.pid();
+    let sampler = MemorySampler::start(pid);
+    let mut row = Row {
+        controller: "Flagger",
+        ready: "every Canary Initialized",
+        services: n,
+        ..Row::default()
+    };
+
+    wait_until("every Canary to be Initialized", PHASE_DEADLINE, || async {
+        let initialized = watch.count(|c| c.phase == "Initialized");
+        anyhow::ensure!(initialized == n, "{initialized} of {n}");
+        Ok(())
+    })
+    .await
+    .with_context(|| format!("Flagger's log: {}", bed.logs.path().display()))?;
+    row.startup_secs = started.elapsed().as_secs_f64();
+    row.startup_cpu_secs = cpu_seconds(pid)?;
+    let api_started = flagger_api_requests(&bed, &marker).await?;
+    (row.startup_reads, row.startup_writes) = api_started.since(&api_before);
+
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (cpu, api, queries) = (
+        cpu_seconds(pid)?,
+        flagger_api_requests(&bed, &marker).await?,
+        prometheus_queries(&bed).await?,
+    );
+    tokio::time::sleep(idle).await;
+    let minutes = idle.as_secs_f64() / 60.0;
+    row.idle_cpu_per_min = (cpu_seconds(pid)? - cpu) / minutes;
+    let (reads, writes) = flagger_api_requests(&bed, &marker).await?.since(&api);
+    row.idle_reads_per_min = reads / minutes;
+    row.idle_writes_per_min = writes / minutes;
+    row.idle_queries_per_min = (prometheus_queries(&bed).await? - queries) / minutes;
+    row.idle_rss_mib = memory(pid)?.rss_bytes as f64 / MIB;
+
+    // A tenth of the Deployments get a new pod template at once; the first one is bad.
+    let progressing: Vec<&String> = names.iter().take((n / 10).max(2)).collect();
+    row.progressing = progressing.len();
+    let bad = progressing[0].clone();
+    let (cpu, api, queries) = (
+        cpu_seconds(pid)?,
+        flagger_api_requests(&bed, &marker).await?,
+        prometheus_queries(&bed).await?,
+    );
+    let busy = Instant::now();
+    let available: HashMap<String, Instant> =
+        futures::stream::iter(progressing.iter().map(|name| {
+            let bed = &bed;
+            let bad = &bad;
+            async move {
+                let error_rate = if *name == bad { 0.5 } else { 0.0 };
+                let patch = serde_json::json!({
+                    "metadata": {"annotations": {"sim.weir.dev/error-rate": error_rate.to_string()}},
+                    "spec": {"template": {"spec": {"containers": [{"name": "app", "image": format!("example.test/{name}:v2")}]}}}
+                });
+                bed.deployments()
+                    .patch(name, &PatchParams::default(), &Patch::Strategic(&patch))
+                    .await?;
+                mark_deployment_available(&bed.client, &bed.namespace, name).await?;
+                anyhow::Ok(((*name).clone(), Instant::now()))
+            }
+        }))
+        .buffer_unordered(CREATE_CONCURRENCY)
+        .try_collect()
+        .await?;
+    wait_until(
+        "the bad canary to fail and the others to succeed",
+        PHASE_DEADLINE,
+        || async {
+            let done = progressing
+                .iter()
+                .filter(|name| {
+                    watch.get(name).is_some_and(|c| {
+                        if ***name == bad {
+                            c.failed.is_some()
+                        } else {
+                            c.succeeded.is_some()
+                        }
+                    })
+                })
+                .count();
+            anyhow::ensure!(
+                done == progressing.len(),
+                "{done} of {} done",
+                progressing.len()
+            );
+            Ok(())
+        },
+    )
+    .await
+    .with_context(|| format!("Flagger's log: {}", bed.logs.path().display()))?;
+    let minutes = busy.elapsed().as_secs_f64() / 60.0;
+    row.busy_cpu_per_min = (cpu_seconds(pid)? - cpu) / minutes;
+    let (reads, writes) = flagger_api_requests(&bed, &marker).await?.since(&api);
+    row.busy_reads_per_min = reads / minutes;
+    row.busy_writes_per_min = writes / minutes;
+    row.busy_queries_per_min = (prometheus_queries(&bed).await? - queries) / minutes;
+
+    let mut first_weights: Vec<f64> = progressing
+        .iter()
+        .filter_map(|name| {
+            let first = watch.get(name)?.first_weight?;
+            Some(
+                first
+                    .saturating_duration_since(available[*name])
+                    .as_secs_f64(),
+            )
+        })
+        .collect();
+    first_weights.sort_by(f64::total_cmp);
+    if first_weights.len() != progressing.len() {
+        bail!(
+            "{} of {} Flagger canaries never got a weight",
+            progressing.len() - first_weights.len(),
+            progressing.len()
+        );
+    }
+    row.first_weight_p50 = first_weights[first_weights.len() / 2];
+    row.first_weight_max = *first_weights.last().unwrap_or(&0.0);
+    let bad_times = watch.get(&bad).context("the bad Canary's status")?;
+    row.abort_latency = bad_times
+        .first_weight
+        .zip(bad_times.failed)
+        .map(|(first, failed)| failed.saturating_duration_since(first).as_secs_f64());
+    row.promoted = progressing.len() - 1;
+
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let now = memory(pid)?;
+    row.steady_rss_mib = now.rss_bytes as f64 / MIB;
+    row.steady_anon_mib = now.anon_bytes as f64 / MIB;
+    row.steady_file_mib = now.file_bytes as f64 / MIB;
+    row.load_average = load_average()?;
+    row.peak_rss_mib = now.hwm_bytes.max(sampler.peak_bytes()) as f64 / MIB;
+    drop(flagger);
+    Ok(row)
+}
+
+/// A Canary with the settings the weir run gives its Services: analysis every check
+/// interval, weights 10, 25 and 50 then promotion, one failed check rolls back, success
+/// rate at least 99 % and p99 latency at most 500 ms over the last 30 s.
+fn flagger_canary(name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "flagger.app/v1beta1",
+        "kind": "Canary",
+        "metadata": {"name": name},
+        "spec": {
+            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "progressDeadlineSeconds": 600,
+            "service": {"port": 80},
+            "analysis": {
+                "interval": format!("{CHECK_INTERVAL_SECS}s"),
+                "threshold": 1,
+                "stepWeights": [10, 25, 50],
+                "metrics": [
+                    {"name": "request-success-rate", "thresholdRange": {"min": 99}, "interval": "30s"},
+                    {"name": "request-duration", "thresholdRange": {"max": 500}, "interval": "30s"}
+                ]
+            }
+        }
+    })
+}
+
+fn canaries(bed: &Bed) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("flagger.app", "v1beta1", "Canary");
+    Api::namespaced_with(
+        bed.client.clone(),
+        &bed.namespace,
+        &ApiResource::from_gvk(&gvk),
+    )
+}
+
+/// Flagger from the test bed, watching the bench's namespace, with the Istio provider and
+/// the bed's Prometheus; every other flag at its default (control loop every 10 s, 2
+/// workers, client QPS 100, burst 250).
+fn start_flagger(bed: &Bed) -> anyhow::Result<OwnedProcess> {
+    let port = weir_testbed::free_port()?;
+    let args = [
+        "-kubeconfig".to_owned(),
+        bed.control_plane.kubeconfig_path().display().to_string(),
+        "-mesh-provider=istio".to_owned(),
+        format!("-metrics-server={}", bed.prometheus.url()),
+        format!("-namespace={}", bed.namespace),
+        format!("-port={port}"),
+        "-log-level=info".to_owned(),
+    ];
+    OwnedProcess::spawn(
+        "flagger",
+        &weir_testbed::flagger(),
+        &args,
+        &[("KUBECONFIG", bed.control_plane.kubeconfig_path())],
+        bed.logs.path().join("flagger.log"),
+    )
+}
+
+/// The apiserver's request counts less the requests the [`AvailabilityMarker`] made.
+async fn flagger_api_requests(
+    bed: &Bed,
+    marker: &AvailabilityMarker,
+) -> anyhow::Result<ApiRequests> {
+    let mut requests = api_requests(bed).await?;
+    let marks = marker.marked() as f64;
+    // Each mark is one GET and one PATCH (of the status subresource).
+    for verb in ["GET", "PATCH"] {
+        if let Some(count) = requests.0.get_mut(verb) {
+            *count -= marks;
+        }
+    }
+    Ok(requests)
+}
+
+/// Stands in for the Deployment controller and kubelet for Flagger: marks every
+/// Deployment Available whenever its status has not caught up with its generation.
+struct AvailabilityMarker {
+    marked: Arc<std::sync::atomic::AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl AvailabilityMarker {
+    fn start(bed: &Bed) -> AvailabilityMarker {
+        let marked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = marked.clone();
+        let api = bed.deployments();
+        let client = bed.client.clone();
+        let namespace = bed.namespace.clone();
+        let task = tokio::spawn(async move {
+            let marks = Arc::new(tokio::sync::Semaphore::new(CREATE_CONCURRENCY));
+            let events = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .applied_objects();
+            futures::pin_mut!(events);
+            while let Some(deployment) = events.next().await {
+                let Ok(deployment) = deployment else { continue };
+                let observed = deployment
+                    .status
+                    .as_ref()
+                    .and_then(|status| status.observed_generation);
+                if observed.is_some() && observed == deployment.metadata.generation {
+                    continue;
+                }
+                let Ok(permit) = marks.clone().acquire_owned().await else {
+                    return;
+                };
+                let (client, namespace, count) = (client.clone(), namespace.clone(), count.clone());
+                let name = deployment.name_any();
+                tokio::spawn(async move {
+                    match mark_deployment_available(&client, &namespace, &name).await {
+                        Ok(()) => {
+                            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(error) => eprintln!("marking {name} Available: {error:#}"),
+                    }
+                    drop(permit);
+                });
+            }
+        });
+        AvailabilityMarker { marked, task }
+    }
+
+    /// How many marks were written so far.
+    fn marked(&self) -> usize {
+        self.marked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for AvailabilityMarker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One Canary as the bench's watch saw it.
+#[derive(Clone, Debug, Default)]
+struct CanarySeen {
+    phase: String,
+    /// When its canary first had a weight above 0.
+    first_weight: Option<Instant>,
+    /// When it was first seen Failed.
+    failed: Option<Instant>,
+    /// When it was first seen Succeeded.
+    succeeded: Option<Instant>,
+}
+
+/// A watch of every Canary's status.
+struct CanaryWatch {
+    seen: Arc<Mutex<HashMap<String, CanarySeen>>>,
+    task: JoinHandle<()>,
+}
+
+impl CanaryWatch {
+    fn start(api: Api<DynamicObject>) -> CanaryWatch {
+        let seen: Arc<Mutex<HashMap<String, CanarySeen>>> = Arc::default();
+        let sink = seen.clone();
+        let task = tokio::spawn(async move {
+            let events = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .applied_objects();
+            futures::pin_mut!(events);
+            while let Some(canary) = events.next().await {
+                let Ok(canary) = canary else { continue };
+                let status = &canary.data["status"];
+                let phase = status["phase"].as_str().unwrap_or_default().to_owned();
+                let weight = status["canaryWeight"].as_i64().unwrap_or(0);
+                let now = Instant::now();
+                let mut seen = sink
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let entry = seen.entry(canary.name_any()).or_default();
+                if weight > 0 {
+                    entry.first_weight.get_or_insert(now);
+                }
+                match phase.as_str() {
+                    "Failed" => {
+                        entry.failed.get_or_insert(now);
+                    }
+                    "Succeeded" => {
+                        entry.succeeded.get_or_insert(now);
+                    }
+                    _ => {}
+                }
+                entry.phase = phase;
+            }
+        });
+        CanaryWatch { seen, task }
+    }
+
+    fn count(&self, matching: impl Fn(&CanarySeen) -> bool) -> usize {
+        self.lock().values().filter(|seen| matching(seen)).count()
+    }
+
+    fn get(&self, name: &str) -> Option<CanarySeen> {
+        self.lock().get(name).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CanarySeen>> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for CanaryWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// weir's figures over Flagger's, for the same N.
+fn print_ratios(weir: &Row, flagger: &Row) {
+    let ratio = |w: f64, f: f64| {
+        if f > 0.0 {
+            format!("{:.2}", w / f)
+        } else {
+            format!("n/a (Flagger {f:.1})")
+        }
+    };
+    println!("\n== {} Services: weir / Flagger ==", weir.services);
+    let rows = [
+        ("start-up s", weir.startup_secs, flagger.startup_secs),
+        (
+            "start-up CPU-s",
+            weir.startup_cpu_secs,
+            flagger.startup_cpu_secs,
+        ),
+        (
+            "start-up API reads",
+            weir.startup_reads,
+            flagger.startup_reads,
+        ),
+        (
+            "start-up API writes",
+            weir.startup_writes,
+            flagger.startup_writes,
+        ),
+        ("idle RSS MiB", weir.idle_rss_mib, flagger.idle_rss_mib),
+        (
+            "idle CPU-s/min",
+            weir.idle_cpu_per_min,
+            flagger.idle_cpu_per_min,
+        ),
+        (
+            "idle API reads/min",
+            weir.idle_reads_per_min,
+            flagger.idle_reads_per_min,
+        ),
+        (
+            "idle API writes/min",
+            weir.idle_writes_per_min,
+            flagger.idle_writes_per_min,
+        ),
+        (
+            "idle Prometheus queries/min",
+            weir.idle_queries_per_min,
+            flagger.idle_queries_per_min,
+        ),
+        (
+            "busy CPU-s/min",
+            weir.busy_cpu_per_min,
+            flagger.busy_cpu_per_min,
+        ),
+        (
+            "busy API reads/min",
+            weir.busy_reads_per_min,
+            flagger.busy_reads_per_min,
+        ),
+        (
+            "busy API writes/min",
+            weir.busy_writes_per_min,
+            flagger.busy_writes_per_min,
+        ),
+        (
+            "busy Prometheus queries/min",
+            weir.busy_queries_per_min,
+            flagger.busy_queries_per_min,
+        ),
+        (
+            "Available → first weight p50 s",
+            weir.first_weight_p50,
+            flagger.first_weight_p50,
+        ),
+        ("peak RSS MiB", weir.peak_rss_mib, flagger.peak_rss_mib),
+        (
+            "steady RSS MiB",
+            weir.steady_rss_mib,
+            flagger.steady_rss_mib,
+        ),
+    ];
+    for (what, w, f) in rows {
+        println!(
+            "   {what:<32} weir {w:>10.3}  Flagger {f:>10.3}  ratio {}",
+            ratio(w, f)
+        );
+    }
+    match (weir.abort_latency, flagger.abort_latency) {
+        (Some(w), Some(f)) => println!(
+            "   {:<32} weir {w:>10.3}  Flagger {f:>10.3}  ratio {}",
+            "bad one: first weight → abort s",
+            ratio(w, f)
+        ),
+        (w, f) => println!("   bad one: first weight → abort s: weir {w:?}, Flagger {f:?}"),
+    }
+}
+
 // ---- counters -----------------------------------------------------------------------
 
 /// `apiserver_request_total` summed by verb, for resource requests only.
@@ -530,7 +1087,10 @@ impl Histogram {
 // ---- output and settings ------------------------------------------------------------
 
 fn print_curve(rows: &[Row]) {
-    println!("\n== the curve ==");
+    println!(
+        "\n== the curve: {} ==",
+        rows.first().map_or("", |row| row.controller)
+    );
     println!(
         "{:>6}  {:>10}  {:>12}  {:>10}  {:>10}  {:>14}  {:>14}  {:>12}  {:>12}",
         "N",
@@ -588,6 +1148,17 @@ fn sizes() -> anyhow::Result<Vec<usize>> {
                 })
         })
         .collect()
+}
+
+/// Whether Flagger runs beside weir: `WEIR_SCALE_FLAGGER=1` or `0`; by default in the
+/// release build (`cargo bench`) and not in CI's short mode (`cargo test`).
+fn with_flagger() -> anyhow::Result<bool> {
+    match std::env::var(FLAGGER_VAR).as_deref() {
+        Err(_) => Ok(!cfg!(debug_assertions)),
+        Ok("1") => Ok(true),
+        Ok("0") => Ok(false),
+        Ok(other) => bail!("{FLAGGER_VAR}: {other:?} is neither 1 nor 0"),
+    }
 }
 
 fn idle() -> anyhow::Result<Duration> {
