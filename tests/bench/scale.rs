@@ -17,7 +17,8 @@
 //! API requests are the apiserver's own count (`apiserver_request_total`), so they
 //! include everything that talks to it; while the agent runs, only it and this bench's
 //! watch of the Services do, and the simulator, which only watches (watches are not in
-//! that count). Leases are left out: they are the apiserver's own heartbeat here.
+//! that count). Leases and IPAddresses are left out: they are the apiserver's own
+//! heartbeat and ClusterIP allocation here.
 //!
 //! **Flagger beside weir** (`WEIR_SCALE_FLAGGER=1`/`0`; on by default in `cargo bench`,
 //! off in `cargo test`): after each size, the same N on a fresh test bed with Flagger
@@ -999,8 +1000,10 @@ async fn api_requests(bed: &Bed) -> anyhow::Result<ApiRequests> {
                 .to_owned()
         };
         // Non-resource requests (this bench's own /metrics) have no resource; Leases
-        // are the apiserver's own heartbeat (the agent runs without leader election).
-        if matches!(label("resource").as_str(), "" | "leases") {
+        // are the apiserver's own heartbeat (the agent runs without leader election);
+        // IPAddresses are the apiserver's own ClusterIP allocation, one per Service
+        // created (Flagger creates three per Canary).
+        if matches!(label("resource").as_str(), "" | "leases" | "ipaddresses") {
             continue;
         }
         let value: f64 = line
