@@ -234,7 +234,7 @@ async fn run(n: usize, idle: Duration) -> anyhow::Result<Row> {
         filled.elapsed().as_secs_f64()
     );
 
-    let watch = StatusWatch::start(&bed);
+    let watch = status_watch(&bed);
     let api_before = api_requests(&bed).await?;
     let started = Instant::now();
     let agent = bed.agent(&[])?;
@@ -264,31 +264,18 @@ async fn run(n: usize, idle: Duration) -> anyhow::Result<Row> {
 
     // Idle: let the start-up's last writes land first.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (cpu, api, queries) = (
-        cpu_seconds(pid)?,
-        api_requests(&bed).await?,
-        prometheus_queries(&bed).await?,
-    );
+    let before = Counters::read(&bed, pid, api_requests(&bed).await?).await?;
     tokio::time::sleep(idle).await;
-    let minutes = idle.as_secs_f64() / 60.0;
-    row.idle_cpu_per_min = (cpu_seconds(pid)? - cpu) / minutes;
-    let (reads, writes) = api_requests(&bed).await?.since(&api);
-    row.idle_reads_per_min = reads / minutes;
-    row.idle_writes_per_min = writes / minutes;
-    row.idle_queries_per_min = (prometheus_queries(&bed).await? - queries) / minutes;
+    let after = Counters::read(&bed, pid, api_requests(&bed).await?).await?;
+    row.set_idle(before.per_minute(&after));
     row.idle_rss_mib = memory(pid)?.rss_bytes as f64 / MIB;
 
     // A tenth of the Services release v2 at once; the first one is bad.
     let progressing: Vec<&String> = names.iter().take((n / 10).max(2)).collect();
     row.progressing = progressing.len();
     let bad = progressing[0].clone();
-    let (cpu, api, queries, histogram) = (
-        cpu_seconds(pid)?,
-        api_requests(&bed).await?,
-        prometheus_queries(&bed).await?,
-        query_histogram(&agent.metrics().await?),
-    );
-    let busy = Instant::now();
+    let histogram = query_histogram(&agent.metrics().await?);
+    let before = Counters::read(&bed, pid, api_requests(&bed).await?).await?;
     let available: HashMap<String, Instant> =
         futures::stream::iter(progressing.iter().map(|name| {
             let bed = &bed;
@@ -330,51 +317,19 @@ async fn run(n: usize, idle: Duration) -> anyhow::Result<Row> {
         },
     )
     .await?;
-    let minutes = busy.elapsed().as_secs_f64() / 60.0;
-    row.busy_cpu_per_min = (cpu_seconds(pid)? - cpu) / minutes;
-    let (reads, writes) = api_requests(&bed).await?.since(&api);
-    row.busy_reads_per_min = reads / minutes;
-    row.busy_writes_per_min = writes / minutes;
-    row.busy_queries_per_min = (prometheus_queries(&bed).await? - queries) / minutes;
+    let after = Counters::read(&bed, pid, api_requests(&bed).await?).await?;
+    row.set_busy(before.per_minute(&after));
     let histogram = query_histogram(&agent.metrics().await?).since(&histogram);
     row.query_p50 = histogram.quantile(0.5);
     row.query_p99 = histogram.quantile(0.99);
-
-    let mut first_weights: Vec<f64> = progressing
-        .iter()
-        .filter_map(|name| {
-            let first = watch.get(name)?.first_weight?;
-            Some(
-                first
-                    .saturating_duration_since(available[*name])
-                    .as_secs_f64(),
-            )
-        })
-        .collect();
-    first_weights.sort_by(f64::total_cmp);
-    if first_weights.len() != progressing.len() {
-        bail!(
-            "{} of {} canaries never got a weight",
-            progressing.len() - first_weights.len(),
-            progressing.len()
-        );
-    }
-    row.first_weight_p50 = first_weights[first_weights.len() / 2];
-    row.first_weight_max = *first_weights.last().unwrap_or(&0.0);
     let bad_times = watch.get(&bad).context("the bad Service's status")?;
-    row.abort_latency = bad_times
-        .first_weight
-        .zip(bad_times.aborted)
-        .map(|(first, aborted)| aborted.saturating_duration_since(first).as_secs_f64());
-    row.promoted = progressing.len() - 1;
-
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let now = memory(pid)?;
-    row.steady_rss_mib = now.rss_bytes as f64 / MIB;
-    row.steady_anon_mib = now.anon_bytes as f64 / MIB;
-    row.steady_file_mib = now.file_bytes as f64 / MIB;
-    row.load_average = load_average()?;
-    row.peak_rss_mib = now.hwm_bytes.max(sampler.peak_bytes()) as f64 / MIB;
+    row.set_rollout_times(
+        &progressing,
+        &available,
+        |name| watch.get(name)?.first_weight,
+        (bad_times.first_weight, bad_times.aborted),
+    )?;
+    row.set_memory(pid, &sampler).await?;
     drop(agent);
     Ok(row)
 }
@@ -391,66 +346,189 @@ struct Seen {
     aborted: Option<Instant>,
 }
 
-/// A watch of every Service's status, with the times of the transitions the bench
-/// measures (a watch, so that following 1,000 Services costs the apiserver one request).
-struct StatusWatch {
-    seen: Arc<Mutex<HashMap<String, Seen>>>,
+/// A watch of every object of one kind, with what the bench records of each (a watch,
+/// so that following 1,000 objects costs the apiserver one request).
+struct SeenWatch<S> {
+    seen: Arc<Mutex<HashMap<String, S>>>,
     task: JoinHandle<()>,
 }
 
-impl StatusWatch {
-    fn start(bed: &Bed) -> StatusWatch {
-        let seen: Arc<Mutex<HashMap<String, Seen>>> = Arc::default();
+impl<S: Clone + Default + Send + 'static> SeenWatch<S> {
+    /// Follows `api`; `record` updates an object's entry from the object, at the time the
+    /// bench saw it.
+    fn start<K>(api: Api<K>, record: impl Fn(&K, &mut S, Instant) + Send + 'static) -> Self
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone,
+    {
+        let seen: Arc<Mutex<HashMap<String, S>>> = Arc::default();
         let sink = seen.clone();
-        let api: Api<Service> = bed.services();
         let task = tokio::spawn(async move {
             let events = watcher(api, watcher::Config::default())
                 .default_backoff()
                 .applied_objects();
             futures::pin_mut!(events);
-            while let Some(service) = events.next().await {
-                let Ok(service) = service else { continue };
-                let status: Option<Status> = service
-                    .annotations()
-                    .get("weir.dev/status")
-                    .and_then(|raw| serde_json::from_str(raw).ok());
+            while let Some(object) = events.next().await {
+                let Ok(object) = object else { continue };
                 let now = Instant::now();
                 let mut seen = sink
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let entry = seen.entry(service.name_any()).or_default();
-                if let Some(s) = &status {
-                    if s.canary.as_deref() == Some("v2") && s.weight > 0 {
-                        entry.first_weight.get_or_insert(now);
-                    }
-                    if s.phase == Phase::Aborted {
-                        entry.aborted.get_or_insert(now);
-                    }
-                }
-                entry.status = status;
+                record(&object, seen.entry(object.name_any()).or_default(), now);
             }
         });
-        StatusWatch { seen, task }
+        SeenWatch { seen, task }
     }
 
-    fn count(&self, matching: impl Fn(&Seen) -> bool) -> usize {
+    fn count(&self, matching: impl Fn(&S) -> bool) -> usize {
         self.lock().values().filter(|seen| matching(seen)).count()
     }
 
-    fn get(&self, name: &str) -> Option<Seen> {
+    fn get(&self, name: &str) -> Option<S> {
         self.lock().get(name).cloned()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Seen>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, S>> {
         self.seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-impl Drop for StatusWatch {
+impl<S> Drop for SeenWatch<S> {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Every Service's status, and when its canary v2 first had a weight and it aborted.
+fn status_watch(bed: &Bed) -> SeenWatch<Seen> {
+    SeenWatch::start(
+        bed.services(),
+        |service: &Service, entry: &mut Seen, now| {
+            let status: Option<Status> = service
+                .annotations()
+                .get("weir.dev/status")
+                .and_then(|raw| serde_json::from_str(raw).ok());
+            if let Some(s) = &status {
+                if s.canary.as_deref() == Some("v2") && s.weight > 0 {
+                    entry.first_weight.get_or_insert(now);
+                }
+                if s.phase == Phase::Aborted {
+                    entry.aborted.get_or_insert(now);
+                }
+            }
+            entry.status = status;
+        },
+    )
+}
+
+// ---- what a phase costs, and how long rollouts took ---------------------------------
+
+/// The counters a phase is measured between: the controller's CPU time, the API
+/// requests counted for it, and the queries Prometheus answered.
+struct Counters {
+    at: Instant,
+    cpu: f64,
+    api: ApiRequests,
+    queries: f64,
+}
+
+/// What a phase cost per minute.
+struct PerMinute {
+    cpu: f64,
+    reads: f64,
+    writes: f64,
+    queries: f64,
+}
+
+impl Counters {
+    /// Reads the counters now; `api` is the API requests counted for the controller.
+    async fn read(bed: &Bed, pid: u32, api: ApiRequests) -> anyhow::Result<Counters> {
+        Ok(Counters {
+            at: Instant::now(),
+            cpu: cpu_seconds(pid)?,
+            api,
+            queries: prometheus_queries(bed).await?,
+        })
+    }
+
+    fn per_minute(&self, later: &Counters) -> PerMinute {
+        let minutes = later.at.duration_since(self.at).as_secs_f64() / 60.0;
+        let (reads, writes) = later.api.since(&self.api);
+        PerMinute {
+            cpu: (later.cpu - self.cpu) / minutes,
+            reads: reads / minutes,
+            writes: writes / minutes,
+            queries: (later.queries - self.queries) / minutes,
+        }
+    }
+}
+
+impl Row {
+    fn set_idle(&mut self, cost: PerMinute) {
+        self.idle_cpu_per_min = cost.cpu;
+        self.idle_reads_per_min = cost.reads;
+        self.idle_writes_per_min = cost.writes;
+        self.idle_queries_per_min = cost.queries;
+    }
+
+    fn set_busy(&mut self, cost: PerMinute) {
+        self.busy_cpu_per_min = cost.cpu;
+        self.busy_reads_per_min = cost.reads;
+        self.busy_writes_per_min = cost.writes;
+        self.busy_queries_per_min = cost.queries;
+    }
+
+    /// Available → first weight of each progressing canary (p50 and max), and the bad
+    /// one's time from its first weight to its end (`ended`).
+    fn set_rollout_times(
+        &mut self,
+        progressing: &[&String],
+        available: &HashMap<String, Instant>,
+        first_weight: impl Fn(&str) -> Option<Instant>,
+        bad: (Option<Instant>, Option<Instant>),
+    ) -> anyhow::Result<()> {
+        let mut first_weights: Vec<f64> = progressing
+            .iter()
+            .filter_map(|name| {
+                let first = first_weight(name)?;
+                Some(
+                    first
+                        .saturating_duration_since(available[*name])
+                        .as_secs_f64(),
+                )
+            })
+            .collect();
+        first_weights.sort_by(f64::total_cmp);
+        if first_weights.len() != progressing.len() {
+            bail!(
+                "{} of {} {} canaries never got a weight",
+                progressing.len() - first_weights.len(),
+                progressing.len(),
+                self.controller,
+            );
+        }
+        self.first_weight_p50 = first_weights[first_weights.len() / 2];
+        self.first_weight_max = *first_weights.last().unwrap_or(&0.0);
+        self.abort_latency = bad
+            .0
+            .zip(bad.1)
+            .map(|(first, ended)| ended.saturating_duration_since(first).as_secs_f64());
+        self.promoted = progressing.len() - 1;
+        Ok(())
+    }
+
+    /// Memory once the rollouts have settled, and the peak over the whole run.
+    async fn set_memory(&mut self, pid: u32, sampler: &MemorySampler) -> anyhow::Result<()> {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let now = memory(pid)?;
+        self.steady_rss_mib = now.rss_bytes as f64 / MIB;
+        self.steady_anon_mib = now.anon_bytes as f64 / MIB;
+        self.steady_file_mib = now.file_bytes as f64 / MIB;
+        self.load_average = load_average()?;
+        self.peak_rss_mib = now.hwm_bytes.max(sampler.peak_bytes()) as f64 / MIB;
+        Ok(())
     }
 }
 
@@ -514,7 +592,7 @@ async fn run_flagger(n: usize, idle: Duration) -> anyhow::Result<Row> {
         filled.elapsed().as_secs_f64()
     );
 
-    let watch = CanaryWatch::start(canaries.clone());
+    let watch = canary_watch(canaries.clone());
     let api_before = flagger_api_requests(&bed, &marker).await?;
     let started = Instant::now();
     let flagger = start_flagger(&bed)?;
@@ -540,30 +618,17 @@ async fn run_flagger(n: usize, idle: Duration) -> anyhow::Result<Row> {
     (row.startup_reads, row.startup_writes) = api_started.since(&api_before);
 
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (cpu, api, queries) = (
-        cpu_seconds(pid)?,
-        flagger_api_requests(&bed, &marker).await?,
-        prometheus_queries(&bed).await?,
-    );
+    let before = Counters::read(&bed, pid, flagger_api_requests(&bed, &marker).await?).await?;
     tokio::time::sleep(idle).await;
-    let minutes = idle.as_secs_f64() / 60.0;
-    row.idle_cpu_per_min = (cpu_seconds(pid)? - cpu) / minutes;
-    let (reads, writes) = flagger_api_requests(&bed, &marker).await?.since(&api);
-    row.idle_reads_per_min = reads / minutes;
-    row.idle_writes_per_min = writes / minutes;
-    row.idle_queries_per_min = (prometheus_queries(&bed).await? - queries) / minutes;
+    let after = Counters::read(&bed, pid, flagger_api_requests(&bed, &marker).await?).await?;
+    row.set_idle(before.per_minute(&after));
     row.idle_rss_mib = memory(pid)?.rss_bytes as f64 / MIB;
 
     // A tenth of the Deployments get a new pod template at once; the first one is bad.
     let progressing: Vec<&String> = names.iter().take((n / 10).max(2)).collect();
     row.progressing = progressing.len();
     let bad = progressing[0].clone();
-    let (cpu, api, queries) = (
-        cpu_seconds(pid)?,
-        flagger_api_requests(&bed, &marker).await?,
-        prometheus_queries(&bed).await?,
-    );
-    let busy = Instant::now();
+    let before = Counters::read(&bed, pid, flagger_api_requests(&bed, &marker).await?).await?;
     let available: HashMap<String, Instant> =
         futures::stream::iter(progressing.iter().map(|name| {
             let bed = &bed;
@@ -610,48 +675,16 @@ async fn run_flagger(n: usize, idle: Duration) -> anyhow::Result<Row> {
     )
     .await
     .with_context(|| format!("Flagger's log: {}", bed.logs.path().display()))?;
-    let minutes = busy.elapsed().as_secs_f64() / 60.0;
-    row.busy_cpu_per_min = (cpu_seconds(pid)? - cpu) / minutes;
-    let (reads, writes) = flagger_api_requests(&bed, &marker).await?.since(&api);
-    row.busy_reads_per_min = reads / minutes;
-    row.busy_writes_per_min = writes / minutes;
-    row.busy_queries_per_min = (prometheus_queries(&bed).await? - queries) / minutes;
-
-    let mut first_weights: Vec<f64> = progressing
-        .iter()
-        .filter_map(|name| {
-            let first = watch.get(name)?.first_weight?;
-            Some(
-                first
-                    .saturating_duration_since(available[*name])
-                    .as_secs_f64(),
-            )
-        })
-        .collect();
-    first_weights.sort_by(f64::total_cmp);
-    if first_weights.len() != progressing.len() {
-        bail!(
-            "{} of {} Flagger canaries never got a weight",
-            progressing.len() - first_weights.len(),
-            progressing.len()
-        );
-    }
-    row.first_weight_p50 = first_weights[first_weights.len() / 2];
-    row.first_weight_max = *first_weights.last().unwrap_or(&0.0);
+    let after = Counters::read(&bed, pid, flagger_api_requests(&bed, &marker).await?).await?;
+    row.set_busy(before.per_minute(&after));
     let bad_times = watch.get(&bad).context("the bad Canary's status")?;
-    row.abort_latency = bad_times
-        .first_weight
-        .zip(bad_times.failed)
-        .map(|(first, failed)| failed.saturating_duration_since(first).as_secs_f64());
-    row.promoted = progressing.len() - 1;
-
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let now = memory(pid)?;
-    row.steady_rss_mib = now.rss_bytes as f64 / MIB;
-    row.steady_anon_mib = now.anon_bytes as f64 / MIB;
-    row.steady_file_mib = now.file_bytes as f64 / MIB;
-    row.load_average = load_average()?;
-    row.peak_rss_mib = now.hwm_bytes.max(sampler.peak_bytes()) as f64 / MIB;
+    row.set_rollout_times(
+        &progressing,
+        &available,
+        |name| watch.get(name)?.first_weight,
+        (bad_times.first_weight, bad_times.failed),
+    )?;
+    row.set_memory(pid, &sampler).await?;
     drop(flagger);
     Ok(row)
 }
@@ -801,68 +834,28 @@ struct CanarySeen {
     succeeded: Option<Instant>,
 }
 
-/// A watch of every Canary's status.
-struct CanaryWatch {
-    seen: Arc<Mutex<HashMap<String, CanarySeen>>>,
-    task: JoinHandle<()>,
-}
-
-impl CanaryWatch {
-    fn start(api: Api<DynamicObject>) -> CanaryWatch {
-        let seen: Arc<Mutex<HashMap<String, CanarySeen>>> = Arc::default();
-        let sink = seen.clone();
-        let task = tokio::spawn(async move {
-            let events = watcher(api, watcher::Config::default())
-                .default_backoff()
-                .applied_objects();
-            futures::pin_mut!(events);
-            while let Some(canary) = events.next().await {
-                let Ok(canary) = canary else { continue };
-                let status = &canary.data["status"];
-                let phase = status["phase"].as_str().unwrap_or_default().to_owned();
-                let weight = status["canaryWeight"].as_i64().unwrap_or(0);
-                let now = Instant::now();
-                let mut seen = sink
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let entry = seen.entry(canary.name_any()).or_default();
-                if weight > 0 {
-                    entry.first_weight.get_or_insert(now);
-                }
-                match phase.as_str() {
-                    "Failed" => {
-                        entry.failed.get_or_insert(now);
-                    }
-                    "Succeeded" => {
-                        entry.succeeded.get_or_insert(now);
-                    }
-                    _ => {}
-                }
-                entry.phase = phase;
+/// Every Canary's phase, and when it first had a weight, failed and succeeded.
+fn canary_watch(api: Api<DynamicObject>) -> SeenWatch<CanarySeen> {
+    SeenWatch::start(
+        api,
+        |canary: &DynamicObject, entry: &mut CanarySeen, now| {
+            let status = &canary.data["status"];
+            let phase = status["phase"].as_str().unwrap_or_default().to_owned();
+            if status["canaryWeight"].as_i64().unwrap_or(0) > 0 {
+                entry.first_weight.get_or_insert(now);
             }
-        });
-        CanaryWatch { seen, task }
-    }
-
-    fn count(&self, matching: impl Fn(&CanarySeen) -> bool) -> usize {
-        self.lock().values().filter(|seen| matching(seen)).count()
-    }
-
-    fn get(&self, name: &str) -> Option<CanarySeen> {
-        self.lock().get(name).cloned()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CanarySeen>> {
-        self.seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-impl Drop for CanaryWatch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+            match phase.as_str() {
+                "Failed" => {
+                    entry.failed.get_or_insert(now);
+                }
+                "Succeeded" => {
+                    entry.succeeded.get_or_insert(now);
+                }
+                _ => {}
+            }
+            entry.phase = phase;
+        },
+    )
 }
 
 /// weir's figures over Flagger's, for the same N.
