@@ -8,6 +8,7 @@
 //! - [`judge`]: measured values to a [`Verdict`], without any I/O;
 //! - [`prometheus`]: asks Prometheus or Grafana Mimir, then the judge.
 
+pub mod batch;
 pub mod custom;
 pub mod gates;
 pub mod judge;

@@ -306,6 +306,11 @@ impl PrometheusApi {
         })
     }
 
+    /// The longest a whole check (or round of checks) may take, retries included.
+    pub(crate) fn check_timeout(&self) -> Duration {
+        self.check_timeout
+    }
+
     /// The query endpoint, as named in messages.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
@@ -349,18 +354,7 @@ impl PrometheusApi {
         if let Some(promql) = builtin.buckets {
             queries.push(ran(BUCKETS_QUERY, None, promql));
         }
-        for template in &request.custom {
-            for version in [&request.canary_version, &request.stable_version] {
-                let promql = template.render(&TemplateValues {
-                    namespace: &request.namespace,
-                    service: &request.service,
-                    version,
-                    stable_version: &request.stable_version,
-                    window,
-                });
-                queries.push(ran(&template.name, Some(version), promql));
-            }
-        }
+        queries.extend(custom_queries(request, window));
 
         let deadline = Instant::now() + self.check_timeout;
         let at = request.evaluate_at;
@@ -399,35 +393,7 @@ impl PrometheusApi {
             buckets,
             custom,
         };
-        let judgement = match request.gates.rule {
-            Rule::Sequential => judge::weigh(
-                &observations,
-                &request.canary_version,
-                &request.stable_version,
-                &request.gates,
-                Standing {
-                    earlier: &request.earlier,
-                    pass_at: request.pass_at,
-                },
-            ),
-            Rule::Threshold => Judgement {
-                verdict: judge::judge(
-                    &observations,
-                    &request.canary_version,
-                    &request.stable_version,
-                    &request.gates,
-                ),
-                step: None,
-                baseline: None,
-            },
-        };
-        CheckReport {
-            verdict: judgement.verdict,
-            window_seconds: window.duration().as_secs(),
-            queries,
-            step: judgement.step,
-            baseline: judgement.baseline,
-        }
+        conclude(request, observations, window, queries)
     }
 
     /// Runs an instant query at `at`, retrying transient errors until `deadline`.
@@ -440,7 +406,12 @@ impl PrometheusApi {
         self.query_with_retries(promql, at, deadline).await.0
     }
 
-    async fn outcome(&self, promql: &str, at: Timestamp, deadline: Instant) -> QueryOutcome {
+    pub(crate) async fn outcome(
+        &self,
+        promql: &str,
+        at: Timestamp,
+        deadline: Instant,
+    ) -> QueryOutcome {
         let (result, attempts) = self.query_with_retries(promql, at, deadline).await;
         result.map_err(|error| {
             let detail = format!("{error} (after {attempts} attempt{})", plural(attempts));
@@ -617,6 +588,66 @@ struct Answer<'a> {
 
 /// The series of a successful answer, or the error it means: by Prometheus's error type
 /// when the body is the API's JSON, by HTTP status otherwise.
+/// Each custom metric's template rendered for the canary, then for the stable version.
+pub(crate) fn custom_queries(request: &CheckRequest, window: Window) -> Vec<RanQuery> {
+    let mut queries = Vec::with_capacity(2 * request.custom.len());
+    for template in &request.custom {
+        for version in [&request.canary_version, &request.stable_version] {
+            let promql = template.render(&TemplateValues {
+                namespace: &request.namespace,
+                service: &request.service,
+                version,
+                stable_version: &request.stable_version,
+                window,
+            });
+            queries.push(RanQuery {
+                metric: template.name.clone(),
+                version: Some(version.clone()),
+                promql,
+            });
+        }
+    }
+    queries
+}
+
+/// Judges `observations`, the results of `queries` over `window`, for `request`.
+pub(crate) fn conclude(
+    request: &CheckRequest,
+    observations: Observations,
+    window: Window,
+    queries: Vec<RanQuery>,
+) -> CheckReport {
+    let judgement = match request.gates.rule {
+        Rule::Sequential => judge::weigh(
+            &observations,
+            &request.canary_version,
+            &request.stable_version,
+            &request.gates,
+            Standing {
+                earlier: &request.earlier,
+                pass_at: request.pass_at,
+            },
+        ),
+        Rule::Threshold => Judgement {
+            verdict: judge::judge(
+                &observations,
+                &request.canary_version,
+                &request.stable_version,
+                &request.gates,
+            ),
+            step: None,
+            baseline: None,
+        },
+    };
+    CheckReport {
+        verdict: judgement.verdict,
+        window_seconds: window.duration().as_secs(),
+        queries,
+        step: judgement.step,
+        baseline: judgement.baseline,
+    }
+}
+
 fn interpret(endpoint: &str, answer: &Answer<'_>) -> Result<Vec<Series>, QueryError> {
     let status = answer.status;
     let parsed = answer

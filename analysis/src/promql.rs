@@ -202,6 +202,97 @@ pub fn bucket_counts(target: &Target<'_>, window: Window) -> String {
     format!("sum by ({VERSION_LABEL}, le) ({buckets})")
 }
 
+/// The label Istio puts the destination Service's short name in.
+pub const SERVICE_LABEL: &str = "destination_service_name";
+
+/// Escapes `value` so that a regular expression matches it literally (RE2 syntax, as
+/// PromQL's `=~` uses). The result still goes through [`quote`].
+pub fn regex_literal(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        if r"\.+*?()|[]{}^$".contains(c) {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// The Services of one namespace that a round of batched checks measures over one window
+/// ([`crate::batch`]): one query per metric for all of them, grouped by Service and version.
+///
+/// The Services are selected by one regular expression, an alternation of their names
+/// escaped by [`regex_literal`]; each check then takes the series whose
+/// `destination_service_name` equals its Service exactly, so a name can never make a
+/// check read another Service's series.
+#[derive(Clone, Debug)]
+pub struct Fleet<'a> {
+    /// Which proxy's reports to read.
+    pub reporter: Reporter,
+    /// The namespace (`destination_workload_namespace`).
+    pub namespace: &'a str,
+    /// The Services' names, each once.
+    pub services: Vec<&'a str>,
+}
+
+impl Fleet<'_> {
+    fn selector(&self, metric: &str, window: Window) -> String {
+        let names: Vec<String> = self.services.iter().map(|s| regex_literal(s)).collect();
+        format!(
+            "{metric}{{reporter={},destination_workload_namespace={},{SERVICE_LABEL}=~{}}}{window}",
+            quote(self.reporter.label()),
+            quote(self.namespace),
+            quote(&names.join("|")),
+        )
+    }
+
+    /// Requests per Service, version and response code over `window`: the request count
+    /// and, through each Service's own error codes, the error count of every check.
+    pub fn requests_by_code(&self, window: Window) -> String {
+        format!(
+            "sum by ({SERVICE_LABEL}, {VERSION_LABEL}, response_code) (increase({}))",
+            self.selector(REQUESTS, window)
+        )
+    }
+
+    /// Requests per Service, version and latency bucket over `window`
+    /// (see [`bucket_counts`]).
+    pub fn bucket_counts(&self, window: Window) -> String {
+        format!(
+            "sum by ({SERVICE_LABEL}, {VERSION_LABEL}, le) (increase({}))",
+            self.selector(DURATION_BUCKETS, window)
+        )
+    }
+
+    /// Latency at `quantile` per Service and version over `window` (see [`latency`]).
+    pub fn latency(&self, window: Window, quantile: f64) -> String {
+        format!(
+            "histogram_quantile({quantile}, sum by ({SERVICE_LABEL}, {VERSION_LABEL}, le) (rate({})))",
+            self.selector(DURATION_BUCKETS, window)
+        )
+    }
+}
+
+impl Window {
+    /// This window, its length rounded to the nearest multiple of `quantum` but never
+    /// below `floor`, so that checks due in the same round share a query.
+    ///
+    /// The error is bounded: a window at least `floor` long changes by at most half a
+    /// quantum (its start moves, its end stays), and a window shorter than `floor` is
+    /// unchanged (it already is `floor`, by [`Window::since`]).
+    pub fn grouped(self, quantum: Duration, floor: Duration) -> Window {
+        let q = quantum.as_secs().max(1);
+        let floor_seconds = (floor.as_secs() + u64::from(floor.subsec_nanos() != 0)).max(1);
+        if self.seconds <= floor_seconds {
+            return self;
+        }
+        let nearest = (self.seconds + q / 2) / q * q;
+        Window {
+            seconds: nearest.max(floor_seconds),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

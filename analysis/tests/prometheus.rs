@@ -594,3 +594,92 @@ async fn slow_share_just_under_the_bound_passes_and_just_over_fails() {
     assert_eq!(*reason, InconclusiveReason::Misconfigured, "{detail}");
     assert!(detail.contains("at most 1000ms"), "{detail}");
 }
+
+/// A round of batched checks reaches the verdicts and values single checks reach, over
+/// the same windows, from a fixed number of queries; a Service's broken custom metric
+/// concerns only that Service.
+#[tokio::test]
+async fn a_round_of_checks_measures_what_single_checks_measure() {
+    let at = evaluate_at();
+    let mut series = service_series("under", CANARY, Some(canary_load(0.95)), at);
+    series.extend(service_series("over", CANARY, Some(canary_load(1.05)), at));
+    series.extend(service_series("calm", CANARY, Some(canary_load(0.0)), at));
+    series.extend(service_series(
+        "sluggish",
+        CANARY,
+        Some(latency_load(94.0, "250")),
+        at,
+    ));
+    let prometheus = prometheus_with(&series).await;
+    let api = PrometheusApi::new(&config(prometheus.url())).unwrap();
+
+    let mut sequential = request("under", CANARY, at);
+    sequential.service = "under".to_string();
+    sequential.gates.rule = weir_analysis::Rule::Sequential;
+    // The canary's 503 counter exists but never moves: 0 / 0, NaN.
+    let query = format!(
+        "sum({0}) / sum({0})",
+        requests_of_version(r#",response_code="503""#)
+    );
+    let broken = with_custom(
+        request("calm", CANARY, at),
+        template("share-of-503", &format!("query: '{query}'\nmax: 0.5\n")),
+    );
+    let requests = vec![
+        request("under", CANARY, at),
+        request("over", CANARY, at),
+        broken,
+        slow_share_request("sluggish", 250, at),
+        sequential,
+    ];
+    let round = api.check_round(&requests, at, Duration::from_secs(5)).await;
+    assert_eq!(round.len(), requests.len());
+
+    // Every request's step began 300 s before: one group, three shared queries
+    // (counts, buckets, one quantile), plus the broken template's two.
+    let shared: std::collections::BTreeSet<&str> = round
+        .iter()
+        .flat_map(|r| r.queries.iter())
+        .filter(|q| q.version.is_none())
+        .map(|q| q.promql.as_str())
+        .collect();
+    assert_eq!(shared.len(), 3, "{shared:#?}");
+
+    for (request, batched) in requests.iter().zip(&round) {
+        let single = api.check(request).await;
+        let service = &request.service;
+        assert_eq!(batched.window_seconds, single.window_seconds, "{service}");
+        assert_eq!(
+            batched.verdict.kind(),
+            single.verdict.kind(),
+            "{service}: batched {batched:#?}\nsingle {single:#?}"
+        );
+        for m in single.verdict.measurements() {
+            let (canary, stable) = value(&batched.verdict, &m.metric);
+            for (b, s, which) in [(canary, m.canary, "canary"), (stable, m.stable, "stable")] {
+                match (b, s) {
+                    (Some(b), Some(s)) => assert!(
+                        (b - s).abs() <= s.abs() * 1e-9,
+                        "{service} {} {which}: batched {b}, single {s}",
+                        m.metric
+                    ),
+                    (b, s) => assert_eq!(b, s, "{service} {} {which}", m.metric),
+                }
+            }
+        }
+        assert_eq!(batched.step, single.step, "{service}: step counts");
+    }
+    let Verdict::Fail { failed, .. } = &round[1].verdict else {
+        panic!("over: {:#?}", round[1]);
+    };
+    assert_eq!(failed, &["error-rate"]);
+    let Verdict::Inconclusive { detail, .. } = &round[2].verdict else {
+        panic!("calm with a NaN metric: {:#?}", round[2]);
+    };
+    assert!(detail.contains("share-of-503"), "{detail}");
+    assert!(
+        matches!(round[0].verdict, Verdict::Pass { .. }),
+        "a broken metric of another Service changes nothing: {:#?}",
+        round[0]
+    );
+}
