@@ -7,9 +7,10 @@
 //! scenario's rate, each request routed to the canary with the live weight, failing
 //! with its version's error rate, and taking a latency drawn from its version's
 //! log-normal distribution (given by its median and p99), counted into Istio's default
-//! histogram buckets. The planner asks for a check when it would; the judge sees the
-//! counts since the step began, exactly as a Prometheus `increase` over that window
-//! would report them.
+//! histogram buckets. The planner asks for a check when it would, and the check is
+//! evaluated at the next round of the agent's batched checks (every 5 s,
+//! WEIR_BENCH_ROUND); the judge sees the counts since the step began, exactly as a
+//! Prometheus `increase` over that window would report them.
 //!
 //! Prints one row per scenario and rule: P(promote), P(abort), the median time to the
 //! decision, and the mean number of failed requests the canary served before it. Asserts
@@ -413,6 +414,18 @@ fn quantiles(canary: &Window, stable: &Window) -> Vec<Series> {
     series
 }
 
+/// The period of the agent's rounds of checks, in seconds: WEIR_BENCH_ROUND, else 5.
+fn round_secs() -> i64 {
+    static ROUND: std::sync::LazyLock<i64> = std::sync::LazyLock::new(|| {
+        std::env::var("WEIR_BENCH_ROUND")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|r| *r >= 1)
+            .unwrap_or(5)
+    });
+    *ROUND
+}
+
 fn t0() -> Timestamp {
     "2026-11-30T00:00:00Z".parse().expect("a timestamp")
 }
@@ -505,7 +518,10 @@ fn trial_with(scenario: &Scenario, spec: &RolloutSpec, seed: u64) -> Outcome {
             controls: Controls::default(),
             last_check_at,
         };
-        let due = plan::check_due(&spec, &observed, now);
+        // The agent evaluates due checks in rounds, on multiples of the round's period
+        // (`--check-round`, 5 s at the default 15 s scrape interval); t0 is on one, so
+        // every step starts on one and the rounds' windows are the steps' exactly.
+        let due = plan::check_due(&spec, &observed, now).filter(|_| second % round_secs() == 0);
         if status.is_none() || due.is_some() {
             let judgement = due.as_ref().map(|request| {
                 let observations = observations(&canary, &stable);
@@ -834,6 +850,7 @@ mod end_to_end {
                 defaults: Defaults::default(),
                 reporter: Reporter::Destination,
                 scrape_interval: Duration::from_secs(1),
+                check_round: Duration::from_secs(1),
                 dry_run: false,
                 instance: "bench".into(),
             },

@@ -307,7 +307,7 @@ impl PrometheusApi {
     }
 
     /// The longest a whole check (or round of checks) may take, retries included.
-    pub(crate) fn check_timeout(&self) -> Duration {
+    pub fn check_timeout(&self) -> Duration {
         self.check_timeout
     }
 

@@ -36,6 +36,14 @@ pub struct AgentArgs {
     /// Plan and log every action, but write nothing.
     #[arg(long)]
     pub dry_run: bool,
+
+    /// The period of the rounds in which every due check of the namespace is evaluated
+    /// together, with a number of Prometheus queries that does not grow with the number
+    /// of Services. A check waits for the next round; its window is rounded to the
+    /// round (by at most half of it). Default: a third of the scrape interval, within
+    /// 1s..=5s.
+    #[arg(long, value_parser = super::parse_duration)]
+    pub check_round: Option<Duration>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "WEIR_LOG_FORMAT")]
     pub log_format: LogFormat,
@@ -262,6 +270,10 @@ impl AgentArgs {
             defaults,
             reporter: self.prometheus.reporter(),
             scrape_interval: self.prometheus.scrape_interval,
+            check_round: self.check_round.unwrap_or_else(|| {
+                (self.prometheus.scrape_interval / 3)
+                    .clamp(Duration::from_secs(1), Duration::from_secs(5))
+            }),
             dry_run: self.dry_run,
             instance: self.instance.clone(),
         };

@@ -7,6 +7,7 @@
 //! [`crate::plan`] (pure) → [`apply`] (the only writes).
 
 mod apply;
+pub mod checks;
 pub mod lease;
 mod observe;
 mod reconcile;
@@ -36,6 +37,7 @@ use crate::mesh::{DestinationRule, VirtualService};
 use crate::notify::Notifier;
 use crate::server::{Metrics, Telemetry};
 use crate::spec::{self, Defaults};
+use checks::Checks;
 use lease::Leadership;
 use routing::RoutingIndex;
 
@@ -52,6 +54,8 @@ pub struct AgentConfig {
     pub reporter: Reporter,
     /// Prometheus's scrape interval; a check's window is never shorter than four.
     pub scrape_interval: Duration,
+    /// The period of the rounds the namespace's due checks are evaluated in together.
+    pub check_round: Duration,
     /// Plan and log, but write nothing.
     pub dry_run: bool,
     /// Names this agent in Events (`reportingInstance`).
@@ -87,6 +91,8 @@ pub struct Context {
     /// When the gates of each Service's current step were last evaluated. Memory only:
     /// see [`crate::plan::Observed::last_check_at`].
     pub last_checks: Mutex<HashMap<String, Timestamp>>,
+    /// The checks handed in for the next round, and the reports of the last ones.
+    pub checks: Arc<Checks>,
 }
 
 impl Context {
@@ -98,6 +104,7 @@ impl Context {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(service);
+        self.checks.forget(service);
     }
 }
 
@@ -138,6 +145,19 @@ pub async fn run(
         .subscribe()
         .expect("a shared store has subscribers");
 
+    let checks = Arc::new(Checks::new(
+        &ns,
+        config.check_round,
+        // A report is used by the reconcile it wakes, milliseconds later; a long queue of
+        // reconciles may take a few rounds.
+        config.check_round * 4 + Duration::from_secs(5),
+    ));
+    let (check_wakes, checked) = futures::channel::mpsc::unbounded();
+    let rounds = tokio::spawn(checks.clone().run(
+        prometheus.clone(),
+        telemetry.metrics.clone(),
+        check_wakes,
+    ));
     let context = Arc::new(Context {
         metrics: telemetry.metrics.clone(),
         notifier,
@@ -149,6 +169,7 @@ pub async fn run(
         routing: RoutingIndex::new(&ns),
         leadership: leadership.clone(),
         last_checks: Mutex::new(HashMap::new()),
+        checks,
     });
 
     // The root streams fill the caches, on every replica, whether or not a controller
@@ -236,11 +257,13 @@ pub async fn run(
             if let Err(e) = result {
                 warn!(error = %e, "a watch cache stopped before its first list");
                 caches.abort();
+                rounds.abort();
                 return;
             }
         }
         () = shutdown.clone() => {
             caches.abort();
+            rounds.abort();
             return;
         }
     }
@@ -270,6 +293,8 @@ pub async fn run(
         // edit (see `observe::RoutingWakes`).
         .reconcile_on(vs_wakes)
         .reconcile_on(dr_wakes)
+        // A round of checks wakes the Services it evaluated.
+        .reconcile_on(checked)
         // A new leader looks at every Service at once, from its hot caches.
         .reconcile_all_on(leadership.acquisitions())
         .graceful_shutdown_on(shutdown)
@@ -285,6 +310,7 @@ pub async fn run(
         })
         .await;
     caches.abort();
+    rounds.abort();
     info!("controller stopped");
 }
 

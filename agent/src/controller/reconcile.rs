@@ -13,6 +13,7 @@ use weir_analysis::judge::Judgement;
 use weir_analysis::{CheckRequest, MetricTemplate};
 
 use super::apply::{MeshTarget, Writer};
+use super::checks::{CheckKey, Evaluated};
 use super::validate::{self, Inputs, Valid};
 use super::{Context, opted_in};
 use crate::mesh::MeshError;
@@ -117,40 +118,49 @@ pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeu
     };
 
     let check = plan::check_due(&spec, &observed, now);
+    // A due check is handed in to the next round of checks, which wakes this Service
+    // with its report (see `checks`); until then the planner plans without one.
+    let mut handed_in = false;
     let judgement = match &check {
         Some(request) => {
-            let report = ctx
-                .metrics
-                .timed_check(
-                    &name,
-                    ctx.prometheus.check(&check_request(
-                        &ctx,
-                        &spec,
-                        observed.versions.as_deref().unwrap_or_default(),
-                        request,
-                        custom,
-                        now,
-                    )),
-                )
-                .await;
-            info!(
-                service = %name, canary = %request.canary, verdict = report.verdict.kind(),
-                window_s = report.window_seconds, "gates evaluated"
-            );
-            let judgement = Judgement {
-                verdict: report.verdict,
-                step: report.step,
-                baseline: report.baseline,
-            };
-            ctx.last_checks
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(name.clone(), now);
-            Some(judgement)
+            let key = CheckKey::of(request);
+            match ctx.checks.take(&name, &key, last_check_at, now) {
+                Some(Evaluated { report, at }) => {
+                    ctx.metrics.check(&name, &report.verdict);
+                    info!(
+                        service = %name, canary = %request.canary, verdict = report.verdict.kind(),
+                        window_s = report.window_seconds, "gates evaluated"
+                    );
+                    ctx.last_checks
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(name.clone(), at);
+                    Some(Judgement {
+                        verdict: report.verdict,
+                        step: report.step,
+                        baseline: report.baseline,
+                    })
+                }
+                None => {
+                    ctx.checks.hand_in(
+                        &name,
+                        key,
+                        check_request(
+                            &ctx,
+                            &spec,
+                            observed.versions.as_deref().unwrap_or_default(),
+                            request,
+                            custom,
+                            now,
+                        ),
+                    );
+                    handed_in = true;
+                    None
+                }
+            }
         }
         None => None,
     };
-
     let plan = plan::plan(
         &spec,
         &observed,
@@ -169,6 +179,16 @@ pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeu
         .await?;
     ctx.metrics
         .observe_applied(&name, status.as_ref(), plan.written_status());
+    if handed_in {
+        // The round wakes this Service; should its report be lost (a restart of the
+        // rounds, a stale report), the check is handed in again after this.
+        let backstop = ctx.checks.round() * 2 + ctx.prometheus.check_timeout();
+        let after = plan
+            .requeue_after
+            .filter(|after| *after > ctx.checks.round())
+            .map_or(backstop, |after| after.min(backstop));
+        return Ok(Requeue::requeue(after));
+    }
     Ok(match plan.requeue_after {
         Some(after) => Requeue::requeue(after),
         None => Requeue::await_change(),
