@@ -9,7 +9,8 @@ function el(tag, attrs, ...children) {
   for (const [key, value] of Object.entries(attrs || {})) {
     if (value === undefined || value === null || value === false) continue;
     if (key === "text") node.textContent = value;
-    else if (key === "style") node.setAttribute("style", value);
+    // Through the CSSOM: the Content-Security-Policy forbids style attributes.
+    else if (key === "style") node.style.cssText = value;
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
     else node.setAttribute(key, value === true ? "" : value);
   }
@@ -130,7 +131,8 @@ function renderCard(ns, card) {
       "Every problem and its fix: ", el("code", { text: card.misconfiguration.fix })));
   } else if (card.statusError) {
     node.append(el("div", { class: "problem", "data-testid": "status-error", text: card.statusError }));
-  } else if (card.message) {
+  } else if (card.message && !(card.ended && card.message.includes(card.ended.reason))) {
+    // The agent's message, unless it only repeats how the last rollout ended.
     node.append(el("div", { class: "message", "data-testid": "message", text: card.message }));
   }
   if (card.pending.length) {
