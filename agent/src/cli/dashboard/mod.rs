@@ -264,7 +264,7 @@ fn watch_error(cluster: &Cluster, error: watcher::Error, resource: &'static str)
 }
 
 /// The request came through a name this server answers to (see [`App::hosts`]).
-fn check_host(app: &App, headers: &HeaderMap) -> Result<(), Response> {
+fn check_host(app: &App, headers: &HeaderMap) -> Result<(), Refusal> {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -272,15 +272,20 @@ fn check_host(app: &App, headers: &HeaderMap) -> Result<(), Response> {
     if app.hosts.iter().any(|allowed| allowed == host) {
         Ok(())
     } else {
-        Err(error(
+        Err(Refusal(
             StatusCode::FORBIDDEN,
             format!("this dashboard does not answer to the host {host:?}"),
         ))
     }
 }
 
-fn error(status: StatusCode, message: String) -> Response {
-    (status, json_body(json!({ "error": message }).to_string())).into_response()
+/// A request the dashboard (or the cluster) refused: the page shows the message.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, json_body(json!({ "error": self.1 }).to_string())).into_response()
+    }
 }
 
 fn json_body(body: String) -> impl IntoResponse {
@@ -321,22 +326,18 @@ async fn style_css() -> Response {
     asset("text/css; charset=utf-8", STYLE_CSS)
 }
 
-async fn current(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Err(refused) = check_host(&app, &headers) {
-        return refused;
-    }
+async fn current(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, Refusal> {
+    check_host(&app, &headers)?;
     let snapshot = app.snapshots.borrow().clone();
-    json_body(snapshot.as_str().to_owned()).into_response()
+    Ok(json_body(snapshot.as_str().to_owned()).into_response())
 }
 
 /// The snapshot now, then every change of it.
-async fn events(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Err(refused) = check_host(&app, &headers) {
-        return refused;
-    }
-    Sse::new(snapshots(app.snapshots.clone()))
+async fn events(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, Refusal> {
+    check_host(&app, &headers)?;
+    Ok(Sse::new(snapshots(app.snapshots.clone()))
         .keep_alive(KeepAlive::default())
-        .into_response()
+        .into_response())
 }
 
 fn snapshots(
@@ -354,12 +355,12 @@ fn snapshots(
     })
 }
 
-fn cluster_for<'a>(app: &'a App, namespace: &str) -> Result<&'a Cluster, Response> {
+fn cluster_for<'a>(app: &'a App, namespace: &str) -> Result<&'a Cluster, Refusal> {
     app.clusters
         .iter()
         .find(|c| c.namespace == namespace)
         .ok_or_else(|| {
-            error(
+            Refusal(
                 StatusCode::NOT_FOUND,
                 format!("this dashboard does not show namespace {namespace}"),
             )
@@ -371,18 +372,13 @@ async fn explain_service(
     State(app): State<Arc<App>>,
     Path((namespace, service)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Response {
-    if let Err(refused) = check_host(&app, &headers) {
-        return refused;
-    }
-    let cluster = match cluster_for(&app, &namespace) {
-        Ok(cluster) => cluster,
-        Err(refused) => return refused,
-    };
-    match explain::explain_now(cluster, &service).await {
-        Ok(text) => json_body(json!({ "explanation": text }).to_string()).into_response(),
-        Err(e) => api_error(e),
-    }
+) -> Result<Response, Refusal> {
+    check_host(&app, &headers)?;
+    let cluster = cluster_for(&app, &namespace)?;
+    let text = explain::explain_now(cluster, &service)
+        .await
+        .map_err(api_error)?;
+    Ok(json_body(json!({ "explanation": text }).to_string()).into_response())
 }
 
 /// The body of a control: the version the page showed.
@@ -397,54 +393,46 @@ async fn steer(
     Path((namespace, service, action)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    if let Err(refused) = check_host(&app, &headers) {
-        return refused;
-    }
+) -> Result<Response, Refusal> {
+    check_host(&app, &headers)?;
     if headers.get(WRITE_HEADER).and_then(|v| v.to_str().ok()) != Some("1") {
-        return error(
+        return Err(Refusal(
             StatusCode::FORBIDDEN,
             format!("a control must carry the header {WRITE_HEADER}: 1"),
-        );
+        ));
     }
-    let Some(control) = Control::from_name(&action) else {
-        return error(
+    let control = Control::from_name(&action).ok_or_else(|| {
+        Refusal(
             StatusCode::NOT_FOUND,
             format!("no such control: {action} (promote, abort, pause, resume or retry)"),
-        );
-    };
-    let request: Steer = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("the body must be {{\"version\": …}}: {e}"),
-            );
-        }
-    };
-    let cluster = match cluster_for(&app, &namespace) {
-        Ok(cluster) => cluster,
-        Err(refused) => return refused,
-    };
-    match control::steer(cluster, control, &service, request.version.as_deref()).await {
-        Ok(decision) => {
-            let written: Vec<String> = decision
-                .annotations
-                .iter()
-                .map(|(key, value)| match value {
-                    Some(value) => format!("{key}={value}"),
-                    None => format!("{key} removed"),
-                })
-                .collect();
-            json_body(json!({ "written": written, "outcome": decision.outcome }).to_string())
-                .into_response()
-        }
-        Err(e) => api_error(e),
-    }
+        )
+    })?;
+    let request: Steer = serde_json::from_slice(&body).map_err(|e| {
+        Refusal(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be {{\"version\": …}}: {e}"),
+        )
+    })?;
+    let cluster = cluster_for(&app, &namespace)?;
+    let decision = control::steer(cluster, control, &service, request.version.as_deref())
+        .await
+        .map_err(api_error)?;
+    let written: Vec<String> = decision
+        .annotations
+        .iter()
+        .map(|(key, value)| match value {
+            Some(value) => format!("{key}={value}"),
+            None => format!("{key} removed"),
+        })
+        .collect();
+    Ok(
+        json_body(json!({ "written": written, "outcome": decision.outcome }).to_string())
+            .into_response(),
+    )
 }
 
 /// A failed read or write, with the status the API (or the refusal) calls for.
-fn api_error(e: Error) -> Response {
+fn api_error(e: Error) -> Refusal {
     let status = match &e {
         Error::Forbidden { .. } => StatusCode::FORBIDDEN,
         Error::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
@@ -454,7 +442,7 @@ fn api_error(e: Error) -> Response {
             StatusCode::BAD_GATEWAY
         }
     };
-    error(status, e.to_string())
+    Refusal(status, e.to_string())
 }
 
 #[cfg(test)]

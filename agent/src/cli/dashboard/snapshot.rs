@@ -284,7 +284,7 @@ impl Namespace {
                 note: e.note.clone().unwrap_or_default(),
             })
             .collect();
-        lines.sort_by(|a, b| a.at.cmp(&b.at));
+        lines.sort_by_key(|line| line.at);
         let excess = lines.len().saturating_sub(MAX_EVENTS);
         lines.drain(..excess);
         lines
