@@ -56,7 +56,10 @@ impl Browser {
             }
         })
         .await?;
-        let profile = tempfile::tempdir()?;
+        // Named, so that tests/testbed/leftovers.sh can tell a browser a test left behind.
+        let profile = tempfile::Builder::new()
+            .prefix("weir-chromium-")
+            .tempdir()?;
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
