@@ -1,7 +1,8 @@
 //! `weir dashboard` in a real headless browser (issue 13): a rollout on the test bed as
 //! a person sees it, the weights bar moving 10 → 25 → 50; the Pause, Promote and Resume
 //! buttons, each after a confirmation that names the version; an abort shown with the
-//! agent's reason; and a user who may only read sees the API's refusal of a write.
+//! agent's reason; a user who may only read sees the API's refusal of a write; and a
+//! misconfiguration shown with its fix.
 //! Screenshots are kept in `target/e2e-artifacts/dashboard/`.
 
 use std::path::PathBuf;
@@ -222,6 +223,34 @@ async fn a_rollout_seen_and_steered_in_a_browser() -> anyhow::Result<()> {
         after.phase == Phase::Aborted,
         "the refused retry changed nothing"
     );
+
+    // A misconfiguration, with the agent's account and `weir explain`'s fix.
+    browser.goto(&dashboard.url).await?;
+    bed.annotate("checkout", "weir.dev/steps", Some("50,25"))
+        .await?;
+    browser
+        .wait_text(&on_card("phase"), "Misconfigured on the page", |t| {
+            t == "Misconfigured"
+        })
+        .await?;
+    let problem = browser
+        .text(&on_card("misconfiguration"))
+        .await?
+        .unwrap_or_default();
+    let message = bed.status("checkout").await?.context("a status")?.message;
+    ensure!(
+        problem.contains(&message) && problem.contains("weir explain checkout -n shop"),
+        "the page shows {problem:?} for the agent's {message:?}"
+    );
+    browser
+        .wait_text("[data-testid=explanation]", "weir explain's account", |t| {
+            t.contains("weir.dev/steps")
+                && t.contains("Fix with: kubectl annotate service checkout")
+        })
+        .await?;
+    browser
+        .screenshot(&artifacts().join("misconfigured.png"))
+        .await?;
 
     eprintln!("dashboard test took {:?}", began.elapsed());
     Ok(())

@@ -121,13 +121,18 @@ pub async fn steer(
 
 impl Decision {
     /// The version this decision is about: the one a promote, abort or retry names, else
-    /// the canary whose rollout a pause or resume holds or continues (none when idle).
+    /// the canary whose rollout a pause or resume holds or continues (none between
+    /// rollouts: the pause is then for the next one).
     pub fn version<'a>(&'a self, view: &'a ServiceView) -> Option<&'a str> {
         self.annotations
             .iter()
             .find(|(key, _)| **key != keys::PAUSE)
             .and_then(|(_, value)| value.as_deref())
-            .or_else(|| view.canary())
+            .or_else(|| {
+                view.status()
+                    .filter(|s| s.in_rollout())
+                    .and_then(|s| s.canary.as_deref())
+            })
     }
 }
 

@@ -609,6 +609,14 @@ mod tests {
         let actions: Vec<&str> = card.controls.iter().map(|o| o.action).collect();
         assert_eq!(actions, ["promote", "pause", "retry"]);
         assert_eq!(card.controls[2].question, "Retry v3 of checkout?");
+        assert_eq!(
+            (
+                card.controls[1].version.as_deref(),
+                card.controls[1].question.as_str()
+            ),
+            (None, "Pause checkout's next rollout?"),
+            "an aborted canary has no rollout to pause"
+        );
     }
 
     #[test]
