@@ -233,6 +233,25 @@ mod tests {
     }
 
     #[test]
+    fn the_dashboard_takes_several_namespaces_and_listens_on_loopback_by_default() {
+        let cli =
+            Cli::try_parse_from(["weir", "dashboard", "-n", "shop", "-n", "payments"]).unwrap();
+        let Command::Dashboard(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.namespaces, ["shop", "payments"]);
+        assert!(args.address.is_loopback());
+        assert_eq!(args.port, 3100);
+        let cli = Cli::try_parse_from(["weir", "dashboard", "--address", "0.0.0.0", "--port", "0"])
+            .unwrap();
+        let Command::Dashboard(args) = cli.command else {
+            panic!()
+        };
+        assert!(args.address.is_unspecified());
+        assert_eq!(args.port, 0);
+    }
+
+    #[test]
     fn only_the_agent_takes_the_default_flags() {
         // The other commands read the settings the agent recorded in the status.
         for command in [

@@ -77,9 +77,8 @@ struct App {
     /// One connection per namespace shown.
     clusters: Vec<Cluster>,
     snapshots: watch::Receiver<Arc<String>>,
-    /// The `Host` values a request may carry: a page of another site that rebinds its
-    /// name to this address has its own name in `Host`.
-    hosts: Vec<String>,
+    /// The `Host` values a request may carry ([`hosts`]); `None`: any.
+    hosts: Option<Vec<String>>,
 }
 
 impl DashboardArgs {
@@ -96,6 +95,7 @@ impl DashboardArgs {
         if namespaces.is_empty() {
             namespaces.push(cluster.namespace.clone());
         }
+        namespaces.sort();
         namespaces.dedup();
         let clusters: Vec<Cluster> = namespaces
             .iter()
@@ -157,29 +157,26 @@ impl DashboardArgs {
                 post(steer),
             )
             .with_state(app);
-        println!("weir dashboard: http://{}", url_host(bound));
+        // `127.0.0.1:3100`, `[::1]:3100`: a socket address reads as a URL's host and port.
+        println!("weir dashboard: http://{bound}");
         axum::serve(listener, router).await?;
         Ok(ExitCode::SUCCESS)
     }
 }
 
-/// `127.0.0.1:3100`, `[::1]:3100`.
-fn url_host(addr: SocketAddr) -> String {
-    addr.to_string()
-}
-
-/// The `Host` headers this server answers to.
-fn hosts(bound: SocketAddr) -> Vec<String> {
+/// The `Host` headers this server answers to: on loopback, its loopback names only (a
+/// page of another site that rebinds its own name to 127.0.0.1 sends that name). `None`
+/// beyond loopback, which `--address` asked for: the names people reach it by are
+/// theirs to choose.
+fn hosts(bound: SocketAddr) -> Option<Vec<String>> {
     let port = bound.port();
-    let mut hosts = vec![url_host(bound)];
-    if bound.ip().is_loopback() || bound.ip().is_unspecified() {
-        hosts.extend([
+    bound.ip().is_loopback().then(|| {
+        vec![
             format!("localhost:{port}"),
             format!("127.0.0.1:{port}"),
             format!("[::1]:{port}"),
-        ]);
-    }
-    hosts
+        ]
+    })
 }
 
 fn render(model: &Mutex<Model>) -> String {
@@ -263,13 +260,17 @@ fn watch_error(cluster: &Cluster, error: watcher::Error, resource: &'static str)
     }
 }
 
-/// The request came through a name this server answers to (see [`App::hosts`]).
+/// The request came through a name this server answers to ([`hosts`]).
 fn check_host(app: &App, headers: &HeaderMap) -> Result<(), Refusal> {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default();
-    if app.hosts.iter().any(|allowed| allowed == host) {
+    if app
+        .hosts
+        .as_ref()
+        .is_none_or(|hosts| hosts.iter().any(|allowed| allowed == host))
+    {
         Ok(())
     } else {
         Err(Refusal(
@@ -451,11 +452,11 @@ mod tests {
 
     #[test]
     fn only_loopback_names_are_answered_on_loopback() {
-        let hosts = hosts("127.0.0.1:3100".parse().unwrap());
+        let hosts = hosts("127.0.0.1:3100".parse().unwrap()).unwrap();
         assert!(hosts.contains(&"localhost:3100".to_owned()));
         assert!(hosts.contains(&"127.0.0.1:3100".to_owned()));
         assert!(!hosts.iter().any(|h| h.contains("example")));
-        let wide = super::hosts("192.0.2.7:3100".parse().unwrap());
-        assert_eq!(wide, ["192.0.2.7:3100"]);
+        assert_eq!(super::hosts("192.0.2.7:3100".parse().unwrap()), None);
+        assert_eq!(super::hosts("0.0.0.0:3100".parse().unwrap()), None);
     }
 }
