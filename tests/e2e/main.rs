@@ -7,6 +7,7 @@ mod support;
 mod bad_inputs;
 mod cli;
 mod controls;
+mod dashboard;
 mod demo;
 mod faults;
 mod gitops;

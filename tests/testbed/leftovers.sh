@@ -2,7 +2,8 @@
 # Fails when a test left a test bed server running: a process whose executable is in the
 # test bed's bin directory, a Prometheus the harness started (its TSDB lives in a
 # weir-prometheus-* directory), or an nginx master or worker the harness started (its
-# logs live in a weir-nginx-* directory). Run after the tests.
+# logs live in a weir-nginx-* directory), or a chromium the dashboard's test started (its
+# profile lives in a weir-chromium-* directory). Run after the tests.
 set -euo pipefail
 
 bin="$("$(dirname "${BASH_SOURCE[0]}")/setup.sh" --dir)/bin/"
@@ -17,7 +18,7 @@ for proc in /proc/[0-9]*; do
     if [[ "$exe" == */nginx ]]; then
         nginx_files=$(ls -l "$proc/fd" 2>/dev/null | grep -c 'weir-nginx-' || true)
     fi
-    if [[ "$exe" == "$bin"* || ("$exe" == */prometheus && "$cmdline" == *weir-prometheus-*) || "${nginx_files:-0}" -gt 0 ]]; then
+    if [[ "$exe" == "$bin"* || ("$exe" == */prometheus && "$cmdline" == *weir-prometheus-*) || "${nginx_files:-0}" -gt 0 || "$cmdline" == *--user-data-dir=*weir-chromium-* ]]; then
         echo "left running: pid ${proc#/proc/}: $cmdline" >&2
         found=1
     fi

@@ -3,7 +3,7 @@
 # from the Go module in ./go at the versions in ./versions.env, Istio's and Gateway API's
 # CRDs taken from the same module graph, the Prometheus Operator's ServiceMonitor CRD
 # from its module, Flagger (the scale benchmark's comparison) and its CRDs from its own
-# module, and Debian packages the tests start per run (Prometheus). Idempotent: a warm
+# module, and Debian packages the tests start per run (Prometheus, nginx, chromium). Idempotent: a warm
 # run only checks a stamp and takes seconds.
 #
 # Installs into ${WEIR_TESTBED_DIR:-${WEIR_CACHE:-$HOME/.cache/weir}/testbed/<versions>}
@@ -189,6 +189,9 @@ ensure_debian_package prometheus prometheus
 # nginx: the reverse proxy the analysis tests put in front of Prometheus to stand for
 # Grafana Mimir's gateway (path prefix, tenant header, bearer token, TLS).
 ensure_debian_package nginx nginx
+# A real browser for the dashboard's tests: headless chromium, driven over WebDriver.
+ensure_debian_package chromium chromium
+ensure_debian_package chromedriver chromium-driver
 
 cat >"$dir/testbed.env" <<EOF
 WEIR_TESTBED_DIR=$dir
@@ -199,6 +202,8 @@ KUBECTL=$dir/bin/kubectl
 FLAGGER=$dir/bin/flagger
 PROMETHEUS=$(command -v prometheus)
 NGINX=$(command -v nginx)
+CHROMIUM=$(command -v chromium)
+CHROMEDRIVER=$(command -v chromedriver)
 EOF
 
 say "kube-apiserver $("$dir/bin/kube-apiserver" --version | cut -d' ' -f2)," \

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::cluster::{ClusterArgs, Error};
+use super::cluster::{Cluster, ClusterArgs, Error};
 use super::view::ServiceView;
 use crate::plan::{Phase, Status};
 use crate::spec::{self, keys};
@@ -44,31 +44,95 @@ pub struct Decision {
 impl ControlArgs {
     pub async fn run(self, control: Control, outer: &ClusterArgs) -> anyhow::Result<ExitCode> {
         let cluster = self.cluster.or(outer).connect().await?;
-        for _ in 0..ATTEMPTS {
-            let service = cluster.managed_service(&self.service).await?;
-            let view = ServiceView::new(&service);
-            let decision = decide(control, &view).map_err(Error::Refused)?;
-            if cluster
-                .annotate(&self.service, &view.resource_version, &decision.annotations)
-                .await?
-            {
-                for (key, value) in &decision.annotations {
-                    match value {
-                        Some(value) => {
-                            println!("{key}={value} written on Service {}.", self.service)
-                        }
-                        None => println!("{key} removed from Service {}.", self.service),
-                    }
-                }
-                println!("{}", decision.outcome);
-                return Ok(ExitCode::SUCCESS);
+        let decision = steer(&cluster, control, &self.service, None).await?;
+        for (key, value) in &decision.annotations {
+            match value {
+                Some(value) => println!("{key}={value} written on Service {}.", self.service),
+                None => println!("{key} removed from Service {}.", self.service),
             }
         }
-        Err(Error::Refused(format!(
-            "Service {} kept changing while this command wrote to it; run it again",
-            self.service
-        ))
-        .into())
+        println!("{}", decision.outcome);
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl Control {
+    /// Every control, in the order people reach for them.
+    pub const ALL: [Control; 5] = [
+        Control::Promote,
+        Control::Abort,
+        Control::Pause,
+        Control::Resume,
+        Control::Retry,
+    ];
+
+    /// The command's name: `promote`, `abort`, ….
+    pub fn name(self) -> &'static str {
+        match self {
+            Control::Promote => "promote",
+            Control::Abort => "abort",
+            Control::Pause => "pause",
+            Control::Resume => "resume",
+            Control::Retry => "retry",
+        }
+    }
+
+    /// The control named `name`.
+    pub fn from_name(name: &str) -> Option<Control> {
+        Control::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+/// Reads `service`, decides `control` for its current state ([`decide`]) and writes the
+/// decision, deciding again if the Service changed under the write. With `seen`, the
+/// version the person was shown: refused if the decision is about another one (the
+/// rollout moved on since), so that a control never lands on a version nobody chose.
+/// Shared by the control commands and the dashboard's buttons.
+pub async fn steer(
+    cluster: &Cluster,
+    control: Control,
+    service: &str,
+    seen: Option<&str>,
+) -> Result<Decision, Error> {
+    for _ in 0..ATTEMPTS {
+        let current = cluster.managed_service(service).await?;
+        let view = ServiceView::new(&current);
+        let decision = decide(control, &view).map_err(Error::Refused)?;
+        if let Some(seen) = seen
+            && let Some(named) = decision.version(&view)
+            && named != seen
+        {
+            return Err(Error::Refused(format!(
+                "you were shown {seen}, but this would {} {named} of {service}: look again",
+                control.name()
+            )));
+        }
+        if cluster
+            .annotate(service, &view.resource_version, &decision.annotations)
+            .await?
+        {
+            return Ok(decision);
+        }
+    }
+    Err(Error::Refused(format!(
+        "Service {service} kept changing while this command wrote to it; run it again"
+    )))
+}
+
+impl Decision {
+    /// The version this decision is about: the one a promote, abort or retry names, else
+    /// the canary whose rollout a pause or resume holds or continues (none between
+    /// rollouts: the pause is then for the next one).
+    pub fn version<'a>(&'a self, view: &'a ServiceView) -> Option<&'a str> {
+        self.annotations
+            .iter()
+            .find(|(key, _)| **key != keys::PAUSE)
+            .and_then(|(_, value)| value.as_deref())
+            .or_else(|| {
+                view.status()
+                    .filter(|s| s.in_rollout())
+                    .and_then(|s| s.canary.as_deref())
+            })
     }
 }
 

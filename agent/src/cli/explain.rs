@@ -52,15 +52,23 @@ pub enum Validation {
 impl ExplainArgs {
     pub async fn run(self, outer: &ClusterArgs) -> anyhow::Result<ExitCode> {
         let cluster = self.cluster.or(outer).connect().await?;
-        let service = cluster.managed_service(&self.service).await?;
-        let view = ServiceView::new(&service);
-        let validation = validation(&cluster, &self.service, view.settings()).await;
-        print!(
-            "{}",
-            explain(&view, &cluster.namespace, &validation, Timestamp::now())
-        );
+        print!("{}", explain_now(&cluster, &self.service).await?);
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// `weir explain`'s text for `service` now: its status read and its configuration
+/// validated as [`ExplainArgs::run`] does (the dashboard shows it).
+pub async fn explain_now(cluster: &Cluster, service: &str) -> Result<String, Error> {
+    let current = cluster.managed_service(service).await?;
+    let view = ServiceView::new(&current);
+    let validation = validation(cluster, service, view.settings()).await;
+    Ok(explain(
+        &view,
+        &cluster.namespace,
+        &validation,
+        Timestamp::now(),
+    ))
 }
 
 /// Reads what the agent reads for `service` and validates it with the agent's

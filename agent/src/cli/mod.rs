@@ -9,6 +9,7 @@ mod agent;
 mod check;
 mod cluster;
 mod control;
+mod dashboard;
 mod explain;
 mod prometheus;
 mod status;
@@ -24,6 +25,7 @@ pub use agent::{AgentArgs, DefaultArgs};
 pub use check::CheckArgs;
 pub use cluster::{ClusterArgs, Error, error_chain};
 pub use control::{Control, ControlArgs};
+pub use dashboard::DashboardArgs;
 pub use explain::ExplainArgs;
 pub use prometheus::PrometheusArgs;
 pub use status::StatusArgs;
@@ -70,6 +72,9 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Evaluate the gates now: exit 0 pass, 1 fail, 2 inconclusive, 3 error.
     Check(Box<CheckArgs>),
+    /// Serve a live web page of the namespace's rollouts, with buttons for the
+    /// controls, on http://127.0.0.1:3100 (loopback only unless --address says otherwise).
+    Dashboard(DashboardArgs),
 }
 
 /// How a command prints what it read.
@@ -137,6 +142,7 @@ impl Cli {
             Command::Retry(args) => args.run(Control::Retry, outer).await,
             Command::Explain(args) => args.run(outer).await,
             Command::Check(args) => could_not_tell((*args).run(outer).await),
+            Command::Dashboard(args) => args.run(outer).await,
         }
     }
 }
@@ -224,6 +230,25 @@ mod tests {
             Cli::try_parse_from(["weir", "promote"]).is_err(),
             "promote needs a Service"
         );
+    }
+
+    #[test]
+    fn the_dashboard_takes_several_namespaces_and_listens_on_loopback_by_default() {
+        let cli =
+            Cli::try_parse_from(["weir", "dashboard", "-n", "shop", "-n", "payments"]).unwrap();
+        let Command::Dashboard(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.namespaces, ["shop", "payments"]);
+        assert!(args.address.is_loopback());
+        assert_eq!(args.port, 3100);
+        let cli = Cli::try_parse_from(["weir", "dashboard", "--address", "0.0.0.0", "--port", "0"])
+            .unwrap();
+        let Command::Dashboard(args) = cli.command else {
+            panic!()
+        };
+        assert!(args.address.is_unspecified());
+        assert_eq!(args.port, 0);
     }
 
     #[test]

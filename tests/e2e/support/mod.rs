@@ -23,6 +23,8 @@ use weir::plan::{Phase, Status};
 use weir_simulator::{Simulator, SimulatorConfig};
 use weir_testbed::{ControlPlane, OwnedProcess, Prometheus, mark_deployment_available, wait_until};
 
+pub mod browser;
+
 /// Generous: the machine may be a loaded 2-core box.
 pub const DEADLINE: Duration = Duration::from_secs(120);
 

@@ -6,6 +6,7 @@
 //! The binaries and CRDs come from `tests/testbed/setup.sh` (`make testbed`), which
 //! installs them into [`testbed_dir`].
 
+pub mod browser;
 mod control_plane;
 mod deployment;
 pub mod nginx;
