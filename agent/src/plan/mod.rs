@@ -15,12 +15,12 @@ use weir_analysis::sequential::RolloutEvidence;
 
 use crate::spec::{MAX_STEPS, Weight};
 
-mod record;
+pub mod record;
 mod rollout;
 #[cfg(test)]
 mod tests;
 
-pub use record::{Ended, Intervals, Outcome, Settings};
+pub use record::{CheckPoint, Ended, Intervals, MAX_HISTORY, Outcome, Settings};
 
 pub use rollout::{add, check_due, misconfigured, next_check_at, plan};
 
@@ -224,6 +224,15 @@ pub struct Status {
         deserialize_with = "record"
     )]
     pub ended: Option<Ended>,
+    /// The checks of the rollout in progress, oldest first: at most [`MAX_HISTORY`],
+    /// thinned as it grows (see [`record::remember`]). Emptied when the rollout ends, so
+    /// that the statuses of idle Services stay small.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "history"
+    )]
+    pub history: Vec<CheckPoint>,
 }
 
 // A number the agent could not have written makes the whole status unreadable (read as
@@ -241,6 +250,17 @@ fn record<'de, D: Deserializer<'de>, T: DeserializeOwned + Serialize>(
     Ok(serde_json::from_value::<T>(value.clone())
         .ok()
         .filter(|record| serde_json::to_value(record).is_ok_and(|written| written == value)))
+}
+
+/// A history as the agent writes it, else none: like [`record`], and at most
+/// [`MAX_HISTORY`] points.
+fn history<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<CheckPoint>, D::Error> {
+    let value = serde_json::Value::deserialize(deserializer)?;
+    Ok(serde_json::from_value::<Vec<CheckPoint>>(value.clone())
+        .ok()
+        .filter(|points| points.len() <= MAX_HISTORY)
+        .filter(|points| serde_json::to_value(points).is_ok_and(|written| written == value))
+        .unwrap_or_default())
 }
 
 /// A weight the agent could have written, 0..=100.
@@ -293,6 +313,7 @@ impl Status {
             last_transition_at: now,
             settings: None,
             ended: None,
+            history: Vec::new(),
         }
     }
 

@@ -2,11 +2,12 @@
 //! agent resolved, and how the last rollout ended. Readers (the metrics, the CLI) take
 //! both from here rather than derive them again.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use weir_analysis::Gates;
+use weir_analysis::{Gates, Verdict};
 
 use crate::spec::{Defaults, RolloutSpec, Weight};
 
@@ -141,6 +142,68 @@ impl Ended {
     }
 }
 
+/// The most checks a rollout's history keeps (see [`remember`]).
+pub const MAX_HISTORY: usize = 32;
+
+/// One check of the rollout in progress, kept small for the status: when, at which canary
+/// weight, the verdict, and each metric's canary and stable values to four significant
+/// digits. What `weir dashboard` charts over the rollout; the bounds are the last
+/// check's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckPoint {
+    pub at: Timestamp,
+    pub weight: Weight,
+    /// `pass`, `fail` or `inconclusive`.
+    pub verdict: String,
+    /// Per metric: `[canary, stable]`; `null` where a version had no (finite) value.
+    pub values: BTreeMap<String, [Option<f64>; 2]>,
+}
+
+impl CheckPoint {
+    /// The point of `verdict`, reached at `at` with the canary at `weight`.
+    pub fn of(at: Timestamp, weight: Weight, verdict: &Verdict) -> CheckPoint {
+        CheckPoint {
+            at,
+            weight,
+            verdict: verdict.kind().to_owned(),
+            values: verdict
+                .measurements()
+                .iter()
+                .map(|m| (m.metric.clone(), [rounded(m.canary), rounded(m.stable)]))
+                .collect(),
+        }
+    }
+}
+
+/// `value` to four significant digits; `None` for no value or a non-finite one (JSON
+/// has no NaN).
+fn rounded(value: Option<f64>) -> Option<f64> {
+    let v = value.filter(|v| v.is_finite())?;
+    if v == 0.0 {
+        return Some(0.0);
+    }
+    let digits = 3 - v.abs().log10().floor() as i32;
+    let scale = 10f64.powi(digits.clamp(-300, 300));
+    let r = (v * scale).round() / scale;
+    Some(if r.is_finite() { r } else { v })
+}
+
+/// Appends `point` to `history`. A full history first drops every second point of its
+/// older half, so that it keeps covering the whole rollout, more sparsely the older it is,
+/// and the status stays within a few kilobytes however long the rollout runs.
+pub fn remember(history: &mut Vec<CheckPoint>, point: CheckPoint) {
+    if history.len() >= MAX_HISTORY {
+        let older = history.len() / 2;
+        let mut i = 0;
+        history.retain(|_| {
+            let keep = i >= older || i % 2 == 0;
+            i += 1;
+            keep
+        });
+    }
+    history.push(point);
+}
+
 /// A duration as people write it (`2m`, `1h 30m`, `500ms`), read back exactly.
 mod text {
     use std::time::Duration;
@@ -185,5 +248,27 @@ mod text_or_never {
         humantime::parse_duration(&text)
             .map(Some)
             .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_keep_four_significant_digits_and_no_nan() {
+        assert_eq!(rounded(Some(0.012_345_678)), Some(0.01235));
+        assert_eq!(rounded(Some(4552.222)), Some(4552.0));
+        assert_eq!(rounded(Some(123_456.0)), Some(123_500.0));
+        assert_eq!(rounded(Some(0.0)), Some(0.0));
+        assert_eq!(rounded(Some(f64::NAN)), None);
+        assert_eq!(rounded(Some(f64::INFINITY)), None);
+        assert_eq!(rounded(None), None);
+        for v in [1e-300, 5e-324, 1.7e308, -0.5] {
+            let r = rounded(Some(v)).unwrap();
+            assert!(r.is_finite(), "{v} -> {r}");
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<f64>(&json).unwrap(), r);
+        }
     }
 }

@@ -17,9 +17,9 @@ use weir_analysis::sequential::{RolloutEvidence, StepCounts};
 use weir_analysis::{Bound, InconclusiveReason, Verdict, format_value};
 
 use super::{
-    Action, CheckRecord, CheckRequest, Ended, Event, EventType, FailedVersion, Intervals, Observed,
-    Outcome, Phase, Plan, Report, ReportedAs, Settings, Status, Subset, Superseded, Traffic,
-    Version, reason,
+    Action, CheckPoint, CheckRecord, CheckRequest, Ended, Event, EventType, FailedVersion,
+    Intervals, Observed, Outcome, Phase, Plan, Report, ReportedAs, Settings, Status, Subset,
+    Superseded, Traffic, Version, reason, record,
 };
 use crate::spec::{RolloutSpec, keys};
 
@@ -449,6 +449,7 @@ impl<'a> Draft<'a> {
         s.failed_checks = 0;
         s.inconclusive_since = None;
         s.last_check = None;
+        s.history.clear();
         s.evidence = RolloutEvidence::default();
         s.rollout_started_at = Some(self.now);
         self.dirty = true;
@@ -525,6 +526,10 @@ impl<'a> Draft<'a> {
             at: now,
             verdict: verdict.clone(),
         });
+        record::remember(
+            &mut self.status.history,
+            CheckPoint::of(now, self.status.weight, verdict),
+        );
         self.dirty = true;
         if let Some(baseline) = judgement.baseline
             && self.status.evidence.baseline.is_none()
@@ -701,6 +706,7 @@ impl<'a> Draft<'a> {
             started_at: self.status.rollout_started_at,
             at: self.now,
         });
+        self.status.history.clear();
         self.dirty = true;
     }
 

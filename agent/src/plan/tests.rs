@@ -1614,3 +1614,91 @@ fn the_planner_records_how_each_rollout_ended() {
         ("v4", Outcome::Abandoned)
     );
 }
+
+#[test]
+fn the_status_keeps_the_rollouts_checks_for_charts_and_drops_them_at_its_end() {
+    let mut w = World::new();
+    w.reconcile(None, None);
+    w.versions.push(version("v2", "t2", 60));
+    w.reconcile(None, None);
+    assert!(w.status.as_ref().unwrap().history.is_empty());
+
+    let mut seen = Vec::new();
+    for _ in 0..40 {
+        w.tick(15);
+        w.reconcile(Some(pass()), None);
+        let status = w.status.clone().unwrap();
+        if status.phase != Phase::Progressing {
+            assert!(status.history.is_empty(), "emptied at the end: {status:#?}");
+            break;
+        }
+        let last = status.history.last().expect("each check is kept");
+        assert_eq!(Some(last.at), status.last_check.as_ref().map(|c| c.at));
+        assert_eq!(last.verdict, "pass");
+        seen.push((status.history.len(), last.weight));
+    }
+    // One point per check, each with the weight it was made at.
+    assert_eq!(
+        seen.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        (1..=seen.len()).collect::<Vec<_>>()
+    );
+    let weights: Vec<_> = seen.iter().map(|(_, w)| *w).collect();
+    assert_eq!(weights.first(), Some(&10));
+    assert!(
+        weights.contains(&25) && weights.contains(&50),
+        "{weights:?}"
+    );
+
+    // A new rollout starts a new history.
+    w.versions.push(version("v3", "t3", 120));
+    w.tick(15);
+    w.reconcile(None, None);
+    w.tick(15);
+    w.reconcile(Some(pass()), None);
+    assert_eq!(w.status.as_ref().unwrap().history.len(), 1);
+}
+
+#[test]
+fn a_long_rollouts_history_is_thinned_and_still_spans_it() {
+    let verdict = pass();
+    let mut history = Vec::new();
+    let start = t0();
+    for i in 0..1000 {
+        let at = start + SignedDuration::from_secs(i * 15);
+        super::record::remember(&mut history, CheckPoint::of(at, 10, &verdict));
+        assert!(history.len() <= MAX_HISTORY, "{}", history.len());
+    }
+    assert_eq!(
+        history.first().map(|p| p.at),
+        Some(start),
+        "the first check stays"
+    );
+    assert_eq!(
+        history.last().map(|p| p.at),
+        Some(start + SignedDuration::from_secs(999 * 15))
+    );
+    assert!(history.windows(2).all(|w| w[0].at < w[1].at));
+    let size = serde_json::to_string(&history).unwrap().len();
+    assert!(size < 8 * 1024, "{size} bytes");
+}
+
+#[test]
+fn a_history_that_does_not_read_back_as_written_is_dropped_not_the_status() {
+    let mut w = World::new();
+    w.reconcile(None, None);
+    w.versions.push(version("v2", "t2", 60));
+    w.reconcile(None, None);
+    w.tick(15);
+    w.reconcile(Some(pass()), None);
+    let status = w.status.clone().unwrap();
+    let mut json = serde_json::to_value(&status).unwrap();
+    assert_eq!(
+        serde_json::from_value::<Status>(json.clone()).unwrap(),
+        status
+    );
+
+    json["history"][0]["values"]["error-rate"] = serde_json::json!(["high", 1]);
+    let read: Status = serde_json::from_value(json).unwrap();
+    assert!(read.history.is_empty());
+    assert_eq!(read.step, status.step, "the rest of the status reads");
+}

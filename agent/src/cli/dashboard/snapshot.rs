@@ -1,6 +1,6 @@
 //! What the dashboard shows, built from what the agent recorded: each Service's status
-//! read as the CLI reads it ([`ServiceView`]), the Events about it, the checks seen
-//! since the dashboard started, and the controls that make sense now (the CLI's own
+//! read as the CLI reads it ([`ServiceView`]), the Events about it, the checks the status
+//! kept and those seen since the dashboard started, and the controls that make sense now (the CLI's own
 //! [`decide`]). Nothing here re-derives a decision of the agent's. Pure: the server feeds
 //! it the objects its watches see, and tests apply objects directly.
 
@@ -18,8 +18,8 @@ use crate::cli::view::{self, ServiceView};
 use crate::plan::{self, Ended, Phase, Status};
 use crate::spec::{self, Weight, keys, opted_in};
 
-/// The checks kept per Service: the status records only the last one, so the dashboard
-/// keeps those it has seen, for the current (or last) rollout.
+/// The checks kept per Service, for the current (or last) rollout: those the status's
+/// `history` holds (thinned as a rollout grows long), and every one the dashboard saw.
 pub const MAX_CHECKS: usize = 240;
 /// The Events shown per Service, newest last.
 pub const MAX_EVENTS: usize = 50;
@@ -301,6 +301,9 @@ impl Checks {
                 self.points.clear();
             }
         }
+        if self.rollout.is_some() {
+            self.merge_history(status);
+        }
         let Some(check) = &status.last_check else {
             return;
         };
@@ -322,6 +325,50 @@ impl Checks {
         });
         let excess = self.points.len().saturating_sub(MAX_CHECKS);
         self.points.drain(..excess);
+    }
+
+    /// The checks the agent kept in the status (`history`) that this dashboard has not
+    /// seen, such as those before it started: their values, against the last check's
+    /// bounds. A point seen with the full check is kept as it is.
+    fn merge_history(&mut self, status: &Status) {
+        let bounds: BTreeMap<&str, Option<weir_analysis::Bound>> = status
+            .last_check
+            .iter()
+            .flat_map(|c| c.verdict.measurements())
+            .map(|m| (m.metric.as_str(), m.bound.clone()))
+            .collect();
+        let started = self.rollout.as_ref().and_then(|(_, started)| *started);
+        let mut added = false;
+        for point in &status.history {
+            if started.is_some_and(|started| point.at < started)
+                || self.points.iter().any(|p| p.at == point.at)
+                || status.last_check.as_ref().is_some_and(|c| c.at == point.at)
+            {
+                continue;
+            }
+            self.points.push(CheckPoint {
+                at: point.at,
+                verdict: point.verdict.clone(),
+                summary: format!("{} at canary {}%", point.verdict, point.weight),
+                step: None,
+                weight: point.weight,
+                measurements: point
+                    .values
+                    .iter()
+                    .map(|(metric, [canary, stable])| Measurement {
+                        metric: metric.clone(),
+                        canary: *canary,
+                        stable: *stable,
+                        bound: bounds.get(metric.as_str()).cloned().flatten(),
+                        evidence: None,
+                    })
+                    .collect(),
+            });
+            added = true;
+        }
+        if added {
+            self.points.sort_by_key(|p| p.at);
+        }
     }
 }
 
@@ -570,6 +617,56 @@ mod tests {
             model.snapshot().namespaces[0].services[0].checks.is_empty(),
             "the last rollout's check is not v3's"
         );
+    }
+
+    #[test]
+    fn a_dashboard_started_mid_rollout_charts_the_checks_the_status_kept() {
+        let mut model = Model::new(&["shop"]);
+        let last = check("2026-01-02T03:04:06Z", 0.002);
+        let mut status = progressing(1, 25, Some(last.clone()));
+        status.rollout_started_at = Some(at("2026-01-02T03:04:00Z"));
+        for (time, weight, record) in [
+            (
+                "2026-01-02T03:04:02Z",
+                10,
+                check("2026-01-02T03:04:02Z", 0.0),
+            ),
+            (
+                "2026-01-02T03:04:04Z",
+                10,
+                check("2026-01-02T03:04:04Z", 0.001),
+            ),
+            ("2026-01-02T03:04:06Z", 25, last),
+        ] {
+            plan::record::remember(
+                &mut status.history,
+                plan::CheckPoint::of(at(time), weight, &record.verdict),
+            );
+        }
+        model.apply_service("shop", service("checkout", Some(&status), &[]));
+        let points = &model.snapshot().namespaces[0].services[0].checks;
+        assert_eq!(
+            points.iter().map(|p| (p.at, p.weight)).collect::<Vec<_>>(),
+            [
+                (at("2026-01-02T03:04:02Z"), 10),
+                (at("2026-01-02T03:04:04Z"), 10),
+                (at("2026-01-02T03:04:06Z"), 25)
+            ]
+        );
+        let error_rate = |p: &CheckPoint| {
+            p.measurements
+                .iter()
+                .find(|m| m.metric == "error-rate")
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(error_rate(&points[1]).canary, Some(0.001));
+        assert_eq!(
+            error_rate(&points[0]).bound,
+            Some(Bound::Max(0.01)),
+            "the last check's bound"
+        );
+        assert_eq!(points[2].step, Some(2), "the last check is the full record");
     }
 
     #[test]
