@@ -850,7 +850,7 @@ mod end_to_end {
                 defaults: Defaults::default(),
                 reporter: Reporter::Destination,
                 scrape_interval: Duration::from_secs(1),
-                check_round: Duration::from_secs(1),
+                check_round: Duration::from_millis(500),
                 dry_run: false,
                 instance: "bench".into(),
             },

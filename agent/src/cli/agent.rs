@@ -39,9 +39,10 @@ pub struct AgentArgs {
 
     /// The period of the rounds in which every due check of the namespace is evaluated
     /// together, with a number of Prometheus queries that does not grow with the number
-    /// of Services. A check waits for the next round; its window is rounded to the
-    /// round (by at most half of it). Default: a third of the scrape interval, within
-    /// 1s..=5s.
+    /// of Services. A check waits for the next round, so this adds at most a round to
+    /// every check's (and abort's) latency; its window is rounded to the round (by at
+    /// most half of it, and at least to the second). Default: a third of the scrape
+    /// interval, within 500ms..=5s.
     #[arg(long, value_parser = super::parse_duration)]
     pub check_round: Option<Duration>,
     /// Log format.
@@ -272,7 +273,7 @@ impl AgentArgs {
             scrape_interval: self.prometheus.scrape_interval,
             check_round: self.check_round.unwrap_or_else(|| {
                 (self.prometheus.scrape_interval / 3)
-                    .clamp(Duration::from_secs(1), Duration::from_secs(5))
+                    .clamp(Duration::from_millis(500), Duration::from_secs(5))
             }),
             dry_run: self.dry_run,
             instance: self.instance.clone(),

@@ -21,6 +21,9 @@ use weir_analysis::{CheckReport, CheckRequest, PrometheusApi};
 
 use crate::server::Metrics;
 
+/// The shortest period of the rounds.
+pub const MIN_ROUND: Duration = Duration::from_millis(250);
+
 /// Which step of which rollout a check is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckKey {
@@ -67,11 +70,11 @@ pub struct Checks {
 }
 
 impl Checks {
-    /// Rounds every `round` (at least a second); a report is usable for `fresh_for`
-    /// after its round.
+    /// Rounds every `round` (at least [`MIN_ROUND`]); a report is usable for
+    /// `fresh_for` after its round.
     pub fn new(namespace: &str, round: Duration, fresh_for: Duration) -> Checks {
         Checks {
-            round: round.max(Duration::from_secs(1)),
+            round: round.max(MIN_ROUND),
             fresh_for,
             namespace: namespace.to_owned(),
             state: Mutex::default(),
