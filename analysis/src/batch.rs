@@ -17,7 +17,7 @@
 //! step: its start moves, its end is the round's instant. An agent that starts steps
 //! when a round's verdict arrives starts them a few milliseconds after a round instant,
 //! so their windows are whole quanta and the rounding moves them by those milliseconds
-//! only; a step that began between rounds (the first one, or one resumed) is measured
+//! only (windows are whole seconds, as in a single check); a step that began between rounds (the first one, or one resumed) is measured
 //! from at most half a quantum after, or before, its start.
 //!
 //! Everything else is as in a single check: the same judge, the same multi-series
