@@ -13,14 +13,13 @@
 //! | `weir_rollout_duration_seconds` | histogram, from the rollout's start to its end | `outcome` |
 //! | `weir_reconcile_errors_total` | counter, write conflicts excluded | `service` |
 //! | `weir_reconcile_panics_total` | counter, reconciles that panicked (a bug in weir; the agent carries on) | `service` |
-//! | `weir_prometheus_query_duration_seconds` | histogram, one check's queries (run in parallel, retries included) | — |
+//! | `weir_prometheus_query_duration_seconds` | histogram, one round of checks' queries (run in parallel, retries included) | — |
 //! | `weir_notifications_total` | counter, notifications by how they ended: delivered, given up after retries or refused, or dropped by a full queue | `sink` (`webhook`, `slack`), `outcome` (`sent`, `failed`, `dropped`) |
 //! | `weir_build_info` | gauge, always 1 | `version` |
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -231,7 +230,7 @@ impl Metrics {
         );
         registry.register(
             "prometheus_query_duration_seconds",
-            "Time one check's Prometheus queries took (run in parallel, retries included)",
+            "Time one round of checks' Prometheus queries took (run in parallel, retries included)",
             query_duration.clone(),
         );
         registry.register(
@@ -331,22 +330,9 @@ impl Metrics {
             .inc();
     }
 
-    /// Records how long one check's Prometheus queries took.
+    /// Records how long one round of checks' Prometheus queries took.
     pub fn query_latency(&self, elapsed: Duration) {
         self.query_duration.observe(elapsed.as_secs_f64());
-    }
-
-    /// Awaits a check of `service`'s gates, recording its latency and verdict.
-    pub async fn timed_check(
-        &self,
-        service: &str,
-        check: impl Future<Output = CheckReport>,
-    ) -> CheckReport {
-        let started = Instant::now();
-        let report = check.await;
-        self.query_latency(started.elapsed());
-        self.check(service, &report.verdict);
-        report
     }
 
     /// Counts a rollout that ended, and how long it took.
@@ -654,9 +640,8 @@ mod tests {
             conclusive: true,
         };
         for verdict in [pass.clone(), pass, fail] {
-            metrics
-                .timed_check("checkout", async { report(verdict) })
-                .await;
+            metrics.check("checkout", &report(verdict).verdict);
+            metrics.query_latency(Duration::from_millis(20));
         }
         let text = metrics.encode();
         assert!(
