@@ -27,7 +27,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use weir_analysis::{CheckReport, Verdict};
+use weir_analysis::Verdict;
 
 use crate::plan::{Ended, Outcome, Phase, Status};
 use crate::spec::{Sink, Weight};
@@ -450,7 +450,7 @@ fn newly_ended<'a>(before: Option<&Status>, written: &'a Status) -> Option<&'a E
 #[cfg(test)]
 mod tests {
     use jiff::Timestamp;
-    use weir_analysis::{Bound, Measurement};
+    use weir_analysis::{Bound, CheckReport, Measurement};
 
     use super::*;
 
