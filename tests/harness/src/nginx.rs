@@ -169,10 +169,14 @@ impl Nginx {
             if left.is_empty() {
                 return Ok(());
             }
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "nginx's old workers {left:?} were still running {RELOAD_DEADLINE:?} after the reload"
-            );
+            if std::time::Instant::now() >= deadline {
+                let log = fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                anyhow::bail!(
+                    "nginx's old workers {left:?} were still running {RELOAD_DEADLINE:?} after the reload; its error.log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
@@ -250,6 +254,10 @@ fn configuration(dir: &Path, port: u16, tls: bool, server: &str) -> String {
     format!(
         r#"{user}
 worker_processes 1;
+# An old worker lives, after a reload, until its connections close. Bound that, as a
+# gateway in front of Mimir would: after 10 s it closes what is left, so the old
+# configuration (an old token, say) stops being served within a known time.
+worker_shutdown_timeout 10s;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 events {{
