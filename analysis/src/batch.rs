@@ -34,9 +34,10 @@ use jiff::Timestamp;
 use tokio::time::Instant;
 
 use crate::gates::{Reporter, Rule};
-use crate::judge::{self, CustomObservation, Observations, QueryFailure, QueryOutcome, Series};
+use crate::judge::{self, Observations, QueryOutcome, Series};
 use crate::prometheus::{
-    BUCKETS_QUERY, CheckReport, CheckRequest, PrometheusApi, RanQuery, conclude, custom_queries,
+    BUCKETS_QUERY, CheckReport, CheckRequest, PrometheusApi, RanQuery, conclude,
+    custom_observations, custom_queries, not_run,
 };
 use crate::promql::{Fleet, SERVICE_LABEL, VERSION_LABEL, Window};
 
@@ -97,10 +98,7 @@ pub fn plan_round(requests: &[CheckRequest], at: Timestamp, quantum: Duration) -
                 namespace: key.namespace,
                 services,
             };
-            let needs_buckets = members.iter().any(|&i| {
-                let gates = &requests[i].gates;
-                gates.rule == Rule::Sequential || gates.max_slow_share.is_some()
-            });
+            let needs_buckets = members.iter().any(|&i| requests[i].gates.reads_buckets());
             let latency = members
                 .iter()
                 .map(|&i| &requests[i].gates)
@@ -163,26 +161,24 @@ impl PrometheusApi {
                 latency.into_iter().collect::<BTreeMap<_, _>>(),
             )
         }));
-        let custom = join_all(requests.iter().map(|request| async move {
-            let window = window_of(request, at, quantum);
-            let queries = custom_queries(request, window);
-            let outcomes = join_all(
-                queries
-                    .iter()
-                    .map(|query| self.outcome(&query.promql, at, deadline)),
-            )
-            .await;
-            (queries, outcomes)
+        let custom = join_all(groups.iter().map(|group| {
+            join_all(group.members.iter().map(|&i| async move {
+                let queries = custom_queries(&requests[i], group.window);
+                let outcomes = join_all(
+                    queries
+                        .iter()
+                        .map(|query| self.outcome(&query.promql, at, deadline)),
+                )
+                .await;
+                (queries, outcomes)
+            }))
         }));
         let (shared, custom) = futures::join!(shared, custom);
 
         let mut reports: Vec<Option<CheckReport>> = vec![None; requests.len()];
-        let mut custom: Vec<Option<(Vec<RanQuery>, Vec<QueryOutcome>)>> =
-            custom.into_iter().map(Some).collect();
-        for (group, (counts, buckets, latency)) in groups.iter().zip(shared) {
-            for &i in &group.members {
+        for ((group, (counts, buckets, latency)), custom) in groups.iter().zip(shared).zip(custom) {
+            for (&i, (custom_ran, custom_outcomes)) in group.members.iter().zip(custom) {
                 let request = &requests[i];
-                let (custom_ran, custom_outcomes) = custom[i].take().unwrap_or_default();
                 let mut queries = vec![RanQuery {
                     metric: REQUESTS_BY_CODE_QUERY.to_string(),
                     version: None,
@@ -195,9 +191,7 @@ impl PrometheusApi {
                     }
                     Err(failure) => (Err(failure.clone()), Err(failure.clone())),
                 };
-                let needs_buckets = request.gates.rule == Rule::Sequential
-                    || request.gates.max_slow_share.is_some();
-                let buckets = match (&buckets, needs_buckets) {
+                let buckets = match (&buckets, request.gates.reads_buckets()) {
                     (Some(outcome), true) => {
                         queries.push(RanQuery {
                             metric: BUCKETS_QUERY.to_string(),
@@ -218,28 +212,16 @@ impl PrometheusApi {
                         });
                     }
                     latency.get(&q).map_or_else(
-                        || Err(QueryFailure::Error("the query was not run".to_string())),
+                        || Err(not_run()),
                         |outcome| of_service(outcome, request, &[]),
                     )
                 } else {
                     Ok(Vec::new())
                 };
                 let mut outcomes = custom_outcomes.into_iter();
-                let mut next = || {
-                    outcomes.next().unwrap_or_else(|| {
-                        Err(QueryFailure::Error("the query was not run".to_string()))
-                    })
-                };
-                let custom = request
-                    .custom
-                    .iter()
-                    .map(|template| CustomObservation {
-                        name: template.name.clone(),
-                        bound: template.bound,
-                        canary: next(),
-                        stable: next(),
-                    })
-                    .collect();
+                let custom = custom_observations(request, || {
+                    outcomes.next().unwrap_or_else(|| Err(not_run()))
+                });
                 queries.extend(custom_ran);
                 let observations = Observations {
                     request_count,

@@ -103,6 +103,14 @@ pub struct Gates {
     pub confidence: f64,
 }
 
+impl Gates {
+    /// Whether a check reads the latency buckets: every latency test of the sequential
+    /// rule does, and the threshold rule's slow-share gate when it is on.
+    pub fn reads_buckets(&self) -> bool {
+        self.rule == Rule::Sequential || self.max_slow_share.is_some()
+    }
+}
+
 impl Default for Gates {
     /// The gates of DESIGN.md's user contract: at most 1% errors (every 5xx), 500 ms at
     /// the 0.99 quantile, 50 requests a step, decided on evidence with a tolerance of 50%

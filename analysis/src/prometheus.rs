@@ -367,25 +367,12 @@ impl PrometheusApi {
         .into_iter();
         // One outcome per query, in order; should one be missing, its gate has no data,
         // which never advances a step.
-        let mut next = || {
-            outcomes
-                .next()
-                .unwrap_or_else(|| Err(QueryFailure::Error("the query was not run".to_string())))
-        };
+        let mut next = || outcomes.next().unwrap_or_else(|| Err(not_run()));
         let request_count = next();
         let error_count = next();
         let latency = if quantile { next() } else { Ok(Vec::new()) };
         let buckets = buckets.then(&mut next);
-        let custom = request
-            .custom
-            .iter()
-            .map(|template| CustomObservation {
-                name: template.name.clone(),
-                bound: template.bound,
-                canary: next(),
-                stable: next(),
-            })
-            .collect();
+        let custom = custom_observations(request, next);
         let observations = Observations {
             request_count,
             error_count,
@@ -608,6 +595,30 @@ pub(crate) fn custom_queries(request: &CheckRequest, window: Window) -> Vec<RanQ
         }
     }
     queries
+}
+
+/// Why a query that should have run has no outcome; its gate then has no data, which
+/// never advances a step.
+pub(crate) fn not_run() -> QueryFailure {
+    QueryFailure::Error("the query was not run".to_string())
+}
+
+/// Each custom metric's observation, its outcomes taken from `next` in the order
+/// [`custom_queries`] lists their queries: canary, then stable.
+pub(crate) fn custom_observations(
+    request: &CheckRequest,
+    mut next: impl FnMut() -> QueryOutcome,
+) -> Vec<CustomObservation> {
+    request
+        .custom
+        .iter()
+        .map(|template| CustomObservation {
+            name: template.name.clone(),
+            bound: template.bound,
+            canary: next(),
+            stable: next(),
+        })
+        .collect()
 }
 
 /// Judges `observations`, the results of `queries` over `window`, for `request`.

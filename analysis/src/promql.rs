@@ -155,18 +155,12 @@ pub struct BuiltinQueries {
 impl BuiltinQueries {
     /// The queries of `gates` for `target` over `window`.
     pub fn new(target: &Target<'_>, window: Window, gates: &Gates) -> BuiltinQueries {
-        let (latency, buckets) = match gates.rule {
-            Rule::Sequential => (None, Some(bucket_counts(target, window))),
-            Rule::Threshold => (
-                Some(latency(target, window, gates.latency_quantile)),
-                gates.max_slow_share.map(|_| bucket_counts(target, window)),
-            ),
-        };
         BuiltinQueries {
             request_count: request_count(target, window),
             error_count: error_count(target, window, &gates.error_codes),
-            latency,
-            buckets,
+            latency: (gates.rule == Rule::Threshold)
+                .then(|| latency(target, window, gates.latency_quantile)),
+            buckets: gates.reads_buckets().then(|| bucket_counts(target, window)),
         }
     }
 }
