@@ -110,12 +110,12 @@ impl DashboardArgs {
         let (publish, snapshots) = watch::channel(Arc::new(render(&model)));
         let publish = Arc::new(publish);
         for cluster in &clusters {
-            tokio::spawn(watch_services(
+            tokio::spawn(follow::<Service>(
                 cluster.clone(),
                 model.clone(),
                 publish.clone(),
             ));
-            tokio::spawn(watch_events(
+            tokio::spawn(follow::<Event>(
                 cluster.clone(),
                 model.clone(),
                 publish.clone(),
@@ -196,57 +196,104 @@ fn publish(model: &Mutex<Model>, publish: &watch::Sender<Arc<String>>) {
     });
 }
 
-/// Follows the namespace's Services into the model. The watcher re-lists and resumes
-/// with backoff after an error, which the page shows meanwhile.
-async fn watch_services(
-    cluster: Cluster,
-    model: Arc<Mutex<Model>>,
-    sender: Arc<watch::Sender<Arc<String>>>,
-) {
-    let ns = cluster.namespace.clone();
-    let api: Api<Service> = Api::namespaced(cluster.client.clone(), &ns);
-    let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
-    let mut listing: Vec<Service> = Vec::new();
-    while let Some(event) = stream.next().await {
-        {
-            let mut model = model.lock().expect("model lock");
-            match event {
-                Ok(WatchEvent::Init) => listing.clear(),
-                Ok(WatchEvent::InitApply(service)) => listing.push(service),
-                Ok(WatchEvent::InitDone) => model.set_services(&ns, std::mem::take(&mut listing)),
-                Ok(WatchEvent::Apply(service)) => model.apply_service(&ns, service),
-                Ok(WatchEvent::Delete(service)) => model.delete_service(&ns, &service.name_any()),
-                Err(e) => model.set_error(&ns, Some(watch_error(&cluster, e, "services"))),
-            }
-        }
-        publish(&model, &sender);
+/// A kind of object the dashboard follows into its model, per namespace.
+trait Followed:
+    kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + 'static
+{
+    /// The resource, as errors name it.
+    const RESOURCE: &'static str;
+    /// A full list of the namespace's objects.
+    fn listed(model: &mut Model, ns: &str, all: Vec<Self>);
+    fn applied(model: &mut Model, ns: &str, object: Self);
+    fn deleted(model: &mut Model, ns: &str, name: &str);
+    /// A watch failure, and whether the page shows it.
+    fn failed(model: &mut Model, ns: &str, error: String) -> bool;
+}
+
+impl Followed for Service {
+    const RESOURCE: &'static str = "services";
+    fn listed(model: &mut Model, ns: &str, all: Vec<Self>) {
+        model.set_services(ns, all);
+    }
+    fn applied(model: &mut Model, ns: &str, object: Self) {
+        model.apply_service(ns, object);
+    }
+    fn deleted(model: &mut Model, ns: &str, name: &str) {
+        model.delete_service(ns, name);
+    }
+    /// The page shows it until the watcher, which re-lists and resumes with backoff,
+    /// recovers.
+    fn failed(model: &mut Model, ns: &str, error: String) -> bool {
+        model.set_error(ns, Some(error));
+        true
     }
 }
 
-/// Follows the namespace's Events into the model. Events are for people: without the
-/// right to read them the page shows the Services all the same.
-async fn watch_events(
+impl Followed for Event {
+    const RESOURCE: &'static str = "events";
+    fn listed(model: &mut Model, ns: &str, all: Vec<Self>) {
+        model.set_events(ns, all);
+    }
+    fn applied(model: &mut Model, ns: &str, object: Self) {
+        model.apply_event(ns, object);
+    }
+    fn deleted(model: &mut Model, ns: &str, name: &str) {
+        model.delete_event(ns, name);
+    }
+    /// Events are for people: without the right to read them the page shows the
+    /// Services all the same.
+    fn failed(_: &mut Model, _: &str, _: String) -> bool {
+        false
+    }
+}
+
+/// Follows the namespace's objects of kind `K` into the model, and publishes every
+/// change. The watcher re-lists and resumes with backoff after an error.
+async fn follow<K: Followed>(
     cluster: Cluster,
     model: Arc<Mutex<Model>>,
     sender: Arc<watch::Sender<Arc<String>>>,
 ) {
     let ns = cluster.namespace.clone();
-    let api: Api<Event> = Api::namespaced(cluster.client.clone(), &ns);
+    let api: Api<K> = Api::namespaced(cluster.client.clone(), &ns);
     let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
-    let mut listing: Vec<Event> = Vec::new();
+    let mut listing: Vec<K> = Vec::new();
     while let Some(event) = stream.next().await {
-        {
+        let changed = {
             let mut model = model.lock().expect("model lock");
             match event {
-                Ok(WatchEvent::Init) => listing.clear(),
-                Ok(WatchEvent::InitApply(event)) => listing.push(event),
-                Ok(WatchEvent::InitDone) => model.set_events(&ns, std::mem::take(&mut listing)),
-                Ok(WatchEvent::Apply(event)) => model.apply_event(&ns, event),
-                Ok(WatchEvent::Delete(event)) => model.delete_event(&ns, &event.name_any()),
-                Err(_) => continue,
+                // The model changes once the listing is complete.
+                Ok(WatchEvent::Init) => {
+                    listing.clear();
+                    false
+                }
+                Ok(WatchEvent::InitApply(object)) => {
+                    listing.push(object);
+                    false
+                }
+                Ok(WatchEvent::InitDone) => {
+                    K::listed(&mut model, &ns, std::mem::take(&mut listing));
+                    true
+                }
+                Ok(WatchEvent::Apply(object)) => {
+                    K::applied(&mut model, &ns, object);
+                    true
+                }
+                Ok(WatchEvent::Delete(object)) => {
+                    K::deleted(&mut model, &ns, &object.name_any());
+                    true
+                }
+                Err(e) => K::failed(&mut model, &ns, watch_error(&cluster, e, K::RESOURCE)),
             }
+        };
+        if changed {
+            publish(&model, &sender);
         }
-        publish(&model, &sender);
     }
 }
 
