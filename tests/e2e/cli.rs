@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use jiff::Timestamp;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
@@ -349,20 +348,10 @@ async fn status_output_is_stable_and_wrong_use_changes_nothing() -> anyhow::Resu
     let accounts: Api<ServiceAccount> = Api::namespaced(bed.client.clone(), &bed.namespace);
     let account: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "nobody"}}))?;
     accounts.create(&PostParams::default(), &account).await?;
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let token = accounts
-        .create_token_request("nobody", &PostParams::default(), &request)
-        .await?
-        .status
-        .and_then(|s| s.token)
-        .context("a TokenRequest returns a token")?;
-    let nobody = bed.control_plane.kubeconfig_for_token(&token)?;
+    let nobody = bed
+        .control_plane
+        .kubeconfig_for_service_account(&bed.namespace, "nobody")
+        .await?;
     refused(
         &bed.cli_as(program, &nobody, &["status"]).await?,
         "you may not list services in namespace shop (403 Forbidden",

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context as _, ensure};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt as _;
@@ -286,18 +285,7 @@ async fn read_only_kubeconfig(bed: &Bed) -> anyhow::Result<PathBuf> {
     Api::<RoleBinding>::namespaced(bed.client.clone(), ns)
         .create(&post, &binding)
         .await?;
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let token = accounts
-        .create_token_request("reader", &post, &request)
-        .await?
-        .status
-        .and_then(|s| s.token)
-        .context("a TokenRequest returns a token")?;
-    bed.control_plane.kubeconfig_for_token(&token)
+    bed.control_plane
+        .kubeconfig_for_service_account(ns, "reader")
+        .await
 }

@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -706,21 +705,10 @@ async fn the_charts_role_is_enough_for_a_release_and_nothing_outside_the_namespa
         .find_map(|a| a.strip_prefix("--lease-name=").map(String::from))
         .ok_or_else(|| anyhow!("no --lease-name in the rendered args"))?;
 
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            audiences: Some(vec![]),
-            expiration_seconds: Some(3600),
-            ..TokenRequestSpec::default()
-        }),
-        ..TokenRequest::default()
-    };
-    let minted = Api::<ServiceAccount>::namespaced(bed.client.clone(), &ns)
-        .create_token_request(&account, &PostParams::default(), &request)
-        .await
-        .context("TokenRequest for the chart's ServiceAccount")?;
-    let token = minted.status.and_then(|s| s.token).unwrap_or_default();
-    ensure!(!token.is_empty(), "the TokenRequest returned no token");
-    let kubeconfig = bed.control_plane.kubeconfig_for_token(&token)?;
+    let kubeconfig = bed
+        .control_plane
+        .kubeconfig_for_service_account(&ns, &account)
+        .await?;
 
     // The agent with nothing but that token: a promotion, then an abort.
     // A custom metric ConfigMap too, so that reading it is covered by the Role.

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -319,6 +320,36 @@ impl ControlPlane {
             token,
         )?;
         Ok(path)
+    }
+
+    /// Writes a kubeconfig that acts as the ServiceAccount `namespace/name`, which must
+    /// exist, with a token from a TokenRequest valid for an hour ([`kubeconfig_for_token`]).
+    ///
+    /// [`kubeconfig_for_token`]: ControlPlane::kubeconfig_for_token
+    pub async fn kubeconfig_for_service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<PathBuf> {
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                expiration_seconds: Some(3600),
+                ..TokenRequestSpec::default()
+            }),
+            ..TokenRequest::default()
+        };
+        let token = Api::<ServiceAccount>::namespaced(self.client.clone(), namespace)
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .with_context(|| format!("TokenRequest for the ServiceAccount {namespace}/{name}"))?
+            .status
+            .and_then(|status| status.token)
+            .unwrap_or_default();
+        anyhow::ensure!(
+            !token.is_empty(),
+            "the TokenRequest for {namespace}/{name} returned no token"
+        );
+        self.kubeconfig_for_token(&token)
     }
 }
 

@@ -5,7 +5,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ObjectMeta, PostParams};
@@ -300,24 +299,10 @@ async fn a_service_account_token_is_limited_by_rbac() {
         .await
         .unwrap();
 
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let issued = service_accounts
-        .create_token_request("weir", &PostParams::default(), &request)
+    let kubeconfig = control_plane
+        .kubeconfig_for_service_account("shop", "weir")
         .await
         .unwrap();
-    let token = issued
-        .status
-        .and_then(|status| status.token)
-        .expect("TokenRequest returns a token");
-    assert!(!token.is_empty());
-
-    let kubeconfig = control_plane.kubeconfig_for_token(&token).unwrap();
     let service_account_client = client_for(&kubeconfig).await;
     let own: Api<ConfigMap> = Api::namespaced(service_account_client.clone(), "shop");
     // The RBAC authorizer sees new bindings through an informer, so allow it a moment.
