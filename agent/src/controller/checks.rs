@@ -150,23 +150,23 @@ impl Checks {
             let wait = Timestamp::now().duration_until(at).unsigned_abs();
             tokio::time::sleep(wait).await;
 
-            let batch: Vec<(String, CheckKey, CheckRequest)> =
+            let (asked, requests): (Vec<(String, CheckKey)>, Vec<CheckRequest>) =
                 std::mem::take(&mut self.state().pending)
                     .into_iter()
-                    .map(|(service, (key, request))| (service, key, request))
-                    .collect();
-            let requests: Vec<CheckRequest> = batch.iter().map(|(_, _, r)| r.clone()).collect();
+                    .map(|(service, (key, request))| ((service, key), request))
+                    .unzip();
             let started = tokio::time::Instant::now();
             let reports = prometheus.check_round(&requests, at, self.round).await;
-            metrics.query_latency(started.elapsed());
+            let elapsed = started.elapsed();
+            metrics.query_latency(elapsed);
             info!(
                 checks = requests.len(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
+                elapsed_ms = elapsed.as_millis() as u64,
                 "round of checks evaluated"
             );
 
             let mut state = self.state();
-            for ((service, key, _), report) in batch.into_iter().zip(reports) {
+            for ((service, key), report) in asked.into_iter().zip(reports) {
                 debug!(%service, verdict = report.verdict.kind(), "check evaluated");
                 let _ = wakes.unbounded_send(ObjectRef::new(&service).within(&self.namespace));
                 state.done.insert(service, (key, Evaluated { report, at }));
