@@ -36,10 +36,10 @@ use weir_analysis::{PrometheusApi, Reporter};
 use crate::mesh::{DestinationRule, VirtualService};
 use crate::notify::Notifier;
 use crate::server::{Metrics, Telemetry};
-use crate::spec::{self, Defaults};
+use crate::spec::{self, Defaults, keys};
 use checks::Checks;
 use lease::Leadership;
-use routing::RoutingIndex;
+use routing::{RoutingIndex, Touched};
 
 pub use reconcile::Error;
 
@@ -111,6 +111,7 @@ impl Context {
 /// Objects broadcast to subscribers that have not taken them yet, per shared cache.
 /// The reflector waits when a subscriber falls this far behind.
 const SUBSCRIBER_BUFFER: usize = 1024;
+
 
 /// Runs the agent's controller until `shutdown` resolves.
 ///
@@ -200,36 +201,22 @@ pub async fn run(
     .default_backoff()
     .reflect_shared(deployments_writer)
     .for_each(|_| futures::future::ready(()));
-    // Routing objects: indexed at once, and handed to the controller (once it runs) to
-    // wake the Services they concern.
-    let (vs_events, vs_wake_events) = futures::channel::mpsc::unbounded();
-    let (vs_listed, vs_synced) = futures::channel::oneshot::channel();
-    let vs_cache = {
+    // Routing objects: indexed at once; what each event touched is handed to the
+    // controller (once it runs) to wake the Services it concerns.
+    let (vs_cache, vs_touched, vs_synced) = {
         let context = context.clone();
-        index_routing(
-            watcher(
-                Api::<VirtualService>::namespaced(client.clone(), &ns),
-                watch.clone(),
-            )
-            .default_backoff(),
+        follow_routing(
+            Api::<VirtualService>::namespaced(client.clone(), &ns),
+            &watch,
             move |event| context.routing.apply_virtual_service(event),
-            vs_events,
-            vs_listed,
         )
     };
-    let (dr_events, dr_wake_events) = futures::channel::mpsc::unbounded();
-    let (dr_listed, dr_synced) = futures::channel::oneshot::channel();
-    let dr_cache = {
+    let (dr_cache, dr_touched, dr_synced) = {
         let context = context.clone();
-        index_routing(
-            watcher(
-                Api::<DestinationRule>::namespaced(client.clone(), &ns),
-                watch.clone(),
-            )
-            .default_backoff(),
+        follow_routing(
+            Api::<DestinationRule>::namespaced(client.clone(), &ns),
+            &watch,
             move |event| context.routing.apply_destination_rule(event),
-            dr_events,
-            dr_listed,
         )
     };
     let caches = tokio::spawn(futures::future::join4(
@@ -277,11 +264,19 @@ pub async fn run(
     );
 
     let (s1, s2, s3) = (services.clone(), services.clone(), services.clone());
-    let vs_wakes = observe::routing_wakes(vs_wake_events, move |vs| {
-        observe::services_routed_by(&s2, vs)
+    let vs_wakes = vs_touched.flat_map(move |touched| {
+        futures::stream::iter(observe::services_touched(
+            &s2,
+            keys::VIRTUAL_SERVICE,
+            &touched,
+        ))
     });
-    let dr_wakes = observe::routing_wakes(dr_wake_events, move |dr| {
-        observe::services_with_subsets_in(&s3, dr)
+    let dr_wakes = dr_touched.flat_map(move |touched| {
+        futures::stream::iter(observe::services_touched(
+            &s3,
+            keys::DESTINATION_RULE,
+            &touched,
+        ))
     });
 
     Controller::for_shared_stream(service_events, services)
@@ -290,7 +285,7 @@ pub async fn run(
             observe::services_selecting(&s1, &d)
         })
         // Routing objects wake the Services they concern now or concerned before an
-        // edit (see `observe::RoutingWakes`).
+        // edit (see `routing::Touched`).
         .reconcile_on(vs_wakes)
         .reconcile_on(dr_wakes)
         // A round of checks wakes the Services it evaluated.
@@ -319,33 +314,56 @@ pub async fn run(
 #[error("the watch of routing objects stopped before its first list")]
 struct RoutingNotListed;
 
-type WatchEvent<K> = Result<watcher::Event<K>, watcher::Error>;
-
-/// Follows one kind of routing object: applies each event to the index (`index`), says
-/// when the first full list is in (`listed`), and passes every event on to `wakes` for
-/// the controller. The channel is unbounded, but holds at most one list's worth of
-/// events before the controller starts to drain it; after that, events pass straight
-/// through.
-async fn index_routing<K>(
-    events: impl futures::Stream<Item = WatchEvent<K>>,
-    index: impl Fn(&watcher::Event<K>),
-    wakes: futures::channel::mpsc::UnboundedSender<WatchEvent<K>>,
-    listed: futures::channel::oneshot::Sender<()>,
-) {
-    let mut listed = Some(listed);
-    futures::pin_mut!(events);
-    while let Some(event) = events.next().await {
-        if let Ok(event) = &event {
-            index(event);
+/// Follows one kind of routing object: each event goes into the index (`index`), and
+/// what it touched — object and Service names, never the object — to the returned
+/// stream, for the controller's wake-ups. The channel is unbounded, but holds at most one
+/// list's worth of names before the controller starts to drain it; after that, they pass
+/// straight through. The oneshot says when the first full list is in.
+#[allow(clippy::type_complexity)]
+fn follow_routing<K>(
+    api: Api<K>,
+    config: &watcher::Config,
+    index: impl Fn(&watcher::Event<K>) -> Touched + Send + 'static,
+) -> (
+    impl Future<Output = ()> + Send + 'static,
+    futures::channel::mpsc::UnboundedReceiver<Touched>,
+    futures::channel::oneshot::Receiver<()>,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+{
+    let (touched, touched_rx) = futures::channel::mpsc::unbounded();
+    let (listed, listed_rx) = futures::channel::oneshot::channel();
+    let events = watcher(api, config.clone()).default_backoff();
+    let follow = async move {
+        let mut listed = Some(listed);
+        futures::pin_mut!(events);
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => {
+                    warn!(kind = %K::kind(&()), error = %e, "watching routing objects failed; retrying");
+                    continue;
+                }
+            };
+            let change = index(&event);
             if matches!(event, watcher::Event::InitDone)
                 && let Some(listed) = listed.take()
             {
                 let _ = listed.send(());
             }
+            if !change.is_empty() {
+                // The receiver is gone only once the controller has stopped.
+                let _ = touched.unbounded_send(change);
+            }
         }
-        // The receiver is gone only once the controller has stopped.
-        let _ = wakes.unbounded_send(event);
-    }
+    };
+    (follow, touched_rx, listed_rx)
 }
 
 /// One reconcile, with any panic in it contained: see [`contain_panics`].

@@ -1,23 +1,18 @@
 //! Reads: the watch caches → the planner's view of one Service, and watch events →
 //! the Services they concern.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-
-use futures::{Stream, StreamExt};
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
+use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
-use kube::{Resource, ResourceExt};
-use tracing::warn;
 
+use super::routing::Touched;
 use super::template::identities;
 use super::validate::Misconfiguration;
 use super::{opted_in, service_ref};
-use crate::mesh::{self, DestinationRule, VirtualService};
 use crate::plan::Version;
-use crate::spec::keys;
 use weir_analysis::Reporter;
 
 /// The versions of `service`: its Deployments (pod template labels ⊇ the Service's
@@ -121,134 +116,28 @@ pub fn services_selecting(
         .collect()
 }
 
-/// Opted-in Services that `virtual_service` routes to, or that name it.
-pub fn services_routed_by(
+/// Opted-in Services a change of routing objects concerns (see [`Touched`]): those the
+/// objects name now or named before, and those whose `annotation` (`weir.dev/virtual-service`
+/// or `weir.dev/destination-rule`) names one of the objects.
+pub fn services_touched(
     store: &Store<Service>,
-    virtual_service: &VirtualService,
+    annotation: &str,
+    touched: &Touched,
 ) -> Vec<ObjectRef<Service>> {
-    let name = virtual_service.name_any();
-    let namespace = virtual_service.namespace().unwrap_or_default();
     store
         .state()
         .iter()
         .filter(|s| opted_in(s))
         .filter(|s| {
-            s.annotations().get(keys::VIRTUAL_SERVICE) == Some(&name)
-                || mesh::routes_to(virtual_service, &s.name_any(), &namespace)
+            touched
+                .services
+                .contains(&s.name_any().to_ascii_lowercase())
+                || s.annotations()
+                    .get(annotation)
+                    .is_some_and(|named| touched.objects.contains(named))
         })
         .map(|s| service_ref(s))
         .collect()
-}
-
-/// Opted-in Services whose subsets `destination_rule` may hold.
-pub fn services_with_subsets_in(
-    store: &Store<Service>,
-    destination_rule: &DestinationRule,
-) -> Vec<ObjectRef<Service>> {
-    let name = destination_rule.name_any();
-    let namespace = destination_rule.namespace().unwrap_or_default();
-    store
-        .state()
-        .iter()
-        .filter(|s| opted_in(s))
-        .filter(|s| {
-            s.annotations().get(keys::DESTINATION_RULE) == Some(&name)
-                || mesh::host_matches(&destination_rule.spec.host, &s.name_any(), &namespace)
-        })
-        .map(|s| service_ref(s))
-        .collect()
-}
-
-/// Wakes the Services a routing object (VirtualService, DestinationRule) concerns, now
-/// **or before** its latest change: an edit that takes the managed route out of a
-/// VirtualService names the Service no more, yet it is the Service that must hear of
-/// it, at once, to report itself misconfigured. Remembers, per object, the Services it
-/// woke last; a deletion wakes them too, and so does a re-list that no longer has the
-/// object (deleted while the watch was down, which sends no delete event).
-pub struct RoutingWakes<K: Resource<DynamicType = ()>> {
-    woke: HashMap<ObjectRef<K>, HashSet<ObjectRef<Service>>>,
-    /// The objects of the re-list under way, between `Init` and `InitDone`.
-    listing: Option<HashSet<ObjectRef<K>>>,
-}
-
-impl<K: Resource<DynamicType = ()>> Default for RoutingWakes<K> {
-    fn default() -> Self {
-        RoutingWakes {
-            woke: HashMap::new(),
-            listing: None,
-        }
-    }
-}
-
-impl<K: Resource<DynamicType = ()>> RoutingWakes<K> {
-    /// The Services to wake for one watch event; `concerned` names the Services an
-    /// object concerns as it is now.
-    pub fn wake(
-        &mut self,
-        event: watcher::Event<K>,
-        concerned: impl Fn(&K) -> Vec<ObjectRef<Service>>,
-    ) -> Vec<ObjectRef<Service>> {
-        match event {
-            watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
-                let key = ObjectRef::from_obj(&object);
-                if let Some(listing) = &mut self.listing {
-                    listing.insert(key.clone());
-                }
-                let now: HashSet<_> = concerned(&object).into_iter().collect();
-                let before = self.woke.insert(key, now.clone()).unwrap_or_default();
-                now.union(&before).cloned().collect()
-            }
-            watcher::Event::Delete(object) => {
-                let before = self
-                    .woke
-                    .remove(&ObjectRef::from_obj(&object))
-                    .unwrap_or_default();
-                let now: HashSet<_> = concerned(&object).into_iter().collect();
-                now.union(&before).cloned().collect()
-            }
-            watcher::Event::Init => {
-                self.listing = Some(HashSet::new());
-                Vec::new()
-            }
-            watcher::Event::InitDone => {
-                let Some(listed) = self.listing.take() else {
-                    return Vec::new();
-                };
-                let gone: Vec<ObjectRef<K>> = self
-                    .woke
-                    .keys()
-                    .filter(|key| !listed.contains(key))
-                    .cloned()
-                    .collect();
-                let mut wake = HashSet::new();
-                for key in gone {
-                    wake.extend(self.woke.remove(&key).unwrap_or_default());
-                }
-                wake.into_iter().collect()
-            }
-        }
-    }
-}
-
-/// The Services to reconcile for a watch of routing objects (see [`RoutingWakes`]).
-pub fn routing_wakes<K>(
-    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-    concerned: impl Fn(&K) -> Vec<ObjectRef<Service>> + Send + 'static,
-) -> impl Stream<Item = ObjectRef<Service>> + Send + 'static
-where
-    K: Resource<DynamicType = ()> + Send + 'static,
-{
-    let mut wakes = RoutingWakes::<K>::default();
-    events.flat_map(move |event| {
-        let services = match event {
-            Ok(event) => wakes.wake(event, &concerned),
-            Err(e) => {
-                warn!(kind = %K::kind(&()), error = %e, "watching routing objects failed; retrying");
-                Vec::new()
-            }
-        };
-        futures::stream::iter(services)
-    })
 }
 
 #[cfg(test)]
@@ -259,6 +148,7 @@ mod tests {
 
     use super::*;
     use crate::controller::template::{legacy_template_hash, template_identity};
+    use crate::spec::keys;
 
     fn deployment(name: &str, labels: &[(&str, &str)], image: &str) -> std::sync::Arc<Deployment> {
         let labels: BTreeMap<String, String> = labels
@@ -395,115 +285,44 @@ mod tests {
         assert!(!v[0].built_as("t2:0000000000000000"));
     }
 
-    fn routed(name: &str, routes_to: &[&str]) -> VirtualService {
-        let http: Vec<serde_json::Value> = routes_to
-            .iter()
-            .map(|host| serde_json::json!({"route": [{"destination": {"host": host}}]}))
-            .collect();
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "networking.istio.io/v1",
-            "kind": "VirtualService",
-            "metadata": {"name": name, "namespace": "shop"},
-            "spec": {"hosts": ["shop.example"], "http": http}
-        }))
-        .unwrap()
-    }
-
-    /// The Services of the namespace that `vs` routes to, as the controller's mapper
-    /// finds them.
-    fn concerned(vs: &VirtualService) -> Vec<ObjectRef<Service>> {
-        ["checkout", "payments"]
+    #[test]
+    fn a_touch_wakes_opted_in_services_named_or_naming_the_object() {
+        let (store, mut writer) = kube::runtime::reflector::store::<Service>();
+        let svc = |name: &str, opted: bool, names: Option<&str>| {
+            let mut s = service();
+            s.metadata.name = Some(name.into());
+            s.metadata.namespace = Some("shop".into());
+            let mut annotations = BTreeMap::new();
+            if opted {
+                annotations.insert(keys::ENABLED.to_string(), "true".to_string());
+            }
+            if let Some(vs) = names {
+                annotations.insert(keys::VIRTUAL_SERVICE.to_string(), vs.to_string());
+            }
+            s.metadata.annotations = Some(annotations);
+            s
+        };
+        for s in [
+            svc("checkout", true, None),
+            svc("payments", true, Some("edge")),
+            svc("search", true, Some("other")),
+            svc("cart", false, None),
+        ] {
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(s));
+        }
+        let touched = Touched {
+            objects: ["edge".to_string()].into(),
+            services: ["checkout".to_string(), "cart".to_string()].into(),
+        };
+        let mut woken: Vec<String> = services_touched(&store, keys::VIRTUAL_SERVICE, &touched)
             .into_iter()
-            .filter(|s| mesh::routes_to(vs, s, "shop"))
-            .map(|s| ObjectRef::new(s).within("shop"))
-            .collect()
-    }
-
-    fn names(mut refs: Vec<ObjectRef<Service>>) -> Vec<String> {
-        refs.sort_by(|a, b| a.name.cmp(&b.name));
-        refs.into_iter().map(|r| r.name).collect()
-    }
-
-    #[test]
-    fn an_edit_that_drops_a_route_wakes_the_service_it_routed_to() {
-        let mut wakes = RoutingWakes::default();
-        let both = routed("front", &["checkout", "payments"]);
-        let only_payments = routed("front", &["payments"]);
-        let wake =
-            |wakes: &mut RoutingWakes<VirtualService>, event| names(wakes.wake(event, concerned));
-
-        assert_eq!(
-            wake(&mut wakes, watcher::Event::Apply(both)),
-            ["checkout", "payments"]
-        );
-        // checkout's route is gone: checkout must hear of it.
-        assert_eq!(
-            wake(&mut wakes, watcher::Event::Apply(only_payments.clone())),
-            ["checkout", "payments"]
-        );
-        // Told once: the next edit concerns payments only.
-        assert_eq!(
-            wake(&mut wakes, watcher::Event::Apply(only_payments.clone())),
-            ["payments"]
-        );
-        // A route to nobody any more still wakes whom it routed to.
-        let none = routed("front", &[]);
-        assert_eq!(
-            wake(&mut wakes, watcher::Event::Apply(none.clone())),
-            ["payments"]
-        );
-        assert!(wake(&mut wakes, watcher::Event::Apply(none)).is_empty());
-    }
-
-    #[test]
-    fn a_deletion_wakes_whom_the_object_routed_to_even_when_seen_only_in_a_relist() {
-        let mut wakes = RoutingWakes::default();
-        let wake =
-            |wakes: &mut RoutingWakes<VirtualService>, event| names(wakes.wake(event, concerned));
-        wake(
-            &mut wakes,
-            watcher::Event::Apply(routed("front", &["checkout"])),
-        );
-        wake(
-            &mut wakes,
-            watcher::Event::Apply(routed("back", &["payments"])),
-        );
-
-        // A delete event carries the object's last state; the memory answers too, should
-        // that state be stale.
-        assert_eq!(
-            wake(&mut wakes, watcher::Event::Delete(routed("front", &[]))),
-            ["checkout"]
-        );
-
-        // `back` is deleted while the watch is down: the re-list does not have it.
-        assert!(wake(&mut wakes, watcher::Event::Init).is_empty());
-        let other = routed("other", &["checkout"]);
-        assert_eq!(
-            wake(&mut wakes, watcher::Event::InitApply(other)),
-            ["checkout"]
-        );
-        assert_eq!(wake(&mut wakes, watcher::Event::InitDone), ["payments"]);
-        // Forgotten: a second re-list without it wakes nobody for it.
-        wake(&mut wakes, watcher::Event::Init);
-        wake(
-            &mut wakes,
-            watcher::Event::InitApply(routed("other", &["checkout"])),
-        );
-        assert!(wake(&mut wakes, watcher::Event::InitDone).is_empty());
-    }
-
-    #[tokio::test]
-    async fn the_stream_wakes_each_service_named_now_or_before() {
-        let events = futures::stream::iter([
-            Ok(watcher::Event::Apply(routed("front", &["checkout"]))),
-            Err(watcher::Error::NoResourceVersion),
-            Ok(watcher::Event::Apply(routed("front", &[]))),
-        ]);
-        let woken: Vec<String> = routing_wakes(events, concerned)
             .map(|r| r.name)
-            .collect()
-            .await;
-        assert_eq!(woken, ["checkout", "checkout"]);
+            .collect();
+        woken.sort();
+        // cart is named but not opted in; search names another object.
+        assert_eq!(woken, ["checkout", "payments"]);
+        // The DestinationRule annotation is another key: payments' names no DestinationRule.
+        let woken = services_touched(&store, keys::DESTINATION_RULE, &touched);
+        assert_eq!(woken.len(), 1);
     }
 }

@@ -29,8 +29,9 @@ struct Names {
 }
 
 impl Names {
-    fn set(&mut self, object: String, services: BTreeSet<String>) {
-        self.remove(&object);
+    /// Records what `object` names; returns what it named before.
+    fn set(&mut self, object: String, services: BTreeSet<String>) -> BTreeSet<String> {
+        let before = self.remove(&object);
         for service in &services {
             self.by_service
                 .entry(service.clone())
@@ -38,24 +39,29 @@ impl Names {
                 .insert(object.clone());
         }
         self.by_object.insert(object, services);
+        before
     }
 
-    fn remove(&mut self, object: &str) {
-        for service in self.by_object.remove(object).unwrap_or_default() {
-            if let Some(objects) = self.by_service.get_mut(&service) {
+    /// Forgets `object`; returns what it named.
+    fn remove(&mut self, object: &str) -> BTreeSet<String> {
+        let named = self.by_object.remove(object).unwrap_or_default();
+        for service in &named {
+            if let Some(objects) = self.by_service.get_mut(service) {
                 objects.remove(object);
                 if objects.is_empty() {
-                    self.by_service.remove(&service);
+                    self.by_service.remove(service);
                 }
             }
         }
+        named
     }
 
     fn apply<K: ResourceExt>(
         &mut self,
         event: &watcher::Event<K>,
         named: impl Fn(&K) -> BTreeSet<String>,
-    ) {
+    ) -> Touched {
+        let mut touched = Touched::default();
         match event {
             watcher::Event::Init => self.listing = Some(HashSet::new()),
             watcher::Event::InitApply(object) | watcher::Event::Apply(object) => {
@@ -63,9 +69,19 @@ impl Names {
                 if let Some(listing) = &mut self.listing {
                     listing.insert(name.clone());
                 }
-                self.set(name, named(object));
+                let now = named(object);
+                touched.services.extend(now.iter().cloned());
+                touched.services.extend(self.set(name.clone(), now));
+                touched.objects.insert(name);
             }
-            watcher::Event::Delete(object) => self.remove(&object.name_any()),
+            watcher::Event::Delete(object) => {
+                let name = object.name_any();
+                // The object's last state, and the index's memory of it, should that
+                // state be stale.
+                touched.services.extend(named(object));
+                touched.services.extend(self.remove(&name));
+                touched.objects.insert(name);
+            }
             watcher::Event::InitDone => {
                 // A re-list that no longer has an object: it was deleted while the
                 // watch was down, which sends no delete event.
@@ -77,12 +93,14 @@ impl Names {
                         .cloned()
                         .collect();
                     for name in gone {
-                        self.remove(&name);
+                        touched.services.extend(self.remove(&name));
+                        touched.objects.insert(name);
                     }
                 }
                 self.synced = true;
             }
         }
+        touched
     }
 
     fn naming(&self, service: &str) -> Vec<String> {
@@ -119,6 +137,23 @@ fn subsets_of(destination_rule: &DestinationRule, namespace: &str) -> BTreeSet<S
         .collect()
 }
 
+/// What one watch event changed in the index: the objects it concerned, and the
+/// Services (short names) they name now **or named before** it. An edit that takes a
+/// Service's route out of a VirtualService names that Service no more, yet it is the one
+/// that must hear of it, at once, to report itself misconfigured. The Services to wake
+/// are these, and those whose annotations name one of the objects.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Touched {
+    pub objects: BTreeSet<String>,
+    pub services: BTreeSet<String>,
+}
+
+impl Touched {
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+}
+
 /// The index of routing objects by the Services they name, for one namespace.
 #[derive(Debug)]
 pub struct RoutingIndex {
@@ -136,12 +171,12 @@ impl RoutingIndex {
         }
     }
 
-    pub fn apply_virtual_service(&self, event: &watcher::Event<VirtualService>) {
-        lock(&self.virtual_services).apply(event, |vs| routed_by(vs, &self.namespace));
+    pub fn apply_virtual_service(&self, event: &watcher::Event<VirtualService>) -> Touched {
+        lock(&self.virtual_services).apply(event, |vs| routed_by(vs, &self.namespace))
     }
 
-    pub fn apply_destination_rule(&self, event: &watcher::Event<DestinationRule>) {
-        lock(&self.destination_rules).apply(event, |dr| subsets_of(dr, &self.namespace));
+    pub fn apply_destination_rule(&self, event: &watcher::Event<DestinationRule>) -> Touched {
+        lock(&self.destination_rules).apply(event, |dr| subsets_of(dr, &self.namespace))
     }
 
     /// Whether both kinds have been listed in full at least once. Before that, an
@@ -241,5 +276,63 @@ mod tests {
         index.apply_virtual_service(&watcher::Event::Init);
         index.apply_virtual_service(&watcher::Event::InitDone);
         assert!(index.synced());
+    }
+
+    fn services(touched: &Touched) -> Vec<&str> {
+        touched.services.iter().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn an_edit_that_drops_a_route_touches_the_service_it_routed_to() {
+        let index = RoutingIndex::new("shop");
+        let apply = |v| index.apply_virtual_service(&watcher::Event::Apply(v));
+        assert_eq!(
+            services(&apply(vs("front", &["checkout", "payments"]))),
+            ["checkout", "payments"]
+        );
+        // checkout's route is gone: checkout must hear of it.
+        let touched = apply(vs("front", &["payments"]));
+        assert_eq!(services(&touched), ["checkout", "payments"]);
+        assert_eq!(touched.objects, BTreeSet::from(["front".to_string()]));
+        // Told once: the next edit concerns payments only.
+        assert_eq!(services(&apply(vs("front", &["payments"]))), ["payments"]);
+        // A route to nobody any more still touches whom it routed to.
+        assert_eq!(services(&apply(vs("front", &[]))), ["payments"]);
+        let touched = apply(vs("front", &[]));
+        assert!(touched.services.is_empty());
+        // The object itself is still named, for Services whose annotation names it.
+        assert!(!touched.is_empty());
+    }
+
+    #[test]
+    fn a_deletion_touches_whom_the_object_named_even_when_seen_only_in_a_relist() {
+        let index = RoutingIndex::new("shop");
+        let apply = |event| index.apply_virtual_service(&event);
+        apply(watcher::Event::Apply(vs("front", &["checkout"])));
+        apply(watcher::Event::Apply(vs("back", &["payments"])));
+
+        // A delete event carries the object's last state; the index answers too, should
+        // that state be stale.
+        assert_eq!(
+            services(&apply(watcher::Event::Delete(vs("front", &[])))),
+            ["checkout"]
+        );
+
+        // `back` is deleted while the watch is down: the re-list does not have it.
+        assert!(apply(watcher::Event::Init).is_empty());
+        assert_eq!(
+            services(&apply(watcher::Event::InitApply(vs(
+                "other",
+                &["checkout"]
+            )))),
+            ["checkout"]
+        );
+        let touched = apply(watcher::Event::InitDone);
+        assert_eq!(services(&touched), ["payments"]);
+        assert_eq!(touched.objects, BTreeSet::from(["back".to_string()]));
+        // Forgotten: a second re-list without it touches nothing for it.
+        apply(watcher::Event::Init);
+        apply(watcher::Event::InitApply(vs("other", &["checkout"])));
+        assert!(apply(watcher::Event::InitDone).is_empty());
     }
 }
