@@ -468,7 +468,7 @@ fn slow_share(
         // `(total - within) / total` rather than `1 - within / total`: exact whenever
         // the share is, so a share equal to the bound meets it.
         let share = (total - within) / total;
-        // Extrapolation in `increase` can leave a bucket a hair above the total.
+        // Rounding in the extrapolation can leave a bucket a hair above the total.
         Some(if share < 0.0 { 0.0 } else { share })
     };
     match share(&canary_buckets) {

@@ -595,6 +595,166 @@ async fn slow_share_just_under_the_bound_passes_and_just_over_fails() {
     assert!(detail.contains("at most 1000ms"), "{detail}");
 }
 
+/// One series of `service` with the given sample times and values.
+fn raw_series(
+    service: &str,
+    version: &str,
+    name: &str,
+    extra: (&str, &str),
+    times: &[i64],
+    values: &[f64],
+) -> support::Series {
+    let labels = BTreeMap::from(
+        [
+            ("__name__", name),
+            ("reporter", "destination"),
+            ("destination_workload_namespace", NAMESPACE),
+            ("destination_service_name", service),
+            ("destination_version", version),
+            extra,
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    support::Series {
+        labels,
+        samples: times.iter().copied().zip(values.iter().copied()).collect(),
+    }
+}
+
+/// A canary whose series are born inside its first window, with the samples the scale
+/// benchmark produced (at 1 s scrapes; here at 15 s): 2 of 215 requests over 100 ms.
+/// The first sample holds about one interval's requests, so `increase` extrapolated the
+/// `le="100"` bucket by half an interval and the `+Inf` bucket by a whole one (the
+/// 1.1-interval cliff of Prometheus' `extrapolatedRate`): read as 12.3% slow and a 238 ms
+/// p99, and a good canary was aborted. Counted with one extrapolation per series, the
+/// share is the samples' own, 2/215, and the p99 is under 100 ms.
+#[tokio::test]
+async fn buckets_of_a_series_born_in_the_window_keep_their_ratios() {
+    let at = evaluate_at();
+    let ms = |offset_ms: i64| at.as_millisecond() - offset_ms;
+    // Sample times: the first 61.62 s before the evaluation, then every 15 s; the last
+    // 1.575 s before it (the benchmark's 1.892 s and 0.105 s, times 15).
+    let times = [61_620, 46_620, 31_620, 16_620, 1_575].map(ms);
+    let series = |version, name, extra, values: &[f64]| {
+        raw_series("born", version, name, extra, &times, values)
+    };
+    let bucket = "istio_request_duration_milliseconds_bucket";
+    let canary_total = [59.0, 95.0, 165.0, 218.0, 274.0];
+    // Stable: serving all along, 500 requests an interval, 2 of them over 100 ms.
+    let stable =
+        |per: f64| -> Vec<f64> { (1..=5).map(|i| 10_000.0 + per * f64::from(i)).collect() };
+    let written = vec![
+        series(
+            CANARY,
+            "istio_requests_total",
+            ("response_code", "200"),
+            &canary_total,
+        ),
+        series(
+            CANARY,
+            bucket,
+            ("le", "50"),
+            &[57.0, 88.0, 151.0, 203.0, 257.0],
+        ),
+        series(
+            CANARY,
+            bucket,
+            ("le", "100"),
+            &[59.0, 95.0, 164.0, 217.0, 272.0],
+        ),
+        series(CANARY, bucket, ("le", "250"), &canary_total),
+        series(CANARY, bucket, ("le", "+Inf"), &canary_total),
+        series(
+            STABLE,
+            "istio_requests_total",
+            ("response_code", "200"),
+            &stable(500.0),
+        ),
+        series(STABLE, bucket, ("le", "50"), &stable(470.0)),
+        series(STABLE, bucket, ("le", "100"), &stable(498.0)),
+        series(STABLE, bucket, ("le", "250"), &stable(500.0)),
+        series(STABLE, bucket, ("le", "+Inf"), &stable(500.0)),
+    ];
+    let prometheus = prometheus_with(&written).await;
+    let mut request = slow_share_request("born", 100, at);
+    // The step began 90 s before the evaluation: the canary's series were born in it.
+    request.step_started_at = at - jiff::SignedDuration::from_secs(90);
+    let report = check(&prometheus, &request).await;
+    assert!(
+        matches!(report.verdict, Verdict::Pass { .. }),
+        "{report:#?}"
+    );
+    assert_close(
+        value(&report.verdict, "slower-than-100ms").0,
+        2.0 / 215.0,
+        "the canary's slow share, as its samples have it",
+    );
+    assert_close(
+        value(&report.verdict, "slower-than-100ms").1,
+        2.0 / 500.0,
+        "stable's slow share",
+    );
+    // Rank 0.99 × 215 = 212.85 in (50, 100], which holds 200..213 of the samples' deltas.
+    assert_close(
+        value(&report.verdict, "latency").0,
+        50.0 + 50.0 * (0.99 * 215.0 - 200.0) / 13.0,
+        "the canary's p99",
+    );
+}
+
+/// A proxy restarted inside the window resets its counters: `delta` would read the
+/// drop as no traffic, so the series is counted by `increase`, which knows resets.
+/// 160 requests, 10 of them over 100 ms: 6.25% slow, over the 5% bound.
+#[tokio::test]
+async fn buckets_of_a_series_with_a_reset_are_counted_across_it() {
+    let at = evaluate_at();
+    let times = [60_000, 45_000, 30_000, 15_000, 0].map(|offset| at.as_millisecond() - offset);
+    let series = |version, name, extra, values: &[f64]| {
+        raw_series("restarted", version, name, extra, &times, values)
+    };
+    let bucket = "istio_request_duration_milliseconds_bucket";
+    let total = [100.0, 150.0, 10.0, 60.0, 110.0];
+    let steady =
+        |per: f64| -> Vec<f64> { (1..=5).map(|i| 10_000.0 + per * f64::from(i)).collect() };
+    let written = vec![
+        series(
+            CANARY,
+            "istio_requests_total",
+            ("response_code", "200"),
+            &total,
+        ),
+        series(
+            CANARY,
+            bucket,
+            ("le", "100"),
+            &[90.0, 140.0, 5.0, 50.0, 100.0],
+        ),
+        series(CANARY, bucket, ("le", "+Inf"), &total),
+        series(
+            STABLE,
+            "istio_requests_total",
+            ("response_code", "200"),
+            &steady(500.0),
+        ),
+        series(STABLE, bucket, ("le", "100"), &steady(500.0)),
+        series(STABLE, bucket, ("le", "+Inf"), &steady(500.0)),
+    ];
+    let prometheus = prometheus_with(&written).await;
+    let mut request = slow_share_request("restarted", 100, at);
+    request.step_started_at = at - jiff::SignedDuration::from_secs(60);
+    request.gates.min_requests = 10;
+    let report = check(&prometheus, &request).await;
+    let Verdict::Fail { failed, .. } = &report.verdict else {
+        panic!("expected a failure: {report:#?}");
+    };
+    assert_eq!(failed, &["slower-than-100ms"]);
+    assert_close(
+        value(&report.verdict, "slower-than-100ms").0,
+        10.0 / 160.0,
+        "the slow share across the reset",
+    );
+}
+
 /// A round of batched checks reaches the verdicts and values single checks reach, over
 /// the same windows, from a fixed number of queries; a Service's broken custom metric
 /// concerns only that Service.
