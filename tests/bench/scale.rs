@@ -128,6 +128,8 @@ struct Row {
     startup_reads: f64,
     startup_writes: f64,
     idle_rss_mib: f64,
+    /// The peak until the end of the idle phase: the start-up's.
+    startup_peak_rss_mib: f64,
     idle_cpu_per_min: f64,
     idle_reads_per_min: f64,
     idle_writes_per_min: f64,
@@ -164,8 +166,9 @@ impl Row {
             self.startup_writes
         );
         println!(
-            "   idle: RSS {:.1} MiB; {:.3} CPU-s/min ({:.2}% of a core); {:.1} API reads/min, {:.1} writes/min; {:.1} Prometheus queries/min",
+            "   idle: RSS {:.1} MiB (peak until then {:.1} MiB); {:.3} CPU-s/min ({:.2}% of a core); {:.1} API reads/min, {:.1} writes/min; {:.1} Prometheus queries/min",
             self.idle_rss_mib,
+            self.startup_peak_rss_mib,
             self.idle_cpu_per_min,
             self.idle_cpu_per_min / 60.0 * 100.0,
             self.idle_reads_per_min,
@@ -268,7 +271,7 @@ async fn run(n: usize, idle: Duration) -> anyhow::Result<Row> {
     tokio::time::sleep(idle).await;
     let after = Counters::read(&bed, pid, api_requests(&bed).await?).await?;
     row.set_idle(before.per_minute(&after));
-    row.idle_rss_mib = memory(pid)?.rss_bytes as f64 / MIB;
+    row.set_idle_memory(pid, &sampler)?;
 
     // A tenth of the Services release v2 at once; the first one is bad.
     let progressing: Vec<&String> = names.iter().take((n / 10).max(2)).collect();
@@ -289,24 +292,25 @@ async fn run(n: usize, idle: Duration) -> anyhow::Result<Row> {
         .buffer_unordered(CREATE_CONCURRENCY)
         .try_collect()
         .await?;
+    // Every canary ends, promoted or aborted: a good one aborted is a result to print,
+    // not a reason to wait out the deadline.
+    let ended = |name: &str| {
+        watch.get(name).and_then(|t| {
+            let status = t.status?;
+            match status.phase {
+                Phase::Aborted => Some(false),
+                Phase::Idle if status.stable.as_deref() == Some("v2") => Some(true),
+                _ => None,
+            }
+        })
+    };
     wait_until(
-        "the bad canary to abort and the others to promote",
+        "every canary to be promoted or aborted",
         PHASE_DEADLINE,
         || async {
             let done = progressing
                 .iter()
-                .filter(|name| {
-                    watch.get(name).is_some_and(|t| {
-                        let status = t.status.as_ref();
-                        if ***name == bad {
-                            status.is_some_and(|s| s.phase == Phase::Aborted)
-                        } else {
-                            status.is_some_and(|s| {
-                                s.phase == Phase::Idle && s.stable.as_deref() == Some("v2")
-                            })
-                        }
-                    })
-                })
+                .filter(|name| ended(name).is_some())
                 .count();
             anyhow::ensure!(
                 done == progressing.len(),
@@ -317,6 +321,20 @@ async fn run(n: usize, idle: Duration) -> anyhow::Result<Row> {
         },
     )
     .await?;
+    row.promoted = progressing
+        .iter()
+        .filter(|name| ***name != bad && ended(name) == Some(true))
+        .count();
+    for name in progressing.iter().filter(|name| ***name != bad) {
+        if ended(name) == Some(false) {
+            let reason = watch
+                .get(name)
+                .and_then(|t| t.status)
+                .map(|s| s.message)
+                .unwrap_or_default();
+            println!("   a good canary was aborted: {name}: {reason}");
+        }
+    }
     let after = Counters::read(&bed, pid, api_requests(&bed).await?).await?;
     row.set_busy(before.per_minute(&after));
     let histogram = query_histogram(&agent.metrics().await?).since(&histogram);
@@ -515,7 +533,14 @@ impl Row {
             .0
             .zip(bad.1)
             .map(|(first, ended)| ended.saturating_duration_since(first).as_secs_f64());
-        self.promoted = progressing.len() - 1;
+        Ok(())
+    }
+
+    /// Memory at the end of the idle phase, and the peak until then (the start-up's).
+    fn set_idle_memory(&mut self, pid: u32, sampler: &MemorySampler) -> anyhow::Result<()> {
+        let now = memory(pid)?;
+        self.idle_rss_mib = now.rss_bytes as f64 / MIB;
+        self.startup_peak_rss_mib = now.hwm_bytes.max(sampler.peak_bytes()) as f64 / MIB;
         Ok(())
     }
 
@@ -622,7 +647,7 @@ async fn run_flagger(n: usize, idle: Duration) -> anyhow::Result<Row> {
     tokio::time::sleep(idle).await;
     let after = Counters::read(&bed, pid, flagger_api_requests(&bed, &marker).await?).await?;
     row.set_idle(before.per_minute(&after));
-    row.idle_rss_mib = memory(pid)?.rss_bytes as f64 / MIB;
+    row.set_idle_memory(pid, &sampler)?;
 
     // A tenth of the Deployments get a new pod template at once; the first one is bad.
     let progressing: Vec<&String> = names.iter().take((n / 10).max(2)).collect();
@@ -886,6 +911,11 @@ fn print_ratios(weir: &Row, flagger: &Row) {
             flagger.startup_writes,
         ),
         ("idle RSS MiB", weir.idle_rss_mib, flagger.idle_rss_mib),
+        (
+            "start-up peak RSS MiB",
+            weir.startup_peak_rss_mib,
+            flagger.startup_peak_rss_mib,
+        ),
         (
             "idle CPU-s/min",
             weir.idle_cpu_per_min,
