@@ -674,21 +674,23 @@ async fn run_flagger(n: usize, idle: Duration) -> anyhow::Result<Row> {
         .buffer_unordered(CREATE_CONCURRENCY)
         .try_collect()
         .await?;
+    // As for weir: every Canary ends, succeeded or failed.
+    let ended = |name: &str| {
+        watch.get(name).and_then(|c| {
+            if c.failed.is_some() {
+                Some(false)
+            } else {
+                c.succeeded.map(|_| true)
+            }
+        })
+    };
     wait_until(
-        "the bad canary to fail and the others to succeed",
+        "every canary to succeed or fail",
         PHASE_DEADLINE,
         || async {
             let done = progressing
                 .iter()
-                .filter(|name| {
-                    watch.get(name).is_some_and(|c| {
-                        if ***name == bad {
-                            c.failed.is_some()
-                        } else {
-                            c.succeeded.is_some()
-                        }
-                    })
-                })
+                .filter(|name| ended(name).is_some())
                 .count();
             anyhow::ensure!(
                 done == progressing.len(),
@@ -700,6 +702,15 @@ async fn run_flagger(n: usize, idle: Duration) -> anyhow::Result<Row> {
     )
     .await
     .with_context(|| format!("Flagger's log: {}", bed.logs.path().display()))?;
+    row.promoted = progressing
+        .iter()
+        .filter(|name| ***name != bad && ended(name) == Some(true))
+        .count();
+    for name in progressing.iter().filter(|name| ***name != bad) {
+        if ended(name) == Some(false) {
+            println!("   a good canary failed: {name}");
+        }
+    }
     let after = Counters::read(&bed, pid, flagger_api_requests(&bed, &marker).await?).await?;
     row.set_busy(before.per_minute(&after));
     let bad_times = watch.get(&bad).context("the bad Canary's status")?;
