@@ -621,6 +621,11 @@ fn raw_series(
     }
 }
 
+/// Five samples of a counter that has counted `per` a scrape interval since long before.
+fn steady(per: f64) -> Vec<f64> {
+    (1..=5).map(|i| 10_000.0 + per * f64::from(i)).collect()
+}
+
 /// A canary whose series are born inside its first window, with the samples the scale
 /// benchmark produced (at 1 s scrapes; here at 15 s): 2 of 215 requests over 100 ms.
 /// The first sample holds about one interval's requests, so `increase` extrapolated the
@@ -641,8 +646,6 @@ async fn buckets_of_a_series_born_in_the_window_keep_their_ratios() {
     let bucket = "istio_request_duration_milliseconds_bucket";
     let canary_total = [59.0, 95.0, 165.0, 218.0, 274.0];
     // Stable: serving all along, 500 requests an interval, 2 of them over 100 ms.
-    let stable =
-        |per: f64| -> Vec<f64> { (1..=5).map(|i| 10_000.0 + per * f64::from(i)).collect() };
     let written = vec![
         series(
             CANARY,
@@ -668,12 +671,12 @@ async fn buckets_of_a_series_born_in_the_window_keep_their_ratios() {
             STABLE,
             "istio_requests_total",
             ("response_code", "200"),
-            &stable(500.0),
+            &steady(500.0),
         ),
-        series(STABLE, bucket, ("le", "50"), &stable(470.0)),
-        series(STABLE, bucket, ("le", "100"), &stable(498.0)),
-        series(STABLE, bucket, ("le", "250"), &stable(500.0)),
-        series(STABLE, bucket, ("le", "+Inf"), &stable(500.0)),
+        series(STABLE, bucket, ("le", "50"), &steady(470.0)),
+        series(STABLE, bucket, ("le", "100"), &steady(498.0)),
+        series(STABLE, bucket, ("le", "250"), &steady(500.0)),
+        series(STABLE, bucket, ("le", "+Inf"), &steady(500.0)),
     ];
     let prometheus = prometheus_with(&written).await;
     let mut request = slow_share_request("born", 100, at);
@@ -714,8 +717,6 @@ async fn buckets_of_a_series_with_a_reset_are_counted_across_it() {
     };
     let bucket = "istio_request_duration_milliseconds_bucket";
     let total = [100.0, 150.0, 10.0, 60.0, 110.0];
-    let steady =
-        |per: f64| -> Vec<f64> { (1..=5).map(|i| 10_000.0 + per * f64::from(i)).collect() };
     let written = vec![
         series(
             CANARY,
