@@ -292,8 +292,6 @@ async fn run(n: usize, idle: Duration) -> anyhow::Result<Row> {
         .buffer_unordered(CREATE_CONCURRENCY)
         .try_collect()
         .await?;
-    // Every canary ends, promoted or aborted: a good one aborted is a result to print,
-    // not a reason to wait out the deadline.
     let ended = |name: &str| {
         watch.get(name).and_then(|t| {
             let status = t.status?;
@@ -304,36 +302,15 @@ async fn run(n: usize, idle: Duration) -> anyhow::Result<Row> {
             }
         })
     };
-    wait_until(
-        "every canary to be promoted or aborted",
-        PHASE_DEADLINE,
-        || async {
-            let done = progressing
-                .iter()
-                .filter(|name| ended(name).is_some())
-                .count();
-            anyhow::ensure!(
-                done == progressing.len(),
-                "{done} of {} done",
-                progressing.len()
-            );
-            Ok(())
-        },
-    )
-    .await?;
-    row.promoted = progressing
-        .iter()
-        .filter(|name| ***name != bad && ended(name) == Some(true))
-        .count();
-    for name in progressing.iter().filter(|name| ***name != bad) {
-        if ended(name) == Some(false) {
-            let reason = watch
-                .get(name)
-                .and_then(|t| t.status)
-                .map(|s| s.message)
-                .unwrap_or_default();
-            println!("   a good canary was aborted: {name}: {reason}");
-        }
+    let failed = await_endings(&progressing, &bad, ended).await?;
+    row.promoted = progressing.len() - 1 - failed.len();
+    for name in failed {
+        let reason = watch
+            .get(name)
+            .and_then(|t| t.status)
+            .map(|s| s.message)
+            .unwrap_or_default();
+        println!("   a good canary was aborted: {name}: {reason}");
     }
     let after = Counters::read(&bed, pid, api_requests(&bed).await?).await?;
     row.set_busy(before.per_minute(&after));
@@ -417,6 +394,34 @@ impl<S> Drop for SeenWatch<S> {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Waits until every progressing canary has ended (`ended`: `Some(true)` promoted,
+/// `Some(false)` aborted); returns the good ones (all but `bad`) that were aborted. A good
+/// canary aborted is a result to print, not a reason to wait out the deadline.
+async fn await_endings<'a>(
+    progressing: &[&'a String],
+    bad: &str,
+    ended: impl Fn(&str) -> Option<bool>,
+) -> anyhow::Result<Vec<&'a String>> {
+    wait_until("every canary to end", PHASE_DEADLINE, || async {
+        let done = progressing
+            .iter()
+            .filter(|name| ended(name).is_some())
+            .count();
+        anyhow::ensure!(
+            done == progressing.len(),
+            "{done} of {} done",
+            progressing.len()
+        );
+        Ok(())
+    })
+    .await?;
+    Ok(progressing
+        .iter()
+        .filter(|name| name.as_str() != bad && ended(name) == Some(false))
+        .copied()
+        .collect())
 }
 
 /// Every Service's status, and when its canary v2 first had a weight and it aborted.
@@ -674,7 +679,6 @@ async fn run_flagger(n: usize, idle: Duration) -> anyhow::Result<Row> {
         .buffer_unordered(CREATE_CONCURRENCY)
         .try_collect()
         .await?;
-    // As for weir: every Canary ends, succeeded or failed.
     let ended = |name: &str| {
         watch.get(name).and_then(|c| {
             if c.failed.is_some() {
@@ -684,32 +688,12 @@ async fn run_flagger(n: usize, idle: Duration) -> anyhow::Result<Row> {
             }
         })
     };
-    wait_until(
-        "every canary to succeed or fail",
-        PHASE_DEADLINE,
-        || async {
-            let done = progressing
-                .iter()
-                .filter(|name| ended(name).is_some())
-                .count();
-            anyhow::ensure!(
-                done == progressing.len(),
-                "{done} of {} done",
-                progressing.len()
-            );
-            Ok(())
-        },
-    )
-    .await
-    .with_context(|| format!("Flagger's log: {}", bed.logs.path().display()))?;
-    row.promoted = progressing
-        .iter()
-        .filter(|name| ***name != bad && ended(name) == Some(true))
-        .count();
-    for name in progressing.iter().filter(|name| ***name != bad) {
-        if ended(name) == Some(false) {
-            println!("   a good canary failed: {name}");
-        }
+    let failed = await_endings(&progressing, &bad, ended)
+        .await
+        .with_context(|| format!("Flagger's log: {}", bed.logs.path().display()))?;
+    row.promoted = progressing.len() - 1 - failed.len();
+    for name in failed {
+        println!("   a good canary failed: {name}");
     }
     let after = Counters::read(&bed, pid, flagger_api_requests(&bed, &marker).await?).await?;
     row.set_busy(before.per_minute(&after));
