@@ -96,6 +96,8 @@ async fn main() -> anyhow::Result<()> {
             .map(|service| CheckRequest {
                 namespace: NAMESPACE.to_string(),
                 service: service.clone(),
+                canary_service: service.clone(),
+                stable_service: service.clone(),
                 canary_version: CANARY.to_string(),
                 stable_version: STABLE.to_string(),
                 step_started_at: at - SignedDuration::from_secs(300),

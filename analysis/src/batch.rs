@@ -89,7 +89,8 @@ pub fn plan_round(requests: &[CheckRequest], at: Timestamp, quantum: Duration) -
         .map(|(key, (reporter, members))| {
             let mut services: Vec<&str> = members
                 .iter()
-                .map(|&i| requests[i].service.as_str())
+                .flat_map(|&i| [&requests[i].canary_service, &requests[i].stable_service])
+                .map(String::as_str)
                 .collect();
             services.sort_unstable();
             services.dedup();
@@ -259,13 +260,17 @@ fn of_service(outcome: &QueryOutcome, request: &CheckRequest, keep: &[&str]) -> 
         .collect())
 }
 
-/// Whether `series` is of `request`'s Service and one of its two versions.
+/// Whether `series` is of one of `request`'s two versions, under the Service the mesh
+/// reports that version's requests under.
 fn concerns(series: &Series, request: &CheckRequest) -> bool {
-    series.labels.get(SERVICE_LABEL) == Some(&request.service)
-        && series
-            .labels
-            .get(VERSION_LABEL)
-            .is_some_and(|v| *v == request.canary_version || *v == request.stable_version)
+    let (Some(service), Some(version)) = (
+        series.labels.get(SERVICE_LABEL),
+        series.labels.get(VERSION_LABEL),
+    ) else {
+        return false;
+    };
+    (*service == request.canary_service && *version == request.canary_version)
+        || (*service == request.stable_service && *version == request.stable_version)
 }
 
 /// The request count and the error count per version of `request`'s Service, from

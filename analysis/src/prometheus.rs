@@ -163,6 +163,12 @@ pub struct CheckRequest {
     pub namespace: String,
     /// The Service's name.
     pub service: String,
+    /// The Service the mesh reports the canary's requests under: `service`, or in a
+    /// host-level split the canary Service.
+    pub canary_service: String,
+    /// The Service the mesh reports the stable version's requests under: `service`, or
+    /// in a host-level split the stable Service.
+    pub stable_service: String,
     /// The canary's version label value.
     pub canary_version: String,
     /// The stable version's version label value.
@@ -332,7 +338,8 @@ impl PrometheusApi {
         let target = Target {
             reporter: request.reporter,
             namespace: &request.namespace,
-            service: &request.service,
+            canary_service: &request.canary_service,
+            stable_service: &request.stable_service,
             canary_version: &request.canary_version,
             stable_version: &request.stable_version,
         };

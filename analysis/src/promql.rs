@@ -102,8 +102,13 @@ pub struct Target<'a> {
     pub reporter: Reporter,
     /// The Service's namespace (`destination_workload_namespace`).
     pub namespace: &'a str,
-    /// The Service's name (`destination_service_name`).
-    pub service: &'a str,
+    /// The Service the canary's requests are reported under
+    /// (`destination_service_name`): the opted-in Service, or in a host-level split
+    /// the canary Service.
+    pub canary_service: &'a str,
+    /// The Service the stable version's requests are reported under: the opted-in
+    /// Service, or in a host-level split the stable Service.
+    pub stable_service: &'a str,
     /// The canary's version label value (`destination_version`).
     pub canary_version: &'a str,
     /// The stable version's version label value (`destination_version`).
@@ -113,12 +118,12 @@ pub struct Target<'a> {
 impl Target<'_> {
     /// The selector of `metric`'s series for one version, with `extra` matchers (already
     /// escaped) appended.
-    fn selector(&self, metric: &str, version: &str, extra: &str) -> String {
+    fn selector(&self, metric: &str, service: &str, version: &str, extra: &str) -> String {
         format!(
-            "{metric}{{reporter={},destination_workload_namespace={},destination_service_name={},{VERSION_LABEL}={}{extra}}}",
+            "{metric}{{reporter={},destination_workload_namespace={},{SERVICE_LABEL}={},{VERSION_LABEL}={}{extra}}}",
             quote(self.reporter.label()),
             quote(self.namespace),
-            quote(self.service),
+            quote(service),
             quote(version),
         )
     }
@@ -143,11 +148,11 @@ impl Target<'_> {
     ) -> String {
         let canary = counted(&format!(
             "{}{window}",
-            self.selector(metric, self.canary_version, extra)
+            self.selector(metric, self.canary_service, self.canary_version, extra)
         ));
         let stable = counted(&format!(
             "{}{window}",
-            self.selector(metric, self.stable_version, extra)
+            self.selector(metric, self.stable_service, self.stable_version, extra)
         ));
         format!("{canary} or {stable}")
     }
@@ -409,7 +414,8 @@ mod tests {
         Target {
             reporter: Reporter::Destination,
             namespace: "shop",
-            service: "checkout",
+            canary_service: "checkout",
+            stable_service: "checkout",
             canary_version: canary,
             stable_version: stable,
         }
@@ -508,6 +514,28 @@ mod tests {
     }
 
     #[test]
+    fn each_version_is_selected_under_its_own_service() {
+        let query = request_count(
+            &Target {
+                canary_service: "checkout-canary",
+                stable_service: "checkout-stable",
+                ..target("v2", "v1")
+            },
+            Window { seconds: 60 },
+        );
+        assert!(
+            query
+                .contains(r#"destination_service_name="checkout-canary",destination_version="v2""#),
+            "{query}"
+        );
+        assert!(
+            query
+                .contains(r#"destination_service_name="checkout-stable",destination_version="v1""#),
+            "{query}"
+        );
+    }
+
+    #[test]
     fn waypoint_reporter_is_selected() {
         let query = request_count(
             &Target {
@@ -526,7 +554,8 @@ mod tests {
         let t = Target {
             reporter: Reporter::Destination,
             namespace: "ns\\\"",
-            service: "svc\n",
+            canary_service: "svc\n",
+            stable_service: "svc\n",
             canary_version: hostile,
             stable_version: "v1|.*",
         };

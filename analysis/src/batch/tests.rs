@@ -15,6 +15,8 @@ fn request(service: &str, step_age_s: i64, rule: Rule) -> CheckRequest {
     CheckRequest {
         namespace: "shop".to_string(),
         service: service.to_string(),
+        canary_service: service.to_string(),
+        stable_service: service.to_string(),
         canary_version: "v2".to_string(),
         stable_version: "v1".to_string(),
         step_started_at: at - jiff::SignedDuration::from_secs(step_age_s),
@@ -152,6 +154,40 @@ fn counts_are_split_by_version_and_the_services_own_error_codes() {
     req.gates.error_codes = "5..|404".parse::<ResponseCodes>().unwrap();
     let (_, errors) = split_counts(&all, &req);
     assert_eq!(errors, [Series::of_version("v2", 10.0)]);
+}
+
+#[test]
+fn a_host_level_split_reads_each_version_under_its_own_service() {
+    let all = [
+        series("shop-canary", "v2", "200", 95.0),
+        series("shop-canary", "v2", "503", 5.0),
+        series("shop-stable", "v1", "200", 900.0),
+        // Mid-promotion, the stable Service already serves v2: not the canary's.
+        series("shop-stable", "v2", "500", 40.0),
+        // The opted-in Service's own name carries other traffic: not the split's.
+        series("shop", "v1", "200", 10.0),
+    ];
+    let mut req = request("shop", 60, Rule::Sequential);
+    req.canary_service = "shop-canary".into();
+    req.stable_service = "shop-stable".into();
+    let (requests, errors) = split_counts(&all, &req);
+    assert_eq!(
+        requests,
+        [
+            Series::of_version("v1", 900.0),
+            Series::of_version("v2", 100.0)
+        ]
+    );
+    assert_eq!(errors, [Series::of_version("v2", 5.0)]);
+    // The round's one query selects both Services.
+    let groups = plan_round(&[req], at(), Duration::from_secs(5));
+    assert!(
+        groups[0]
+            .requests_by_code
+            .contains(r#"destination_service_name=~"shop-canary|shop-stable""#),
+        "{}",
+        groups[0].requests_by_code
+    );
 }
 
 proptest! {

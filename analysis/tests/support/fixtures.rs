@@ -54,6 +54,8 @@ pub fn request(service: &str, canary: &str, at: Timestamp) -> CheckRequest {
     CheckRequest {
         namespace: NAMESPACE.to_string(),
         service: service.to_string(),
+        canary_service: service.to_string(),
+        stable_service: service.to_string(),
         canary_version: canary.to_string(),
         stable_version: STABLE.to_string(),
         step_started_at: at - STEP_AGE,
