@@ -63,6 +63,18 @@ struct Mesh {
     destination_rules: Api<DynamicObject>,
 }
 
+/// The patch of a subset split's selector, which always goes to its DestinationRule.
+fn subset_version_patch(
+    target: &Target,
+    subset: Subset,
+    label: &str,
+    version: &str,
+) -> json_patch::Patch {
+    let (object, patch) = mesh::selector_patch(target, subset, label, version);
+    assert_eq!(object, mesh::SelectorObject::DestinationRule("shop"));
+    patch
+}
+
 impl Mesh {
     /// Lists both kinds with weir's own types and resolves the Service `shop`.
     async fn resolve(&self) -> anyhow::Result<Target> {
@@ -79,6 +91,7 @@ impl Mesh {
             NAMESPACE,
             &virtual_services,
             &destination_rules,
+            &[],
         )?)
     }
 
@@ -197,7 +210,7 @@ async fn patches_apply_to_istio_objects_and_guards_hold() -> anyhow::Result<()> 
     let before = mesh.dr_spec().await?;
     patch(
         &mesh.destination_rules,
-        mesh::subset_version_patch(&fresh, Subset::Canary, "version", "v2"),
+        subset_version_patch(&fresh, Subset::Canary, "version", "v2"),
     )
     .await?;
     let mut want = before.clone();
@@ -267,7 +280,7 @@ async fn patches_apply_to_istio_objects_and_guards_hold() -> anyhow::Result<()> 
         json!([{ "op": "replace", "path": "/spec/subsets/0/name", "value": "primary" }]),
     )
     .await?;
-    let stale = mesh::subset_version_patch(&target, Subset::Stable, "version", "v2");
+    let stale = subset_version_patch(&target, Subset::Stable, "version", "v2");
     assert_rejected(patch(&mesh.destination_rules, stale).await);
     edit(
         &mesh.destination_rules,
@@ -280,13 +293,13 @@ async fn patches_apply_to_istio_objects_and_guards_hold() -> anyhow::Result<()> 
     let before = mesh.dr_spec().await?;
     patch(
         &mesh.destination_rules,
-        mesh::subset_version_patch(&target, Subset::Stable, "version", "v2"),
+        subset_version_patch(&target, Subset::Stable, "version", "v2"),
     )
     .await?;
     let target = mesh.resolve().await?;
     patch(
         &mesh.destination_rules,
-        mesh::subset_version_patch(
+        subset_version_patch(
             &target,
             Subset::Stable,
             "app.kubernetes.io/version",

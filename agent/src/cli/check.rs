@@ -112,9 +112,12 @@ impl CheckArgs {
             Some(r) => (r.canary.clone(), r.stable.clone()),
             None => (canary.clone(), stable.clone()),
         };
+        let (stable_service, canary_service) = spec.reported_services();
         let request = CheckRequest {
             namespace: cluster.namespace.clone(),
             service: self.service.clone(),
+            canary_service,
+            stable_service,
             canary_version: canary_reported.clone(),
             stable_version: stable_reported.clone(),
             step_started_at: since,

@@ -21,7 +21,8 @@ use super::cluster::{Cluster, ClusterArgs, Error};
 use super::status;
 use super::view::{self, ServiceView};
 use crate::controller::validate::{self, Inputs, Misconfiguration, Valid};
-use crate::plan::{self, Phase, Settings, Status};
+use crate::mesh::Selectors;
+use crate::plan::{self, Phase, Settings, Status, Subset};
 use crate::spec::{Defaults, SpecErrors, keys};
 
 /// Flags of `weir explain`.
@@ -100,6 +101,7 @@ async fn validation(cluster: &Cluster, service: &str, recorded: Option<&Settings
         service: &reads.service,
         virtual_services: &reads.virtual_services,
         destination_rules: &reads.destination_rules,
+        split_services: &reads.split_services,
         metrics: reads.metrics.as_ref(),
         deployments: Some(&deployments),
         // The agent's mode is not the CLI's to know: versions are not checked for being
@@ -209,19 +211,24 @@ pub fn explain(
     match validation {
         Validation::Valid(valid) => {
             let target = &valid.target;
+            let split = match &target.selectors {
+                Selectors::Subsets {
+                    destination_rule, ..
+                } => format!("DestinationRule {}, ", destination_rule.name),
+                Selectors::Services { .. } => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "\nRouting: VirtualService {}, route {}; DestinationRule {}, subsets {} ({}) and {} ({}).",
+                "\nRouting: VirtualService {}, route {}; {split}{} ({}) and {} ({}).",
                 target.virtual_service.name,
                 target
                     .route
                     .name
                     .clone()
                     .unwrap_or_else(|| format!("#{}", target.route.index)),
-                target.destination_rule.name,
-                target.stable_subset.name,
+                target.selectors.describe(Subset::Stable),
                 target.subsets.stable.as_deref().unwrap_or("no version"),
-                target.canary_subset.name,
+                target.selectors.describe(Subset::Canary),
                 target.subsets.canary.as_deref().unwrap_or("no version"),
             );
             let _ = writeln!(
@@ -509,6 +516,7 @@ mod tests {
             defaults: &defaults,
             service: &service,
             virtual_services: &[fixtures::typed_virtual_service(&fixtures::virtual_service())],
+            split_services: &[],
             destination_rules: &[fixtures::typed_destination_rule(
                 &fixtures::destination_rule(),
             )],

@@ -15,9 +15,9 @@ use tracing::{info, warn};
 use super::Context;
 use super::reconcile::Error;
 use super::validate::Reads;
-use crate::mesh::{self, DestinationRule, Target, VirtualService};
+use crate::mesh::{self, DestinationRule, SelectorObject, Target, VirtualService};
 use crate::notify;
-use crate::plan::{Action, EventType, Report, Status, Subset, reason};
+use crate::plan::{Action, EventType, Report, Status, reason};
 use crate::spec::{self, RolloutSpec, Sink, keys};
 
 /// The field manager of every write, so that `managedFields` tells weir's edits apart.
@@ -39,6 +39,7 @@ pub struct Writer<'a> {
     service: Service,
     virtual_services: Vec<VirtualService>,
     destination_rules: Vec<DestinationRule>,
+    split_services: Vec<Service>,
 }
 
 impl<'a> Writer<'a> {
@@ -48,6 +49,7 @@ impl<'a> Writer<'a> {
             service: reads.service.clone(),
             virtual_services: reads.virtual_services.clone(),
             destination_rules: reads.destination_rules.clone(),
+            split_services: reads.split_services.clone(),
         }
     }
 
@@ -77,25 +79,25 @@ impl<'a> Writer<'a> {
                         .patch_virtual_service(&mesh.target.virtual_service.name, patch)
                         .await?;
                     info!(service = %name, stable = traffic.stable, canary = traffic.canary, "weights set");
-                    mesh.target = self.replace_and_resolve(mesh.spec, Some(patched), None)?;
+                    mesh.target = self.replace_and_resolve(mesh.spec, Some(patched))?;
                 }
                 Action::SetSubsetVersion { subset, version } => {
                     let spec = mesh.spec;
-                    let patch = mesh::subset_version_patch(
-                        &mesh.target,
-                        *subset,
-                        &spec.version_label,
-                        version,
-                    );
-                    let patched = self
-                        .patch_destination_rule(&mesh.target.destination_rule.name, patch)
-                        .await?;
-                    let which = match subset {
-                        Subset::Stable => &spec.stable_subset,
-                        Subset::Canary => &spec.canary_subset,
-                    };
-                    info!(service = %name, subset = %which, %version, "subset repointed");
-                    mesh.target = self.replace_and_resolve(spec, None, Some(patched))?;
+                    let which = mesh.target.selectors.describe(*subset);
+                    let (object, patch) =
+                        mesh::selector_patch(&mesh.target, *subset, &spec.version_label, version);
+                    match object {
+                        SelectorObject::DestinationRule(dr) => {
+                            let patched = self.patch_destination_rule(dr, patch).await?;
+                            replace_named(&mut self.destination_rules, patched);
+                        }
+                        SelectorObject::Service(service) => {
+                            let patched = self.patch_split_service(service, patch).await?;
+                            replace_named(&mut self.split_services, patched);
+                        }
+                    }
+                    info!(service = %name, selector = %which, %version, "version repointed");
+                    mesh.target = self.replace_and_resolve(spec, None)?;
                 }
                 Action::Emit(event) => self.emit(event, written).await,
                 Action::ScaleDown {
@@ -241,23 +243,29 @@ impl<'a> Writer<'a> {
             .map_err(|e| conflict(e, format!("DestinationRule {name:?}")))
     }
 
+    /// A split Service's selector, with a guarded JSON Patch like the routing objects'.
+    async fn patch_split_service(&self, name: &str, patch: JsonPatch) -> Result<Service, Error> {
+        let api: Api<Service> =
+            Api::namespaced(self.ctx.client.clone(), &self.ctx.config.namespace);
+        api.patch(name, &params(), &Patch::Json::<()>(patch))
+            .await
+            .map_err(|e| conflict(e, format!("Service {name:?}")))
+    }
+
     fn replace_and_resolve(
         &mut self,
         spec: &RolloutSpec,
         vs: Option<VirtualService>,
-        dr: Option<DestinationRule>,
     ) -> Result<Target, Error> {
         if let Some(vs) = vs {
             replace_named(&mut self.virtual_services, vs);
-        }
-        if let Some(dr) = dr {
-            replace_named(&mut self.destination_rules, dr);
         }
         Ok(mesh::resolve(
             spec,
             &self.ctx.config.namespace,
             &self.virtual_services,
             &self.destination_rules,
+            &self.split_services,
         )?)
     }
 

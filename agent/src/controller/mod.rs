@@ -147,6 +147,10 @@ pub async fn run(
     let service_events = services_writer
         .subscribe()
         .expect("a shared store has subscribers");
+    // The same events again, for the opted-in Services whose split Services they are.
+    let split_events = services_writer
+        .subscribe()
+        .expect("a shared store has subscribers");
     let (deployments, deployments_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
     let deployment_events = deployments_writer
         .subscribe()
@@ -269,7 +273,12 @@ pub async fn run(
         "watch caches synced: ready"
     );
 
-    let (s1, s2, s3) = (services.clone(), services.clone(), services.clone());
+    let (s1, s2, s3, s4) = (
+        services.clone(),
+        services.clone(),
+        services.clone(),
+        services.clone(),
+    );
     let vs_wakes = vs_touched.flat_map(move |touched| {
         futures::stream::iter(observe::services_touched(
             &s2,
@@ -290,6 +299,8 @@ pub async fn run(
         .watches_shared_stream(deployment_events, move |d| {
             observe::services_selecting(&s1, &d)
         })
+        // A host-level split's Service, created or edited, wakes the Service it splits.
+        .watches_shared_stream(split_events, move |s| observe::services_splitting(&s4, &s))
         // Routing objects wake the Services they concern now or concerned before an
         // edit (see `routing::Touched`).
         .reconcile_on(vs_wakes)

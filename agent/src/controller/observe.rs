@@ -13,6 +13,7 @@ use super::template::identities;
 use super::validate::Misconfiguration;
 use super::{opted_in, service_ref};
 use crate::plan::Version;
+use crate::spec::keys;
 use weir_analysis::Reporter;
 
 /// The versions of `service`: its Deployments (pod template labels ⊇ the Service's
@@ -116,9 +117,27 @@ pub fn services_selecting(
         .collect()
 }
 
+/// Opted-in Services whose host-level split (`weir.dev/stable-service` or
+/// `weir.dev/canary-service`) names `service`.
+pub fn services_splitting(store: &Store<Service>, service: &Service) -> Vec<ObjectRef<Service>> {
+    let name = service.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|s| opted_in(s))
+        .filter(|s| {
+            [keys::STABLE_SERVICE, keys::CANARY_SERVICE]
+                .iter()
+                .any(|key| s.annotations().get(*key) == Some(&name))
+        })
+        .map(|s| service_ref(s))
+        .collect()
+}
+
 /// Opted-in Services a change of routing objects concerns (see [`Touched`]): those the
-/// objects name now or named before, and those whose `annotation` (`weir.dev/virtual-service`
-/// or `weir.dev/destination-rule`) names one of the objects.
+/// objects name now or named before, those whose split Services (`weir.dev/stable-service`,
+/// `weir.dev/canary-service`) the objects name, and those whose `annotation`
+/// (`weir.dev/virtual-service` or `weir.dev/destination-rule`) names one of the objects.
 pub fn services_touched(
     store: &Store<Service>,
     annotation: &str,
@@ -129,9 +148,12 @@ pub fn services_touched(
         .iter()
         .filter(|s| opted_in(s))
         .filter(|s| {
-            touched
-                .services
-                .contains(&s.name_any().to_ascii_lowercase())
+            let named = |name: &str| touched.services.contains(&name.to_ascii_lowercase());
+            named(&s.name_any())
+                || [keys::STABLE_SERVICE, keys::CANARY_SERVICE]
+                    .iter()
+                    .filter_map(|key| s.annotations().get(*key))
+                    .any(|split| named(split))
                 || s.annotations()
                     .get(annotation)
                     .is_some_and(|named| touched.objects.contains(named))
@@ -324,5 +346,33 @@ mod tests {
         // The DestinationRule annotation is another key: payments' names no DestinationRule.
         let woken = services_touched(&store, keys::DESTINATION_RULE, &touched);
         assert_eq!(woken.len(), 1);
+
+        // A host-level split: a route on `shop-canary` concerns the Service that names it.
+        let mut split = svc("shop", true, None);
+        split.annotations_mut().extend([
+            (keys::STABLE_SERVICE.to_string(), "shop-stable".to_string()),
+            (keys::CANARY_SERVICE.to_string(), "shop-canary".to_string()),
+        ]);
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(split));
+        let touched = Touched {
+            objects: ["shop".to_string()].into(),
+            services: ["shop-canary".to_string()].into(),
+        };
+        let woken: Vec<String> = services_touched(&store, keys::VIRTUAL_SERVICE, &touched)
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(woken, ["shop"]);
+
+        // An edit of the split Service itself wakes it too; another Service wakes nobody.
+        let mut canary = service();
+        canary.metadata.name = Some("shop-canary".into());
+        let woken: Vec<String> = services_splitting(&store, &canary)
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(woken, ["shop"]);
+        canary.metadata.name = Some("shop-debug".into());
+        assert!(services_splitting(&store, &canary).is_empty());
     }
 }

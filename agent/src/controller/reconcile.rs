@@ -78,6 +78,7 @@ pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeu
         service: &reads.service,
         virtual_services: &reads.virtual_services,
         destination_rules: &reads.destination_rules,
+        split_services: &reads.split_services,
         metrics: reads.metrics.as_ref(),
         deployments: deployments.as_deref(),
         reporter: Some(ctx.config.reporter),
@@ -246,9 +247,12 @@ fn check_request(
             .find(|v| v.name == name)
             .map_or_else(|| name.to_owned(), |v| v.reported.clone())
     };
+    let (stable_service, canary_service) = spec.reported_services();
     CheckRequest {
         namespace: ctx.config.namespace.clone(),
         service: spec.service.clone(),
+        canary_service,
+        stable_service,
         canary_version: reported(&due.canary),
         stable_version: reported(&due.stable),
         step_started_at: due.since,

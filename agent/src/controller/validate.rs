@@ -90,6 +90,9 @@ pub struct Reads {
     pub service: Service,
     pub virtual_services: Vec<VirtualService>,
     pub destination_rules: Vec<DestinationRule>,
+    /// The stable and canary Services of a host-level split, those of the two that
+    /// exist; empty for a split between subsets.
+    pub split_services: Vec<Service>,
     /// The ConfigMap `weir.dev/metrics` names, if it names a valid one that exists.
     pub metrics: Option<ConfigMap>,
 }
@@ -135,21 +138,43 @@ pub async fn read(
     };
     let vs_named = named(keys::VIRTUAL_SERVICE);
     let dr_named = named(keys::DESTINATION_RULE);
-    let (virtual_services, destination_rules) = tokio::try_join!(
+    // A host-level split: the route is found through the stable Service's host, and
+    // the two Services are read fresh like the routing objects.
+    let split: Vec<String> = [keys::STABLE_SERVICE, keys::CANARY_SERVICE]
+        .into_iter()
+        .filter_map(|key| service.annotations().get(key))
+        .filter(|name| spec::parse_service_name(name).is_ok())
+        .cloned()
+        .collect();
+    let routed = split.first().map_or(name, String::as_str);
+    let (virtual_services, destination_rules, split_services) = tokio::try_join!(
         related::<VirtualService>(
             client,
             namespace,
             vs_named.as_deref(),
-            index.map(|index| index.virtual_services_routing_to(name)),
+            index.map(|index| index.virtual_services_routing_to(routed)),
             "virtualservices",
         ),
-        related::<DestinationRule>(
-            client,
-            namespace,
-            dr_named.as_deref(),
-            index.map(|index| index.destination_rules_of(name)),
-            "destinationrules",
-        ),
+        async {
+            if !split.is_empty() {
+                return Ok(Vec::new());
+            }
+            related::<DestinationRule>(
+                client,
+                namespace,
+                dr_named.as_deref(),
+                index.map(|index| index.destination_rules_of(name)),
+                "destinationrules",
+            )
+            .await
+        },
+        async {
+            let found =
+                futures::future::try_join_all(split.iter().map(|name| services.get_opt(name)))
+                    .await
+                    .map_err(failed("get", "services"))?;
+            Ok(found.into_iter().flatten().collect::<Vec<Service>>())
+        },
     )?;
     let metrics = match service.annotations().get(keys::METRICS) {
         Some(cm) if spec::parse_object_name(cm).is_ok() => {
@@ -164,6 +189,7 @@ pub async fn read(
         service,
         virtual_services,
         destination_rules,
+        split_services,
         metrics,
     })
 }
@@ -226,6 +252,8 @@ pub struct Inputs<'a> {
     pub service: &'a Service,
     pub virtual_services: &'a [VirtualService],
     pub destination_rules: &'a [DestinationRule],
+    /// The split Services of a host-level split ([`Reads::split_services`]).
+    pub split_services: &'a [Service],
     /// The ConfigMap `weir.dev/metrics` names, if it exists.
     pub metrics: Option<&'a ConfigMap>,
     /// The namespace's Deployments; `None` while they are not observed yet (a cache
@@ -294,6 +322,7 @@ pub fn validate(inputs: &Inputs<'_>) -> Result<Valid, Misconfiguration> {
         inputs.namespace,
         inputs.virtual_services,
         inputs.destination_rules,
+        inputs.split_services,
     )?;
     if let (Some(versions), Some(reporter)) = (&versions, inputs.reporter) {
         reported_apart(versions, target.subsets.stable.as_deref(), reporter)?;
@@ -416,6 +445,7 @@ mod tests {
             service,
             virtual_services,
             destination_rules: &[destination_rule()],
+            split_services: &[],
             metrics,
             deployments,
             reporter: Some(Reporter::Destination),

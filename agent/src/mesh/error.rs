@@ -3,7 +3,7 @@
 use thiserror::Error;
 
 use crate::plan::Traffic;
-use crate::spec::keys;
+use crate::spec::{SplitServices, keys};
 
 /// Why weir cannot manage a Service's traffic. Every message names the objects involved
 /// and says what to change; the controller reports it as `Misconfigured` and changes no
@@ -124,13 +124,75 @@ pub enum MeshError {
 
     #[error(
         "route {route} of VirtualService {virtual_service:?} has more than one destination \
-         with subset {subset:?}; keep one"
+         with {destination}; keep one"
     )]
     DuplicateDestination {
         virtual_service: String,
         route: String,
+        /// `subset "canary"` or `host "shop-canary"`.
+        destination: String,
+    },
+
+    #[error(
+        "route {route} of VirtualService {virtual_service:?} also sends traffic to host \
+         {host:?}, which is neither the stable Service {stable:?} nor the canary Service \
+         {canary:?}; weir only manages a route whose destinations are those two, so move \
+         that destination to another route, or fix {stable_key} and {canary_key}",
+        stable = split.stable,
+        canary = split.canary,
+        stable_key = keys::STABLE_SERVICE,
+        canary_key = keys::CANARY_SERVICE
+    )]
+    ForeignHost {
+        virtual_service: String,
+        route: String,
+        host: String,
+        /// Boxed: the error stays as small as the others.
+        split: Box<SplitServices>,
+    },
+
+    #[error(
+        "route {route} of VirtualService {virtual_service:?} sends traffic to host {host:?} \
+         with subset {subset:?}, but in a host-level split ({stable_key} and {canary_key}) \
+         each Service selects one version by itself: remove the subset, or remove the two \
+         annotations to split by subsets",
+        stable_key = keys::STABLE_SERVICE,
+        canary_key = keys::CANARY_SERVICE
+    )]
+    SubsetInHostSplit {
+        virtual_service: String,
+        route: String,
+        host: String,
         subset: String,
     },
+
+    #[error(
+        "route {route} of VirtualService {virtual_service:?} has no destination on the \
+         stable Service {service:?}; add one, or fix {key}",
+        key = keys::STABLE_SERVICE
+    )]
+    NoStableHost {
+        virtual_service: String,
+        route: String,
+        service: String,
+    },
+
+    #[error(
+        "Service {name:?} named by {key} does not exist in namespace {namespace:?}; create \
+         it with the selector of the opted-in Service plus the version label, or fix {key}"
+    )]
+    SplitServiceNotFound {
+        name: String,
+        key: &'static str,
+        namespace: String,
+    },
+
+    #[error(
+        "Service {name:?} named by {key} has no selector, so no version label weir could \
+         point at a version; give it the selector of the opted-in Service plus the version \
+         label"
+    )]
+    SplitServiceWithoutSelector { name: String, key: &'static str },
 
     #[error(
         "route {route} of VirtualService {virtual_service:?} has no destination with the \

@@ -143,3 +143,42 @@ pub fn remove(mut value: Value, pointer: &str) -> Value {
     }
     value
 }
+
+/// The fixture VirtualService split by host: the managed route `main` sends traffic to
+/// the Services `shop-stable` and `shop-canary` (no subsets), keeping everything else.
+pub fn host_split_virtual_service() -> Value {
+    let vs = virtual_service();
+    let vs = set(
+        vs,
+        "/spec/http/2/route/0/destination",
+        json!({ "host": "shop-stable.store.svc.cluster.local", "port": { "number": 8080 } }),
+    );
+    set(
+        vs,
+        "/spec/http/2/route/1/destination",
+        json!({ "host": "shop-canary.store.svc.cluster.local", "port": { "number": 8080 } }),
+    )
+}
+
+/// A Service of a host-level split: `shop`'s selector plus `version`.
+pub fn split_service(name: &str, version: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": { "name": name, "namespace": NAMESPACE, "resourceVersion": "912", "labels": { "team": "store" } },
+        "spec": {
+            "selector": { "app": "shop", "version": version },
+            "ports": [{ "name": "http", "port": 8080, "targetPort": 8080 }]
+        }
+    })
+}
+
+pub fn typed_service(value: &Value) -> k8s_openapi::api::core::v1::Service {
+    serde_json::from_value(value.clone()).expect("a valid Service")
+}
+
+/// The annotations of a host-level split between `shop-stable` and `shop-canary`.
+pub const HOST_SPLIT: [(&str, &str); 2] = [
+    (keys::STABLE_SERVICE, "shop-stable"),
+    (keys::CANARY_SERVICE, "shop-canary"),
+];

@@ -15,11 +15,13 @@ mod target;
 
 #[cfg(test)]
 pub(crate) mod fixtures;
+#[cfg(test)]
+mod host_split_tests;
 
 pub use error::MeshError;
 pub use istio::{DestinationRule, VirtualService};
-pub use patch::{subset_version_patch, weight_patch};
+pub use patch::{SelectorObject, selector_patch, weight_patch};
 pub use target::{
-    ManagedDestination, ManagedRoute, ManagedSubset, ObjectVersion, Target, host_matches, resolve,
-    routes_to,
+    ManagedDestination, ManagedRoute, ManagedService, ManagedSubset, ObjectVersion, Selectors,
+    Target, host_matches, resolve, routes_to,
 };

@@ -13,7 +13,9 @@ use json_patch::jsonptr::{PointerBuf, Token};
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation, TestOperation};
 use serde_json::{Map, Value, json};
 
-use super::{ManagedDestination, MeshError, Target};
+use std::collections::BTreeMap;
+
+use super::{ManagedDestination, MeshError, Selectors, Target};
 use crate::plan::{Subset, Traffic};
 use crate::spec::Weight;
 
@@ -46,10 +48,12 @@ pub fn weight_patch(target: &Target, traffic: Traffic) -> Result<Patch, MeshErro
     for d in managed {
         let at = destination(d);
         ops.test(at.concat(&pointer(["destination", "host"])), json!(d.host));
-        ops.test(
-            at.concat(&pointer(["destination", "subset"])),
-            json!(d.subset),
-        );
+        if let Some(subset) = &d.subset {
+            ops.test(
+                at.concat(&pointer(["destination", "subset"])),
+                json!(subset),
+            );
+        }
         if let Some(weight) = d.weight {
             ops.test(at.with_trailing_token("weight"), json!(weight));
         }
@@ -63,7 +67,11 @@ pub fn weight_patch(target: &Target, traffic: Traffic) -> Result<Patch, MeshErro
     match &target.canary_destination {
         Some(canary) => set_weight(&mut ops, destination(canary), canary, traffic.canary),
         None => {
-            let mut added = json!({ "host": stable.host, "subset": target.canary_subset.name });
+            let (host, subset) = target.new_canary_destination();
+            let mut added = json!({ "host": host });
+            if let Some(subset) = subset {
+                added["subset"] = json!(subset);
+            }
             if let Some(port) = stable.port {
                 added["port"] = json!({ "number": port });
             }
@@ -76,31 +84,85 @@ pub fn weight_patch(target: &Target, traffic: Traffic) -> Result<Patch, MeshErro
     Ok(ops.into_patch())
 }
 
-/// Points a subset at a version: sets `label` to `version` in its labels, creating the
-/// `labels` map when the subset has none.
-pub fn subset_version_patch(target: &Target, subset: Subset, label: &str, version: &str) -> Patch {
-    let managed = target.subset(subset);
-    let at = pointer(["spec", "subsets"]).with_trailing_token(managed.index);
+/// The object a [`selector_patch`] applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SelectorObject<'t> {
+    DestinationRule(&'t str),
+    Service(&'t str),
+}
+
+/// Points the stable or canary subset (or, in a host-level split, Service) at a
+/// version: sets `label` to `version` in its labels (selector), creating a subset's
+/// `labels` map when it has none.
+pub fn selector_patch<'t>(
+    target: &'t Target,
+    subset: Subset,
+    label: &str,
+    version: &str,
+) -> (SelectorObject<'t>, Patch) {
     let mut ops = Ops::default();
-    ops.test(at.with_trailing_token("name"), json!(managed.name));
-    match &managed.labels {
-        Some(labels) => {
-            let path = at.concat(&pointer(["labels", label]));
-            match labels.get(label) {
-                Some(current) => {
-                    ops.test(path.clone(), json!(current));
-                    ops.replace(path, json!(version));
+    match &target.selectors {
+        Selectors::Subsets {
+            destination_rule,
+            stable,
+            canary,
+        } => {
+            let managed = match subset {
+                Subset::Stable => stable,
+                Subset::Canary => canary,
+            };
+            let at = pointer(["spec", "subsets"]).with_trailing_token(managed.index);
+            ops.test(at.with_trailing_token("name"), json!(managed.name));
+            match &managed.labels {
+                Some(labels) => set_label(
+                    &mut ops,
+                    at.with_trailing_token("labels"),
+                    labels,
+                    label,
+                    version,
+                ),
+                None => {
+                    ops.test_resource_version(destination_rule.resource_version.as_deref());
+                    let labels = Map::from_iter([(label.to_owned(), json!(version))]);
+                    ops.add(at.with_trailing_token("labels"), Value::Object(labels));
                 }
-                None => ops.add(path, json!(version)),
             }
+            (
+                SelectorObject::DestinationRule(&destination_rule.name),
+                ops.into_patch(),
+            )
         }
-        None => {
-            ops.test_resource_version(target.destination_rule.resource_version.as_deref());
-            let labels = Map::from_iter([(label.to_owned(), json!(version))]);
-            ops.add(at.with_trailing_token("labels"), Value::Object(labels));
+        Selectors::Services { stable, canary } => {
+            let managed = match subset {
+                Subset::Stable => stable,
+                Subset::Canary => canary,
+            };
+            let at = pointer(["spec", "selector"]);
+            set_label(&mut ops, at, &managed.selector, label, version);
+            (
+                SelectorObject::Service(&managed.object.name),
+                ops.into_patch(),
+            )
         }
     }
-    ops.into_patch()
+}
+
+/// Sets `label` to `version` in the map at `at`, testing its current value.
+fn set_label(
+    ops: &mut Ops,
+    at: PointerBuf,
+    labels: &BTreeMap<String, String>,
+    label: &str,
+    version: &str,
+) {
+    let path = at.with_trailing_token(label);
+    match labels.get(label) {
+        Some(current) => {
+            ops.test(path.clone(), json!(current));
+            ops.replace(path, json!(version));
+        }
+        None => ops.add(path, json!(version)),
+    }
 }
 
 fn set_weight(
@@ -186,8 +248,16 @@ mod tests {
             NAMESPACE,
             &[typed_virtual_service(vs)],
             &[typed_destination_rule(dr)],
+            &[],
         )
         .expect("fixtures resolve")
+    }
+
+    /// The patch of a subset split's selector, which always goes to its DestinationRule.
+    fn subset_version_patch(target: &Target, subset: Subset, label: &str, version: &str) -> Patch {
+        let (object, patch) = selector_patch(target, subset, label, version);
+        assert_eq!(object, SelectorObject::DestinationRule("shop"));
+        patch
     }
 
     fn applied(patch: &Patch, doc: &Value) -> Result<Value, json_patch::PatchError> {

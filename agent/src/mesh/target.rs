@@ -2,13 +2,14 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 
 use super::MeshError;
 use super::istio::virtual_service::{VirtualServiceHttp, VirtualServiceHttpRoute};
 use super::istio::{DestinationRule, VirtualService};
 use crate::plan::{Subset, Subsets, Traffic};
-use crate::spec::{RolloutSpec, keys};
+use crate::spec::{RolloutSpec, SplitServices, keys};
 
 /// An object weir patches, as it was read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,7 +33,8 @@ pub struct ManagedDestination {
     pub index: usize,
     /// The host exactly as written (one of the Service's host forms).
     pub host: String,
-    pub subset: String,
+    /// The subset, in a split between subsets; `None` in a host-level split.
+    pub subset: Option<String>,
     pub port: Option<i64>,
     /// As written; `None` when the destination has no `weight` field.
     pub weight: Option<i32>,
@@ -48,61 +50,144 @@ pub struct ManagedSubset {
     pub labels: Option<BTreeMap<String, String>>,
 }
 
+/// The stable or canary Service of a host-level split.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManagedService {
+    pub object: ObjectVersion,
+    /// Its selector, never empty.
+    pub selector: BTreeMap<String, String>,
+}
+
+/// What selects each version's pods: where weir writes the version label.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selectors {
+    /// Two subsets of a DestinationRule, by their labels.
+    Subsets {
+        destination_rule: ObjectVersion,
+        stable: ManagedSubset,
+        canary: ManagedSubset,
+    },
+    /// Two Services, by their selectors (a host-level split).
+    Services {
+        stable: ManagedService,
+        canary: ManagedService,
+    },
+}
+
+impl Selectors {
+    /// The labels that select `subset`'s version, as read; `None` for a subset without
+    /// a `labels` map.
+    pub fn labels(&self, subset: Subset) -> Option<&BTreeMap<String, String>> {
+        match (self, subset) {
+            (Selectors::Subsets { stable, .. }, Subset::Stable) => stable.labels.as_ref(),
+            (Selectors::Subsets { canary, .. }, Subset::Canary) => canary.labels.as_ref(),
+            (Selectors::Services { stable, .. }, Subset::Stable) => Some(&stable.selector),
+            (Selectors::Services { canary, .. }, Subset::Canary) => Some(&canary.selector),
+        }
+    }
+
+    /// How messages name what selects `subset`'s version: `subset "stable"` or
+    /// `Service "shop-stable"`.
+    pub fn describe(&self, subset: Subset) -> String {
+        match (self, subset) {
+            (Selectors::Subsets { stable, .. }, Subset::Stable) => {
+                format!("subset {:?}", stable.name)
+            }
+            (Selectors::Subsets { canary, .. }, Subset::Canary) => {
+                format!("subset {:?}", canary.name)
+            }
+            (Selectors::Services { stable, .. }, Subset::Stable) => {
+                format!("Service {:?}", stable.object.name)
+            }
+            (Selectors::Services { canary, .. }, Subset::Canary) => {
+                format!("Service {:?}", canary.object.name)
+            }
+        }
+    }
+}
+
 /// Everything needed to read and patch one Service's traffic, found by [`resolve`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     pub virtual_service: ObjectVersion,
     pub route: ManagedRoute,
     pub stable_destination: ManagedDestination,
-    /// `None` until the route has a canary destination: [`super::weight_patch`] adds it,
-    /// with the stable destination's host and port.
+    /// `None` until the route has a canary destination: [`super::weight_patch`] adds it
+    /// ([`Target::new_canary_destination`]).
     pub canary_destination: Option<ManagedDestination>,
-    pub destination_rule: ObjectVersion,
-    pub stable_subset: ManagedSubset,
-    pub canary_subset: ManagedSubset,
+    pub selectors: Selectors,
     /// The route's live weights.
     pub traffic: Traffic,
-    /// The versions the subsets select (their version label's values).
+    /// The versions the subsets (or split Services) select: their version label's values.
     pub subsets: Subsets,
 }
 
 impl Target {
-    /// The stable or canary subset.
-    pub fn subset(&self, subset: Subset) -> &ManagedSubset {
-        match subset {
-            Subset::Stable => &self.stable_subset,
-            Subset::Canary => &self.canary_subset,
+    /// The host and subset of the canary destination [`super::weight_patch`] adds to a
+    /// route that has none. In a subset split, the stable destination's host with the
+    /// canary subset. In a host-level split, the canary Service, written in the form
+    /// the stable host is written in (`shop-stable.store` gives `shop-canary.store`).
+    pub fn new_canary_destination(&self) -> (String, Option<String>) {
+        let stable = &self.stable_destination.host;
+        match &self.selectors {
+            Selectors::Subsets { canary, .. } => (stable.clone(), Some(canary.name.clone())),
+            Selectors::Services { canary, .. } => {
+                let rest = stable.find('.').map_or("", |dot| &stable[dot..]);
+                (format!("{}{rest}", canary.object.name), None)
+            }
         }
     }
 }
 
-/// Finds the VirtualService, HTTP route, destinations, DestinationRule and subsets that
-/// manage `spec.service`'s traffic among the objects of `namespace`, following the
-/// annotations in `spec` and the defaults of the user contract, and reads their live
-/// weights and versions.
+/// Finds the VirtualService, HTTP route, destinations, and the DestinationRule subsets
+/// or split Services that manage `spec.service`'s traffic among the objects of
+/// `namespace`, following the annotations in `spec` and the defaults of the user
+/// contract, and reads their live weights and versions.
+///
+/// `services` needs to hold only the two split Services of a host-level split (it is
+/// not read otherwise), and `destination_rules` is not read in a host-level split.
 pub fn resolve(
     spec: &RolloutSpec,
     namespace: &str,
     virtual_services: &[VirtualService],
     destination_rules: &[DestinationRule],
+    services: &[Service],
 ) -> Result<Target, MeshError> {
-    if spec.stable_subset == spec.canary_subset {
-        return Err(MeshError::SameSubset {
-            subset: spec.stable_subset.clone(),
-        });
-    }
-    let service = ServiceHost {
-        service: &spec.service,
-        namespace,
+    let split = match &spec.split_services {
+        Some(split) => Split::Hosts {
+            stable: ServiceHost {
+                service: &split.stable,
+                namespace,
+            },
+            canary: ServiceHost {
+                service: &split.canary,
+                namespace,
+            },
+        },
+        None => {
+            if spec.stable_subset == spec.canary_subset {
+                return Err(MeshError::SameSubset {
+                    subset: spec.stable_subset.clone(),
+                });
+            }
+            Split::Subsets {
+                service: ServiceHost {
+                    service: &spec.service,
+                    namespace,
+                },
+            }
+        }
     };
+    // The host the route is found by: the Service's, or the stable Service's.
+    let routed = split.routed();
 
-    let virtual_service = find_virtual_service(spec, &service, virtual_services)?;
+    let virtual_service = find_virtual_service(spec, routed, virtual_services)?;
     let vs_name = virtual_service.name_any();
     let http = virtual_service.spec.http.as_deref().unwrap_or_default();
-    let (route_index, route) = find_route(spec, &service, &vs_name, http)?;
+    let (route_index, route) = find_route(spec, routed, &vs_name, http)?;
     let route_label = route_label(route_index, route);
     let (stable_destination, canary_destination) =
-        find_destinations(spec, &service, &vs_name, &route_label, route)?;
+        find_destinations(spec, &split, &vs_name, &route_label, route)?;
     let traffic = live_traffic(
         &vs_name,
         &route_label,
@@ -110,16 +195,29 @@ pub fn resolve(
         canary_destination.as_ref(),
     )?;
 
-    let destination_rule = find_destination_rule(spec, &service, destination_rules)?;
-    let dr_name = destination_rule.name_any();
-    let subsets = destination_rule.spec.subsets.as_deref().unwrap_or_default();
-    let find = |name: &str, key| find_subset(&dr_name, subsets, name, key);
-    let stable_subset = find(&spec.stable_subset, keys::STABLE_SUBSET)?;
-    let canary_subset = find(&spec.canary_subset, keys::CANARY_SUBSET)?;
-    let version = |subset: &ManagedSubset| {
-        subset
-            .labels
-            .as_ref()
+    let selectors = match &spec.split_services {
+        None => {
+            let destination_rule = find_destination_rule(spec, routed, destination_rules)?;
+            let dr_name = destination_rule.name_any();
+            let subsets = destination_rule.spec.subsets.as_deref().unwrap_or_default();
+            let find = |name: &str, key| find_subset(&dr_name, subsets, name, key);
+            Selectors::Subsets {
+                stable: find(&spec.stable_subset, keys::STABLE_SUBSET)?,
+                canary: find(&spec.canary_subset, keys::CANARY_SUBSET)?,
+                destination_rule: ObjectVersion {
+                    resource_version: destination_rule.resource_version(),
+                    name: dr_name,
+                },
+            }
+        }
+        Some(split) => Selectors::Services {
+            stable: find_split_service(services, &split.stable, keys::STABLE_SERVICE, namespace)?,
+            canary: find_split_service(services, &split.canary, keys::CANARY_SERVICE, namespace)?,
+        },
+    };
+    let version = |subset| {
+        selectors
+            .labels(subset)
             .and_then(|labels| labels.get(&spec.version_label))
             .cloned()
     };
@@ -134,19 +232,34 @@ pub fn resolve(
             name: route.name.clone(),
         },
         subsets: Subsets {
-            stable: version(&stable_subset),
-            canary: version(&canary_subset),
+            stable: version(Subset::Stable),
+            canary: version(Subset::Canary),
         },
         stable_destination,
         canary_destination,
-        destination_rule: ObjectVersion {
-            name: dr_name,
-            resource_version: destination_rule.resource_version(),
-        },
-        stable_subset,
-        canary_subset,
+        selectors,
         traffic,
     })
+}
+
+/// How the managed route's destinations are told apart.
+enum Split<'a> {
+    /// One host, the Service's; stable and canary are subsets.
+    Subsets { service: ServiceHost<'a> },
+    /// Two hosts, the stable and the canary Service; no subsets.
+    Hosts {
+        stable: ServiceHost<'a>,
+        canary: ServiceHost<'a>,
+    },
+}
+
+impl<'a> Split<'a> {
+    fn routed(&self) -> &ServiceHost<'a> {
+        match self {
+            Split::Subsets { service } => service,
+            Split::Hosts { stable, .. } => stable,
+        }
+    }
 }
 
 /// A Service, for matching the host names that refer to it.
@@ -305,7 +418,7 @@ fn find_route<'a>(
 /// weir would have to rebalance weights it does not own.
 fn find_destinations(
     spec: &RolloutSpec,
-    service: &ServiceHost,
+    split: &Split,
     vs_name: &str,
     route_label: &str,
     route: &VirtualServiceHttp,
@@ -314,40 +427,73 @@ fn find_destinations(
     let mut canary = None;
     for (index, destination) in destinations(route).iter().enumerate() {
         let host = &destination.destination.host;
-        if !service.matches(host) {
-            return Err(MeshError::ForeignDestination {
-                virtual_service: vs_name.to_owned(),
-                route: route_label.to_owned(),
-                host: host.clone(),
-                service: service.service.to_owned(),
-            });
-        }
         let subset = destination.destination.subset.as_deref();
-        let slot = match subset {
-            Some(subset) if subset == spec.stable_subset => &mut stable,
-            Some(subset) if subset == spec.canary_subset => &mut canary,
-            _ => {
-                return Err(MeshError::UnmanagedDestination {
-                    virtual_service: vs_name.to_owned(),
-                    route: route_label.to_owned(),
-                    subset: subset.map(str::to_owned),
-                    stable: spec.stable_subset.clone(),
-                    canary: spec.canary_subset.clone(),
-                });
+        let (slot, duplicate) = match split {
+            Split::Subsets { service } => {
+                if !service.matches(host) {
+                    return Err(MeshError::ForeignDestination {
+                        virtual_service: vs_name.to_owned(),
+                        route: route_label.to_owned(),
+                        host: host.clone(),
+                        service: service.service.to_owned(),
+                    });
+                }
+                let slot = match subset {
+                    Some(subset) if subset == spec.stable_subset => &mut stable,
+                    Some(subset) if subset == spec.canary_subset => &mut canary,
+                    _ => {
+                        return Err(MeshError::UnmanagedDestination {
+                            virtual_service: vs_name.to_owned(),
+                            route: route_label.to_owned(),
+                            subset: subset.map(str::to_owned),
+                            stable: spec.stable_subset.clone(),
+                            canary: spec.canary_subset.clone(),
+                        });
+                    }
+                };
+                (slot, format!("subset {:?}", subset.unwrap_or_default()))
+            }
+            Split::Hosts {
+                stable: stable_host,
+                canary: canary_host,
+            } => {
+                let slot = if stable_host.matches(host) {
+                    &mut stable
+                } else if canary_host.matches(host) {
+                    &mut canary
+                } else {
+                    return Err(MeshError::ForeignHost {
+                        virtual_service: vs_name.to_owned(),
+                        route: route_label.to_owned(),
+                        host: host.clone(),
+                        split: Box::new(SplitServices {
+                            stable: stable_host.service.to_owned(),
+                            canary: canary_host.service.to_owned(),
+                        }),
+                    });
+                };
+                if let Some(subset) = subset {
+                    return Err(MeshError::SubsetInHostSplit {
+                        virtual_service: vs_name.to_owned(),
+                        route: route_label.to_owned(),
+                        host: host.clone(),
+                        subset: subset.to_owned(),
+                    });
+                }
+                (slot, format!("host {host:?}"))
             }
         };
-        let subset = subset.unwrap_or_default().to_owned();
         if slot.is_some() {
             return Err(MeshError::DuplicateDestination {
                 virtual_service: vs_name.to_owned(),
                 route: route_label.to_owned(),
-                subset,
+                destination: duplicate,
             });
         }
         *slot = Some(ManagedDestination {
             index,
             host: host.clone(),
-            subset,
+            subset: subset.map(str::to_owned),
             port: destination
                 .destination
                 .port
@@ -356,13 +502,55 @@ fn find_destinations(
             weight: destination.weight,
         });
     }
-    let stable = stable.ok_or_else(|| MeshError::NoStableDestination {
-        virtual_service: vs_name.to_owned(),
-        route: route_label.to_owned(),
-        service: service.service.to_owned(),
-        subset: spec.stable_subset.clone(),
+    let stable = stable.ok_or_else(|| match split {
+        Split::Subsets { service } => MeshError::NoStableDestination {
+            virtual_service: vs_name.to_owned(),
+            route: route_label.to_owned(),
+            service: service.service.to_owned(),
+            subset: spec.stable_subset.clone(),
+        },
+        // Unreachable in practice: the route was found by a destination on this host.
+        Split::Hosts { stable, .. } => MeshError::NoStableHost {
+            virtual_service: vs_name.to_owned(),
+            route: route_label.to_owned(),
+            service: stable.service.to_owned(),
+        },
     })?;
     Ok((stable, canary))
+}
+
+/// The stable or canary Service of a host-level split (`key` names it), with its
+/// selector.
+fn find_split_service(
+    services: &[Service],
+    name: &str,
+    key: &'static str,
+    namespace: &str,
+) -> Result<ManagedService, MeshError> {
+    let service = services
+        .iter()
+        .find(|service| service.name_any() == name)
+        .ok_or_else(|| MeshError::SplitServiceNotFound {
+            name: name.to_owned(),
+            key,
+            namespace: namespace.to_owned(),
+        })?;
+    let selector = service
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.selector.clone())
+        .filter(|selector| !selector.is_empty())
+        .ok_or_else(|| MeshError::SplitServiceWithoutSelector {
+            name: name.to_owned(),
+            key,
+        })?;
+    Ok(ManagedService {
+        object: ObjectVersion {
+            name: name.to_owned(),
+            resource_version: service.resource_version(),
+        },
+        selector,
+    })
 }
 
 /// A sole destination without a weight takes all traffic; next to a canary destination,
@@ -509,7 +697,7 @@ mod tests {
             .iter()
             .map(typed_destination_rule)
             .collect();
-        resolve(spec, NAMESPACE, &virtual_services, &destination_rules)
+        resolve(spec, NAMESPACE, &virtual_services, &destination_rules, &[])
     }
 
     fn resolve_fixtures(
@@ -537,42 +725,44 @@ mod tests {
                 stable_destination: ManagedDestination {
                     index: 0,
                     host: "shop.store.svc.cluster.local".into(),
-                    subset: "stable".into(),
+                    subset: Some("stable".into()),
                     port: Some(8080),
                     weight: Some(90),
                 },
                 canary_destination: Some(ManagedDestination {
                     index: 1,
                     host: "shop.store.svc.cluster.local".into(),
-                    subset: "canary".into(),
+                    subset: Some("canary".into()),
                     port: Some(8080),
                     weight: Some(10),
                 }),
-                destination_rule: ObjectVersion {
-                    name: "shop".into(),
-                    resource_version: Some("815".into())
-                },
-                stable_subset: ManagedSubset {
-                    index: 0,
-                    name: "stable".into(),
-                    labels: Some(
-                        [
-                            ("app".into(), "shop".into()),
-                            ("version".into(), "v1".into())
-                        ]
-                        .into()
-                    ),
-                },
-                canary_subset: ManagedSubset {
-                    index: 1,
-                    name: "canary".into(),
-                    labels: Some(
-                        [
-                            ("app".into(), "shop".into()),
-                            ("version".into(), "v2".into())
-                        ]
-                        .into()
-                    ),
+                selectors: Selectors::Subsets {
+                    destination_rule: ObjectVersion {
+                        name: "shop".into(),
+                        resource_version: Some("815".into())
+                    },
+                    stable: ManagedSubset {
+                        index: 0,
+                        name: "stable".into(),
+                        labels: Some(
+                            [
+                                ("app".into(), "shop".into()),
+                                ("version".into(), "v1".into())
+                            ]
+                            .into()
+                        ),
+                    },
+                    canary: ManagedSubset {
+                        index: 1,
+                        name: "canary".into(),
+                        labels: Some(
+                            [
+                                ("app".into(), "shop".into()),
+                                ("version".into(), "v2".into())
+                            ]
+                            .into()
+                        ),
+                    },
                 },
                 traffic: Traffic {
                     stable: 90,
@@ -584,8 +774,14 @@ mod tests {
                 },
             }
         );
-        assert_eq!(target.subset(Subset::Stable).index, 0);
-        assert_eq!(target.subset(Subset::Canary).index, 1);
+        assert_eq!(
+            target.selectors.describe(Subset::Stable),
+            r#"subset "stable""#
+        );
+        assert_eq!(
+            target.selectors.describe(Subset::Canary),
+            r#"subset "canary""#
+        );
     }
 
     #[test]
@@ -615,7 +811,9 @@ mod tests {
                 name: Some("main".into())
             }
         );
-        assert_eq!(target.destination_rule.name, "shop");
+        assert!(
+            matches!(&target.selectors, Selectors::Subsets { destination_rule, .. } if destination_rule.name == "shop")
+        );
     }
 
     #[test]
@@ -784,7 +982,7 @@ mod tests {
                 canary: None
             }
         );
-        assert_eq!(target.canary_subset.labels, None);
+        assert_eq!(target.selectors.labels(Subset::Canary), None);
 
         let target = resolve_fixtures(
             &[(keys::VERSION_LABEL, "app.kubernetes.io/version")],
@@ -995,7 +1193,7 @@ mod tests {
                 want: MeshError::DuplicateDestination {
                     virtual_service: s("shop"),
                     route: s("\"main\""),
-                    subset: s("stable"),
+                    destination: s("subset \"stable\""),
                 },
             },
             Case {

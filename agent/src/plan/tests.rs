@@ -22,6 +22,7 @@ fn spec() -> RolloutSpec {
         destination_rule: None,
         stable_subset: d.stable_subset,
         canary_subset: d.canary_subset,
+        split_services: None,
         version_label: d.version_label,
         steps: d.steps,
         step_interval: d.step_interval,

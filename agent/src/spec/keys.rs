@@ -6,6 +6,8 @@ pub const ROUTE: &str = "weir.dev/route";
 pub const DESTINATION_RULE: &str = "weir.dev/destination-rule";
 pub const STABLE_SUBSET: &str = "weir.dev/stable-subset";
 pub const CANARY_SUBSET: &str = "weir.dev/canary-subset";
+pub const STABLE_SERVICE: &str = "weir.dev/stable-service";
+pub const CANARY_SERVICE: &str = "weir.dev/canary-service";
 pub const VERSION_LABEL: &str = "weir.dev/version-label";
 pub const STEPS: &str = "weir.dev/steps";
 pub const STEP_INTERVAL: &str = "weir.dev/step-interval";
@@ -45,6 +47,14 @@ pub const ALL: &[(&str, &str)] = &[
     (DESTINATION_RULE, r#"weir.dev/destination-rule: "checkout""#),
     (STABLE_SUBSET, r#"weir.dev/stable-subset: "stable""#),
     (CANARY_SUBSET, r#"weir.dev/canary-subset: "canary""#),
+    (
+        STABLE_SERVICE,
+        r#"weir.dev/stable-service: "checkout-stable""#,
+    ),
+    (
+        CANARY_SERVICE,
+        r#"weir.dev/canary-service: "checkout-canary""#,
+    ),
     (
         VERSION_LABEL,
         r#"weir.dev/version-label: "app.kubernetes.io/version""#,

@@ -30,7 +30,8 @@ mod tests;
 
 pub use error::{SpecError, SpecErrors};
 pub use names::{
-    parse_label_key, parse_object_name, parse_route_name, parse_subset_name, parse_version,
+    parse_label_key, parse_object_name, parse_route_name, parse_service_name, parse_subset_name,
+    parse_version,
 };
 pub use values::{
     InvalidValue, MAX_INTERVAL, MAX_LATENCY, MAX_SCALE_DOWN_DELAY, MAX_STEPS, MIN_INTERVAL,
@@ -58,6 +59,10 @@ pub struct RolloutSpec {
     pub stable_subset: String,
     /// Subset that selects the canary; never equal to `stable_subset`.
     pub canary_subset: String,
+    /// The Services each version is reached through, for a host-level split
+    /// (`weir.dev/stable-service` and `weir.dev/canary-service`); `None`: the split is
+    /// between the DestinationRule's subsets.
+    pub split_services: Option<SplitServices>,
     /// Pod label whose value names a version.
     pub version_label: String,
     /// Canary weights, strictly ascending, each in 1..=100. Never empty.
@@ -82,6 +87,29 @@ pub struct RolloutSpec {
     /// How long after a promotion the superseded version's Deployment keeps its
     /// replicas before weir scales it to zero; `None`: never.
     pub scale_down_delay: Option<Duration>,
+}
+
+impl RolloutSpec {
+    /// The Services the mesh reports the stable and the canary version's requests
+    /// under (`destination_service_name`): the split Services in a host-level split,
+    /// else this Service for both.
+    pub fn reported_services(&self) -> (String, String) {
+        match &self.split_services {
+            Some(split) => (split.stable.clone(), split.canary.clone()),
+            None => (self.service.clone(), self.service.clone()),
+        }
+    }
+}
+
+/// A host-level split: the managed route's two destinations are two Services, each of
+/// which selects one version by the version label. weir points their selectors at the
+/// stable and canary versions as it points subsets in a DestinationRule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SplitServices {
+    /// Selects the stable version; never the opted-in Service itself.
+    pub stable: String,
+    /// Selects the canary; never equal to `stable`, never the opted-in Service.
+    pub canary: String,
 }
 
 /// The agent-wide defaults for every optional annotation (set by the agent's flags).
@@ -149,6 +177,7 @@ pub fn parse(
     let canary_subset = reader
         .read(keys::CANARY_SUBSET, parse_subset_name)
         .unwrap_or_else(|| defaults.canary_subset.clone());
+    let split_services = reader.split_services(service);
     let version_label = reader
         .read(keys::VERSION_LABEL, parse_label_key)
         .unwrap_or_else(|| defaults.version_label.clone());
@@ -205,7 +234,7 @@ pub fn parse(
     // how a rollout runs.
     reader.read(keys::NOTIFY, parse_notify);
 
-    if stable_subset == canary_subset {
+    if stable_subset == canary_subset && split_services.is_none() {
         reader.conflict(
             [keys::CANARY_SUBSET, keys::STABLE_SUBSET],
             &canary_subset,
@@ -237,6 +266,7 @@ pub fn parse(
         destination_rule,
         stable_subset,
         canary_subset,
+        split_services,
         version_label,
         steps,
         step_interval,
@@ -373,6 +403,81 @@ impl<'a> Reader<'a> {
             }
             (None, None, None) => None,
         }
+    }
+
+    /// The host-level split: both `stable-service` and `canary-service`, or neither.
+    /// With them, the subset annotations would mean nothing, and are refused rather than
+    /// silently ignored.
+    fn split_services(&mut self, service: &str) -> Option<SplitServices> {
+        let stable = self.read(keys::STABLE_SERVICE, parse_service_name);
+        let canary = self.read(keys::CANARY_SERVICE, parse_service_name);
+        let set = |key| self.annotations.contains_key(key);
+        let both_set = set(keys::STABLE_SERVICE) && set(keys::CANARY_SERVICE);
+        match (set(keys::STABLE_SERVICE), set(keys::CANARY_SERVICE)) {
+            (true, false) => self.needs(keys::STABLE_SERVICE, keys::CANARY_SERVICE),
+            (false, true) => self.needs(keys::CANARY_SERVICE, keys::STABLE_SERVICE),
+            _ => {}
+        }
+        if !both_set {
+            return None;
+        }
+        for key in [
+            keys::DESTINATION_RULE,
+            keys::STABLE_SUBSET,
+            keys::CANARY_SUBSET,
+        ] {
+            if let Some(value) = self.annotations.get(key) {
+                self.errors.push(SpecError::new(
+                    key,
+                    value,
+                    format!(
+                        "a host-level split ({} and {}) has no subsets: remove {key}, \
+                         or remove the two Service annotations to split by subsets",
+                        keys::STABLE_SERVICE,
+                        keys::CANARY_SERVICE
+                    ),
+                    keys::example(keys::STABLE_SERVICE),
+                ));
+            }
+        }
+        let (stable, canary) = (stable?, canary?);
+        for (key, name) in [
+            (keys::STABLE_SERVICE, &stable),
+            (keys::CANARY_SERVICE, &canary),
+        ] {
+            if name == service {
+                self.errors.push(SpecError::new(
+                    key,
+                    name,
+                    "must name another Service than the opted-in one: weir narrows this \
+                     Service's selector to one version, and finds every version through \
+                     the opted-in Service's selector",
+                    keys::example(key),
+                ));
+                return None;
+            }
+        }
+        if stable == canary {
+            self.conflict(
+                [keys::CANARY_SERVICE, keys::STABLE_SERVICE],
+                &canary,
+                "the canary and stable Services must differ: with one Service for both, \
+                 no traffic could move",
+            );
+            return None;
+        }
+        Some(SplitServices { stable, canary })
+    }
+
+    /// `key` is set but means nothing without `partner`, which is absent.
+    fn needs(&mut self, key: &'static str, partner: &'static str) {
+        let value = self.annotations.get(key).map_or("", String::as_str);
+        self.errors.push(SpecError::new(
+            key,
+            value,
+            format!("it needs {partner} as well: a host-level split names both Services"),
+            keys::example(partner),
+        ));
     }
 
     /// `key`, one half of the slow-share gate, is set but means nothing without

@@ -20,9 +20,26 @@ pub fn parse_object_name(text: &str) -> Result<String, InvalidValue> {
     Ok(text.to_owned())
 }
 
+/// The name of a Service in the opted-in Service's namespace: a DNS-1035 label, as the
+/// API server requires of Service names.
+pub fn parse_service_name(text: &str) -> Result<String, InvalidValue> {
+    if text.contains('/') || text.contains('.') {
+        return invalid(
+            "give the Service's name only: weir works in the Service's own namespace, \
+             so no namespace/ prefix and no host name",
+        );
+    }
+    const RULE: &str = "the API server's rule for Service names";
+    dns_label(text, RULE)?;
+    if !text.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return invalid(format!("must start with a lowercase letter ({RULE})"));
+    }
+    Ok(text.to_owned())
+}
+
 /// A DestinationRule subset name: Istio requires a DNS-1123 label.
 pub fn parse_subset_name(text: &str) -> Result<String, InvalidValue> {
-    dns_label(text)?;
+    dns_label(text, "Istio's rule for subset names")?;
     Ok(text.to_owned())
 }
 
@@ -114,7 +131,7 @@ fn dns_subdomain(text: &str) -> Result<(), InvalidValue> {
 }
 
 /// RFC 1123 label.
-fn dns_label(text: &str) -> Result<(), InvalidValue> {
+fn dns_label(text: &str, rule: &str) -> Result<(), InvalidValue> {
     if text.is_empty() {
         return invalid("must not be empty");
     }
@@ -126,10 +143,10 @@ fn dns_label(text: &str) -> Result<(), InvalidValue> {
     }
     let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
     if !text.chars().all(allowed) || !starts_and_ends_alphanumeric(text) {
-        return invalid(
+        return invalid(format!(
             "must consist of lowercase letters, digits and '-', \
-             and start and end with a letter or digit (Istio's rule for subset names)",
-        );
+             and start and end with a letter or digit ({rule})"
+        ));
     }
     Ok(())
 }

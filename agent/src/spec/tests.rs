@@ -35,6 +35,7 @@ fn absent_annotations_take_the_defaults() {
             destination_rule: None,
             stable_subset: "stable".into(),
             canary_subset: "canary".into(),
+            split_services: None,
             version_label: "version".into(),
             steps: vec![10, 25, 50],
             step_interval: Duration::from_secs(60),
@@ -128,6 +129,31 @@ fn the_agent_can_set_error_codes_and_turn_the_slow_share_gate_on() {
 }
 
 #[test]
+fn two_split_services_make_a_host_level_split() {
+    let spec = spec_with(&[
+        (keys::STABLE_SERVICE, "checkout-stable"),
+        (keys::CANARY_SERVICE, "checkout-canary"),
+    ]);
+    assert_eq!(
+        spec.split_services,
+        Some(SplitServices {
+            stable: "checkout-stable".into(),
+            canary: "checkout-canary".into()
+        })
+    );
+    assert_eq!(
+        spec.reported_services(),
+        ("checkout-stable".into(), "checkout-canary".into())
+    );
+    let subsets = spec_with(&[]);
+    assert_eq!(subsets.split_services, None);
+    assert_eq!(
+        subsets.reported_services(),
+        ("checkout".into(), "checkout".into())
+    );
+}
+
+#[test]
 fn half_a_slow_share_gate_names_the_missing_half() {
     let errors = parse_pairs(&[(keys::ENABLED, "true"), (keys::MAX_SLOW_SHARE, "5%")]).unwrap_err();
     assert_eq!(
@@ -185,6 +211,7 @@ fn every_annotation_set_is_read() {
             destination_rule: Some("checkout.dr".into()),
             stable_subset: "blue".into(),
             canary_subset: "green".into(),
+            split_services: None,
             version_label: "app.kubernetes.io/version".into(),
             steps: vec![5, 20, 60, 100],
             step_interval: Duration::from_secs(5400),
@@ -620,6 +647,57 @@ const BAD: &[BadCase] = &[
         &[(keys::SLOW_THRESHOLD, "250ms")],
         keys::SLOW_THRESHOLD,
         "it needs weir.dev/max-slow-share as well",
+    ),
+    (
+        &[(keys::STABLE_SERVICE, "checkout-stable")],
+        keys::STABLE_SERVICE,
+        "it needs weir.dev/canary-service as well",
+    ),
+    (
+        &[(keys::CANARY_SERVICE, "checkout-canary")],
+        keys::CANARY_SERVICE,
+        "it needs weir.dev/stable-service as well",
+    ),
+    (
+        &[
+            (keys::STABLE_SERVICE, "checkout-stable"),
+            (keys::CANARY_SERVICE, "checkout-stable"),
+        ],
+        keys::CANARY_SERVICE,
+        "the canary and stable Services must differ",
+    ),
+    (
+        &[
+            (keys::STABLE_SERVICE, "checkout"),
+            (keys::CANARY_SERVICE, "checkout-canary"),
+        ],
+        keys::STABLE_SERVICE,
+        "must name another Service than the opted-in one",
+    ),
+    (
+        &[
+            (keys::STABLE_SERVICE, "checkout-stable"),
+            (keys::CANARY_SERVICE, "checkout-canary"),
+            (keys::STABLE_SUBSET, "primary"),
+        ],
+        keys::STABLE_SUBSET,
+        "a host-level split (weir.dev/stable-service and weir.dev/canary-service) has no subsets",
+    ),
+    (
+        &[
+            (keys::STABLE_SERVICE, "checkout-stable.shop"),
+            (keys::CANARY_SERVICE, "checkout-canary"),
+        ],
+        keys::STABLE_SERVICE,
+        "give the Service's name only",
+    ),
+    (
+        &[
+            (keys::STABLE_SERVICE, "1-stable"),
+            (keys::CANARY_SERVICE, "checkout-canary"),
+        ],
+        keys::STABLE_SERVICE,
+        "must start with a lowercase letter",
     ),
     (
         &[
@@ -1112,10 +1190,13 @@ fn every_example_is_itself_valid() {
             .strip_prefix(&format!("{key}: \""))
             .and_then(|rest| rest.strip_suffix('"'))
             .unwrap_or_else(|| panic!("{line} should quote its value"));
-        // The slow-share gate's halves are valid only together.
+        // The slow-share gate's halves, and a host-level split's two Services, are
+        // valid only together.
         let partner = match *key {
             keys::MAX_SLOW_SHARE => (keys::SLOW_THRESHOLD, "250ms"),
             keys::SLOW_THRESHOLD => (keys::MAX_SLOW_SHARE, "5%"),
+            keys::STABLE_SERVICE => (keys::CANARY_SERVICE, "checkout-canary"),
+            keys::CANARY_SERVICE => (keys::STABLE_SERVICE, "checkout-stable"),
             _ => (keys::ENABLED, "true"),
         };
         let pairs = [(keys::ENABLED, "true"), partner, (*key, value)];
