@@ -11,6 +11,7 @@ mod dashboard;
 mod demo;
 mod faults;
 mod gitops;
+mod host_split;
 mod install;
 mod leader;
 mod mesh_versions;

@@ -470,6 +470,16 @@ impl Bed {
     /// Records every distinct (stable, canary) weight of `vs`'s managed route, from a
     /// watch: every revision the apiserver stores is seen, however briefly it lasted.
     pub fn record_weights(&self, vs: &str) -> WeightLog {
+        self.record_weights_by(vs, |value| weights_of(value, "primary"))
+    }
+
+    /// Records every distinct weight pair of `vs`, as [`Bed::record_weights`] does, read
+    /// from each revision by `weights`.
+    fn record_weights_by(
+        &self,
+        vs: &str,
+        weights: impl Fn(&Value) -> Weights + Send + 'static,
+    ) -> WeightLog {
         use futures::StreamExt as _;
         use kube::runtime::{WatchStreamExt as _, watcher};
         let api = self.virtual_services();
@@ -483,7 +493,7 @@ impl Bed {
                 if let Ok(obj) = revision
                     && let Ok(value) = serde_json::to_value(&obj)
                 {
-                    let w = weights_of(&value, "primary");
+                    let w = weights(&value);
                     let mut log = sink.lock().unwrap();
                     if log.last() != Some(&w) {
                         log.push(w);
@@ -844,5 +854,186 @@ impl Agent {
     /// The agent's process id while it runs (`None` after [`Agent::kill`]).
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(OwnedProcess::pid)
+    }
+}
+
+/// A host-level split: the route is between two Services, `<app>-stable` and
+/// `<app>-canary`, each selecting one version, instead of two DestinationRule subsets.
+impl App {
+    /// An application released by a host-level split between the Services
+    /// `<name>-stable` and `<name>-canary` (see [`Bed::deploy_host_split_app`]).
+    pub fn host_split(name: &str) -> App {
+        App::new(name)
+            .with("stable-service", &stable_service(name))
+            .with("canary-service", &canary_service(name))
+    }
+}
+
+/// The Service that selects `app`'s stable version in a host-level split.
+pub fn stable_service(app: &str) -> String {
+    format!("{app}-stable")
+}
+
+/// The Service that selects `app`'s canary version in a host-level split.
+pub fn canary_service(app: &str) -> String {
+    format!("{app}-canary")
+}
+
+/// A VirtualService `<app>` whose route `primary` sends everything to the Service
+/// `<app>-stable` (port 80) and has no canary destination yet: weir adds it.
+pub fn host_split_virtual_service(app: &str) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": app},
+        "spec": {
+            "hosts": [app],
+            "http": [{
+                "name": "primary",
+                "route": [{"destination": {"host": stable_service(app), "port": {"number": 80}}, "weight": 100}]
+            }]
+        }
+    })
+}
+
+/// (stable, canary) weights of a host-level split's route, its destinations told apart
+/// by host (`stable` and `canary` are Service names; any host form of them counts); a
+/// missing canary destination is 0.
+pub fn host_weights_of(vs: &Value, route: &str, stable: &str, canary: &str) -> Weights {
+    let routes = vs["spec"]["http"].as_array().cloned().unwrap_or_default();
+    let Some(r) = routes.iter().find(|r| r["name"] == route) else {
+        return Weights {
+            stable: -1,
+            canary: -1,
+        };
+    };
+    let names = |host: &str, service: &str| {
+        host == service
+            || host
+                .strip_prefix(service)
+                .is_some_and(|rest| rest.starts_with('.'))
+    };
+    let mut w = Weights {
+        stable: 0,
+        canary: 0,
+    };
+    let dests = r["route"].as_array().cloned().unwrap_or_default();
+    let sole = dests.len() == 1;
+    for d in dests {
+        let weight = d["weight"].as_i64().unwrap_or(if sole { 100 } else { 0 });
+        let host = d["destination"]["host"].as_str().unwrap_or_default();
+        if names(host, stable) {
+            w.stable = weight;
+        } else if names(host, canary) {
+            w.canary = weight;
+        }
+    }
+    w
+}
+
+impl Bed {
+    /// Creates a host-level split of `app`: the opted-in Service `<app>` selecting every
+    /// version, the Services `<app>-stable` and `<app>-canary` both selecting v1,
+    /// Deployment v1 and `virtual_service` (for example [`host_split_virtual_service`]).
+    /// No DestinationRule.
+    pub async fn deploy_host_split_app(
+        &self,
+        app: &App,
+        virtual_service: &Value,
+    ) -> anyhow::Result<()> {
+        let name = &app.name;
+        let service: Service = serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": app.annotations},
+            "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80}]}
+        }))?;
+        self.services()
+            .create(&PostParams::default(), &service)
+            .await?;
+        for service in [stable_service(name), canary_service(name)] {
+            self.create_service(&service, json!({"app": name, "version": "v1"}))
+                .await?;
+        }
+        self.deploy_version(name, "v1", 0.0).await?;
+        self.create_dynamic(virtual_service).await
+    }
+
+    /// Creates a Service `name` (port 80, `http`) that weir does not manage, selecting
+    /// the pods labelled `selector`.
+    pub async fn create_service(&self, name: &str, selector: Value) -> anyhow::Result<()> {
+        let service: Service = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"selector": selector, "ports": [{"name": "http", "port": 80}]}
+        }))?;
+        self.services()
+            .create(&PostParams::default(), &service)
+            .await?;
+        Ok(())
+    }
+
+    /// A Service's `spec.selector` (empty without one).
+    pub async fn service_selector(
+        &self,
+        service: &str,
+    ) -> anyhow::Result<BTreeMap<String, String>> {
+        let svc = self.services().get(service).await?;
+        Ok(svc.spec.and_then(|s| s.selector).unwrap_or_default())
+    }
+
+    /// The version (the `version` label's value) a Service's selector picks.
+    pub async fn selector_version(&self, service: &str) -> anyhow::Result<Option<String>> {
+        Ok(self.service_selector(service).await?.remove("version"))
+    }
+
+    /// The (stable, canary) weights of the route `primary` of the host-level split of
+    /// `app` in VirtualService `vs`, and the whole VirtualService.
+    pub async fn host_route(&self, vs: &str, app: &str) -> anyhow::Result<(Weights, Value)> {
+        let obj = self.virtual_services().get(vs).await?;
+        let value = serde_json::to_value(&obj)?;
+        let weights = host_weights_of(
+            &value,
+            "primary",
+            &stable_service(app),
+            &canary_service(app),
+        );
+        Ok((weights, value))
+    }
+
+    /// Records the weights of the host-level split of `app` in `vs`, as
+    /// [`Bed::record_weights`] does for subsets.
+    pub fn record_host_weights(&self, vs: &str, app: &str) -> WeightLog {
+        let (stable, canary) = (stable_service(app), canary_service(app));
+        self.record_weights_by(vs, move |value| {
+            host_weights_of(value, "primary", &stable, &canary)
+        })
+    }
+
+    /// A finished promotion of a host-level split as the cluster shows it: `app`'s route
+    /// keeps both destinations, stable at 100 and canary at 0, and the stable Service
+    /// selects `version`.
+    pub async fn assert_host_split_promoted(&self, app: &str, version: &str) -> anyhow::Result<()> {
+        let (live, vs) = self.host_route(app, app).await?;
+        anyhow::ensure!(
+            live == Weights {
+                stable: 100,
+                canary: 0
+            },
+            "the route of {app} is {live:?}, not 100/0"
+        );
+        let primary = vs["spec"]["http"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["name"] == "primary");
+        let destinations = primary.map(|r| r["route"].clone()).unwrap_or_default();
+        anyhow::ensure!(
+            destinations.as_array().map(Vec::len) == Some(2),
+            "the route of {app} does not keep its two destinations: {destinations}"
+        );
+        let stable = self.selector_version(&stable_service(app)).await?;
+        anyhow::ensure!(
+            stable.as_deref() == Some(version),
+            "the stable Service of {app} selects {stable:?}, not {version}"
+        );
+        Ok(())
     }
 }

@@ -544,6 +544,62 @@ mod tests {
         );
     }
 
+    /// A host-level split: one route between two Services (`checkout-stable`,
+    /// `checkout-canary`) without subsets. Each destination reaches the versions its own
+    /// Service selects, is reported under that Service's name, and follows a change of
+    /// that selector.
+    #[test]
+    fn destinations_on_two_hosts_follow_each_service_selector() {
+        let mut mesh = checkout();
+        mesh.destination_rules.clear();
+        for name in ["checkout-stable", "checkout-canary"] {
+            mesh.services.push(Service {
+                name: name.to_owned(),
+                selector: labels(&[("app", "checkout"), ("version", "v1")]),
+                rps: None,
+            });
+        }
+        mesh.routes = vec![route(
+            "checkout",
+            0,
+            vec![
+                destination("checkout-stable", None, Some(90)),
+                destination("checkout-canary.shop.svc.cluster.local", None, Some(10)),
+            ],
+        )];
+        let plans = plan_traffic(&mesh, 50.0);
+        assert_eq!(
+            summary(&plans),
+            vec![vec![(90, vec!["checkout-v1"]), (10, vec!["checkout-v1"])]]
+        );
+        let services: Vec<&str> = plans[0]
+            .destinations
+            .iter()
+            .flat_map(|d| &d.backends)
+            .map(|b| b.service.name.as_str())
+            .collect();
+        assert_eq!(services, vec!["checkout-stable", "checkout-canary"]);
+
+        // The canary Service is pointed at v2, then the stable one too (a promotion).
+        let select = |mesh: &mut Mesh, service: &str, version: &str| {
+            let service = mesh.services.iter_mut().find(|s| s.name == service);
+            service
+                .unwrap()
+                .selector
+                .insert("version".to_owned(), version.to_owned());
+        };
+        select(&mut mesh, "checkout-canary", "v2");
+        assert_eq!(
+            summary(&plan_traffic(&mesh, 50.0)),
+            vec![vec![(90, vec!["checkout-v1"]), (10, vec!["checkout-v2"])]]
+        );
+        select(&mut mesh, "checkout-stable", "v2");
+        assert_eq!(
+            summary(&plan_traffic(&mesh, 50.0)),
+            vec![vec![(90, vec!["checkout-v2"]), (10, vec!["checkout-v2"])]]
+        );
+    }
+
     #[test]
     fn service_selector_and_subset_labels_both_apply() {
         let mut mesh = checkout();
