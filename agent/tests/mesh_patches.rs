@@ -86,13 +86,12 @@ impl Mesh {
             .list(&ListParams::default())
             .await?
             .items;
-        Ok(mesh::resolve(
-            &self.spec,
-            NAMESPACE,
-            &virtual_services,
-            &destination_rules,
-            &[],
-        )?)
+        let routing = mesh::Routing {
+            virtual_services: &virtual_services,
+            destination_rules: &destination_rules,
+            ..mesh::Routing::default()
+        };
+        Ok(mesh::resolve(&self.spec, NAMESPACE, routing)?)
     }
 
     async fn vs_spec(&self) -> anyhow::Result<Value> {
@@ -323,6 +322,160 @@ async fn patches_apply_to_istio_objects_and_guards_hold() -> anyhow::Result<()> 
         last.subsets,
         Subsets {
             stable: Some("v2".into()),
+            canary: Some("v2".into())
+        }
+    );
+    Ok(())
+}
+
+/// A host-level split through a Gateway API HTTPRoute on the real CRD (its schema,
+/// defaults and CEL rules) and real Services: the canary backendRef weir adds is valid,
+/// the apiserver's defaults read back as the same traffic, a stale weight patch is
+/// refused, and the Service selector patch changes the version only.
+#[tokio::test]
+async fn http_route_and_service_selector_patches_apply_and_guards_hold() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Service;
+    use weir::mesh::HttpRoute;
+
+    let control_plane = ControlPlane::start().await?;
+    control_plane.create_namespace(NAMESPACE).await?;
+    let client = control_plane.client();
+    let routes = Api::<DynamicObject>::namespaced_with(
+        client.clone(),
+        NAMESPACE,
+        &ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+            "httproutes",
+        ),
+    );
+    let services = Api::<Service>::namespaced(client.clone(), NAMESPACE);
+    let post = PostParams::default();
+    for (name, version) in [("shop-stable", "v1"), ("shop-canary", "v1")] {
+        let service = json!({
+            "metadata": { "name": name },
+            "spec": { "selector": { "app": "shop", "version": version }, "ports": [{ "port": 8080 }] }
+        });
+        services
+            .create(&post, &serde_json::from_value(service)?)
+            .await?;
+    }
+    // As people write it: no weight (Gateway API's default is 1), no kind or group.
+    let written = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": { "name": "shop", "namespace": NAMESPACE },
+        "spec": {
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "shop", "port": 8080 }],
+            "rules": [
+                {
+                    "name": "debug",
+                    "matches": [{ "headers": [{ "name": "x-debug", "value": "1" }] }],
+                    "backendRefs": [{ "name": "shop-debug", "port": 8080 }]
+                },
+                {
+                    "name": "primary",
+                    "filters": [{ "type": "RequestHeaderModifier", "requestHeaderModifier": { "set": [{ "name": "x-shop", "value": "1" }] } }],
+                    "timeouts": { "request": "10s" },
+                    "backendRefs": [{ "name": "shop-stable", "port": 8080 }]
+                }
+            ]
+        }
+    });
+    routes
+        .create(&post, &serde_json::from_value(written)?)
+        .await?;
+    let spec = spec::parse(
+        "shop",
+        &BTreeMap::from([
+            (keys::ENABLED.to_owned(), "true".to_owned()),
+            (keys::STABLE_SERVICE.to_owned(), "shop-stable".to_owned()),
+            (keys::CANARY_SERVICE.to_owned(), "shop-canary".to_owned()),
+        ]),
+        &Defaults::default(),
+    )?;
+    let resolve = || async {
+        let http_routes = Api::<HttpRoute>::namespaced(client.clone(), NAMESPACE)
+            .list(&ListParams::default())
+            .await?
+            .items;
+        let services = services.list(&ListParams::default()).await?.items;
+        let routing = mesh::Routing {
+            http_routes: &http_routes,
+            services: &services,
+            ..mesh::Routing::default()
+        };
+        anyhow::Ok(mesh::resolve(&spec, NAMESPACE, routing)?)
+    };
+    let rules = || async { anyhow::Ok(routes.get("shop").await?.data["spec"]["rules"].clone()) };
+
+    let first = resolve().await?;
+    assert_eq!(first.route_kind, mesh::RouteKind::HttpRoute);
+    assert_eq!(
+        first.traffic,
+        traffic(100, 0),
+        "a sole backend at the default weight"
+    );
+    assert_eq!(
+        first.stable_destination.weight,
+        Some(1),
+        "the apiserver's default"
+    );
+    let before = rules().await?;
+    patch(&routes, mesh::weight_patch(&first, traffic(90, 10))?).await?;
+    let mut want = before.clone();
+    want[1]["backendRefs"][0]["weight"] = json!(90);
+    let added = json!({ "group": "", "kind": "Service", "name": "shop-canary", "port": 8080, "weight": 10 });
+    want[1]["backendRefs"]
+        .as_array_mut()
+        .expect("backendRefs")
+        .push(added);
+    assert_eq!(
+        rules().await?,
+        want,
+        "only the weights and the canary backendRef"
+    );
+
+    // A foreign edit of the managed rule since the read: the stale patch is refused;
+    // after a fresh read the next step applies over it.
+    let stale = mesh::weight_patch(&resolve().await?, traffic(75, 25))?;
+    edit(
+        &routes,
+        json!([{ "op": "replace", "path": "/spec/rules/1/backendRefs/1/weight", "value": 0 },
+               { "op": "replace", "path": "/spec/rules/1/backendRefs/0/weight", "value": 100 }]),
+    )
+    .await?;
+    assert_rejected(patch(&routes, stale).await);
+    let fresh = resolve().await?;
+    assert_eq!(fresh.traffic, traffic(100, 0));
+    patch(&routes, mesh::weight_patch(&fresh, traffic(75, 25))?).await?;
+    assert_eq!(resolve().await?.traffic, traffic(75, 25));
+
+    // The canary Service's selector moves to v2; everything else of it stays.
+    let before = serde_json::to_value(services.get("shop-canary").await?)?;
+    let (object, selector) = mesh::selector_patch(&fresh, Subset::Canary, "version", "v2");
+    assert_eq!(object, mesh::SelectorObject::Service("shop-canary"));
+    services
+        .patch(
+            "shop-canary",
+            &PatchParams::default(),
+            &Patch::<()>::Json(selector),
+        )
+        .await?;
+    let after = serde_json::to_value(services.get("shop-canary").await?)?;
+    assert_eq!(
+        after["spec"]["selector"],
+        json!({ "app": "shop", "version": "v2" })
+    );
+    let strip = |mut v: Value| {
+        v["spec"]["selector"] = Value::Null;
+        v["metadata"] = Value::Null;
+        v
+    };
+    assert_eq!(strip(after), strip(before));
+    assert_eq!(
+        resolve().await?.subsets,
+        Subsets {
+            stable: Some("v1".into()),
             canary: Some("v2".into())
         }
     );

@@ -101,6 +101,7 @@ async fn validation(cluster: &Cluster, service: &str, recorded: Option<&Settings
         service: &reads.service,
         virtual_services: &reads.virtual_services,
         destination_rules: &reads.destination_rules,
+        http_routes: &reads.http_routes,
         split_services: &reads.split_services,
         metrics: reads.metrics.as_ref(),
         deployments: Some(&deployments),
@@ -219,8 +220,9 @@ pub fn explain(
             };
             let _ = writeln!(
                 out,
-                "\nRouting: VirtualService {}, route {}; {split}{} ({}) and {} ({}).",
-                target.virtual_service.name,
+                "\nRouting: {} {}, route {}; {split}{} ({}) and {} ({}).",
+                target.route_kind.kind(),
+                target.route_object.name,
                 target
                     .route
                     .name
@@ -517,6 +519,7 @@ mod tests {
             service: &service,
             virtual_services: &[fixtures::typed_virtual_service(&fixtures::virtual_service())],
             split_services: &[],
+            http_routes: &[],
             destination_rules: &[fixtures::typed_destination_rule(
                 &fixtures::destination_rule(),
             )],

@@ -15,7 +15,9 @@ use tracing::{info, warn};
 use super::Context;
 use super::reconcile::Error;
 use super::validate::Reads;
-use crate::mesh::{self, DestinationRule, SelectorObject, Target, VirtualService};
+use crate::mesh::{
+    self, DestinationRule, HttpRoute, RouteKind, Routing, SelectorObject, Target, VirtualService,
+};
 use crate::notify;
 use crate::plan::{Action, EventType, Report, Status, reason};
 use crate::spec::{self, RolloutSpec, Sink, keys};
@@ -39,6 +41,7 @@ pub struct Writer<'a> {
     service: Service,
     virtual_services: Vec<VirtualService>,
     destination_rules: Vec<DestinationRule>,
+    http_routes: Vec<HttpRoute>,
     split_services: Vec<Service>,
 }
 
@@ -49,6 +52,7 @@ impl<'a> Writer<'a> {
             service: reads.service.clone(),
             virtual_services: reads.virtual_services.clone(),
             destination_rules: reads.destination_rules.clone(),
+            http_routes: reads.http_routes.clone(),
             split_services: reads.split_services.clone(),
         }
     }
@@ -75,11 +79,19 @@ impl<'a> Writer<'a> {
                 }
                 Action::SetWeights(traffic) => {
                     let patch = mesh::weight_patch(&mesh.target, *traffic)?;
-                    let patched = self
-                        .patch_virtual_service(&mesh.target.virtual_service.name, patch)
-                        .await?;
+                    let object = &mesh.target.route_object.name;
+                    match mesh.target.route_kind {
+                        RouteKind::VirtualService => {
+                            let patched = self.patch_route_object(object, patch).await?;
+                            replace_named(&mut self.virtual_services, patched);
+                        }
+                        RouteKind::HttpRoute => {
+                            let patched = self.patch_route_object(object, patch).await?;
+                            replace_named(&mut self.http_routes, patched);
+                        }
+                    }
                     info!(service = %name, stable = traffic.stable, canary = traffic.canary, "weights set");
-                    mesh.target = self.replace_and_resolve(mesh.spec, Some(patched))?;
+                    mesh.target = self.resolve(mesh.spec)?;
                 }
                 Action::SetSubsetVersion { subset, version } => {
                     let spec = mesh.spec;
@@ -97,7 +109,7 @@ impl<'a> Writer<'a> {
                         }
                     }
                     info!(service = %name, selector = %which, %version, "version repointed");
-                    mesh.target = self.replace_and_resolve(spec, None)?;
+                    mesh.target = self.resolve(spec)?;
                 }
                 Action::Emit(event) => self.emit(event, written).await,
                 Action::ScaleDown {
@@ -219,16 +231,18 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
-    async fn patch_virtual_service(
-        &self,
-        name: &str,
-        patch: JsonPatch,
-    ) -> Result<VirtualService, Error> {
-        let api: Api<VirtualService> =
-            Api::namespaced(self.ctx.client.clone(), &self.ctx.config.namespace);
+    /// The managed route's VirtualService or HTTPRoute.
+    async fn patch_route_object<K>(&self, name: &str, patch: JsonPatch) -> Result<K, Error>
+    where
+        K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &self.ctx.config.namespace);
         api.patch(name, &params(), &Patch::Json::<()>(patch))
             .await
-            .map_err(|e| conflict(e, format!("VirtualService {name:?}")))
+            .map_err(|e| conflict(e, format!("{} {name:?}", K::kind(&()))))
     }
 
     async fn patch_destination_rule(
@@ -252,21 +266,15 @@ impl<'a> Writer<'a> {
             .map_err(|e| conflict(e, format!("Service {name:?}")))
     }
 
-    fn replace_and_resolve(
-        &mut self,
-        spec: &RolloutSpec,
-        vs: Option<VirtualService>,
-    ) -> Result<Target, Error> {
-        if let Some(vs) = vs {
-            replace_named(&mut self.virtual_services, vs);
-        }
-        Ok(mesh::resolve(
-            spec,
-            &self.ctx.config.namespace,
-            &self.virtual_services,
-            &self.destination_rules,
-            &self.split_services,
-        )?)
+    /// The target again, from the objects as the last writes returned them.
+    fn resolve(&self, spec: &RolloutSpec) -> Result<Target, Error> {
+        let routing = Routing {
+            virtual_services: &self.virtual_services,
+            destination_rules: &self.destination_rules,
+            http_routes: &self.http_routes,
+            services: &self.split_services,
+        };
+        Ok(mesh::resolve(spec, &self.ctx.config.namespace, routing)?)
     }
 
     /// Records `event` and notifies the Service's sinks of it (with `status`, the status

@@ -33,7 +33,7 @@ use kube::{Api, Client, ResourceExt};
 use tracing::{error, info, warn};
 use weir_analysis::{PrometheusApi, Reporter};
 
-use crate::mesh::{DestinationRule, VirtualService};
+use crate::mesh::{DestinationRule, HttpRoute, VirtualService};
 use crate::notify::Notifier;
 use crate::server::{Metrics, Telemetry};
 use crate::spec::{self, Defaults, keys};
@@ -156,6 +156,7 @@ pub async fn run(
         .subscribe()
         .expect("a shared store has subscribers");
 
+    let gateway_api = serves_http_routes(&client).await;
     let checks = Arc::new(Checks::new(
         &ns,
         config.check_round,
@@ -177,7 +178,7 @@ pub async fn run(
         prometheus,
         deployments: deployments.clone(),
         deployments_synced: AtomicBool::new(false),
-        routing: RoutingIndex::new(&ns),
+        routing: RoutingIndex::new(&ns, gateway_api),
         leadership: leadership.clone(),
         last_checks: Mutex::new(HashMap::new()),
         checks,
@@ -229,11 +230,35 @@ pub async fn run(
             move |event| context.routing.apply_destination_rule(event),
         )
     };
-    let caches = tokio::spawn(futures::future::join4(
+    // HTTPRoutes only where the cluster serves them: a watch of an absent kind would
+    // never list, and the agent would never be ready.
+    let (hr_cache, hr_touched, hr_synced) = {
+        let context = context.clone();
+        follow_routing(
+            Api::<HttpRoute>::namespaced(client.clone(), &ns),
+            &watch,
+            move |event| context.routing.apply_http_route(event),
+        )
+    };
+    let (hr_cache, hr_touched, hr_synced) = if gateway_api {
+        (
+            futures::future::Either::Left(hr_cache),
+            futures::future::Either::Left(hr_touched),
+            futures::future::Either::Left(hr_synced),
+        )
+    } else {
+        (
+            futures::future::Either::Right(futures::future::ready(())),
+            futures::future::Either::Right(futures::stream::empty()),
+            futures::future::Either::Right(futures::future::ready(Ok(()))),
+        )
+    };
+    let caches = tokio::spawn(futures::future::join5(
         service_cache,
         deployment_cache,
         vs_cache,
         dr_cache,
+        hr_cache,
     ));
 
     // The only waiter on each store's readiness: kube-runtime's `DelayedInit` wakes only
@@ -246,6 +271,7 @@ pub async fn run(
             async { deployments.wait_until_ready().await.map_err(|e| text(&e)) },
             async { vs_synced.await.map_err(|_| text(&RoutingNotListed)) },
             async { dr_synced.await.map_err(|_| text(&RoutingNotListed)) },
+            async { hr_synced.await.map_err(|_| text(&RoutingNotListed)) },
         )
     };
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
@@ -273,12 +299,16 @@ pub async fn run(
         "watch caches synced: ready"
     );
 
-    let (s1, s2, s3, s4) = (
+    let (s1, s2, s3, s4, s5) = (
+        services.clone(),
         services.clone(),
         services.clone(),
         services.clone(),
         services.clone(),
     );
+    let hr_wakes = hr_touched.flat_map(move |touched| {
+        futures::stream::iter(observe::services_touched(&s5, keys::HTTP_ROUTE, &touched))
+    });
     let vs_wakes = vs_touched.flat_map(move |touched| {
         futures::stream::iter(observe::services_touched(
             &s2,
@@ -305,6 +335,7 @@ pub async fn run(
         // edit (see `routing::Touched`).
         .reconcile_on(vs_wakes)
         .reconcile_on(dr_wakes)
+        .reconcile_on(hr_wakes)
         // A round of checks wakes the Services it evaluated.
         .reconcile_on(checked)
         // A new leader looks at every Service at once, from its hot caches.
@@ -324,6 +355,33 @@ pub async fn run(
     caches.abort();
     rounds.abort();
     info!("controller stopped");
+}
+
+/// Whether the cluster serves Gateway API HTTPRoutes (`gateway.networking.k8s.io/v1`),
+/// from API discovery, which every authenticated client may read.
+async fn serves_http_routes(client: &Client) -> bool {
+    match client
+        .list_api_group_resources("gateway.networking.k8s.io/v1")
+        .await
+    {
+        Ok(resources) => {
+            let served = resources.resources.iter().any(|r| r.name == "httproutes");
+            info!(served, "Gateway API HTTPRoutes");
+            served
+        }
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            info!("the cluster does not serve the Gateway API: HTTPRoutes are not followed");
+            false
+        }
+        Err(e) => {
+            warn!(
+                error = %e,
+                "cannot tell whether the cluster serves HTTPRoutes; not following them \
+                 (restart the agent to try again)"
+            );
+            false
+        }
+    }
 }
 
 /// The routing watch never listed: it ended (only at shutdown) before its first list.

@@ -78,6 +78,7 @@ pub async fn reconcile(cached: Arc<Service>, ctx: Arc<Context>) -> Result<Requeu
         service: &reads.service,
         virtual_services: &reads.virtual_services,
         destination_rules: &reads.destination_rules,
+        http_routes: &reads.http_routes,
         split_services: &reads.split_services,
         metrics: reads.metrics.as_ref(),
         deployments: deployments.as_deref(),

@@ -1,4 +1,4 @@
-//! Which VirtualServices and DestinationRules name which Services: an index kept from
+//! Which VirtualServices, DestinationRules and HTTPRoutes name which Services: an index kept from
 //! watch events, so that a reconcile reads only the routing objects that concern its
 //! Service, not every object of the namespace.
 //!
@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use kube::ResourceExt;
 use kube::runtime::watcher;
 
-use crate::mesh::{self, DestinationRule, VirtualService};
+use crate::mesh::{self, DestinationRule, HttpRoute, VirtualService};
 
 /// Services named by one kind of routing object, by object name.
 #[derive(Debug, Default)]
@@ -160,15 +160,46 @@ pub struct RoutingIndex {
     namespace: String,
     virtual_services: Mutex<Names>,
     destination_rules: Mutex<Names>,
+    /// `None` where the cluster does not serve the Gateway API's HTTPRoute.
+    http_routes: Option<Mutex<Names>>,
 }
 
 impl RoutingIndex {
-    pub fn new(namespace: &str) -> Self {
+    /// An index of the VirtualServices and DestinationRules of `namespace`, and of its
+    /// HTTPRoutes when `gateway_api` (the cluster serves them).
+    pub fn new(namespace: &str, gateway_api: bool) -> Self {
         RoutingIndex {
             namespace: namespace.to_owned(),
             virtual_services: Mutex::default(),
             destination_rules: Mutex::default(),
+            http_routes: gateway_api.then(Mutex::default),
         }
+    }
+
+    /// Whether the cluster serves HTTPRoutes, which the index then follows.
+    pub fn gateway_api(&self) -> bool {
+        self.http_routes.is_some()
+    }
+
+    /// Records an HTTPRoute watch event (the index follows HTTPRoutes only where the
+    /// cluster serves them: otherwise this touches nothing).
+    pub fn apply_http_route(&self, event: &watcher::Event<HttpRoute>) -> Touched {
+        match &self.http_routes {
+            Some(names) => lock(names).apply(event, |hr| {
+                mesh::http_route_services(hr, &self.namespace)
+                    .into_iter()
+                    .collect()
+            }),
+            None => Touched::default(),
+        }
+    }
+
+    /// The HTTPRoutes with a backendRef on `service`, by name, sorted.
+    pub fn http_routes_routing_to(&self, service: &str) -> Vec<String> {
+        self.http_routes
+            .as_ref()
+            .map(|names| lock(names).naming(service))
+            .unwrap_or_default()
     }
 
     pub fn apply_virtual_service(&self, event: &watcher::Event<VirtualService>) -> Touched {
@@ -182,7 +213,12 @@ impl RoutingIndex {
     /// Whether both kinds have been listed in full at least once. Before that, an
     /// absent entry means "not observed yet", never "none".
     pub fn synced(&self) -> bool {
-        lock(&self.virtual_services).synced && lock(&self.destination_rules).synced
+        lock(&self.virtual_services).synced
+            && lock(&self.destination_rules).synced
+            && self
+                .http_routes
+                .as_ref()
+                .is_none_or(|names| lock(names).synced)
     }
 
     /// The VirtualServices with a destination on `service`, by name, sorted.
@@ -232,9 +268,52 @@ mod tests {
         .expect("a valid DestinationRule")
     }
 
+    fn hr(name: &str, backends: serde_json::Value) -> HttpRoute {
+        serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": { "name": name, "namespace": "shop" },
+            "spec": { "rules": [{ "backendRefs": backends }] },
+        }))
+        .expect("a valid HTTPRoute")
+    }
+
+    #[test]
+    fn http_routes_are_indexed_by_their_local_service_backends_when_served() {
+        let index = RoutingIndex::new("shop", true);
+        assert!(!index.synced(), "HTTPRoutes not listed yet");
+        index.apply_virtual_service(&watcher::Event::InitDone);
+        index.apply_destination_rule(&watcher::Event::InitDone);
+        assert!(!index.synced(), "HTTPRoutes still not listed");
+        let touched = index.apply_http_route(&watcher::Event::Apply(hr(
+            "web",
+            json!([
+                { "name": "web-stable", "port": 80 },
+                { "name": "web-canary", "port": 80, "kind": "Service", "group": "" },
+                { "name": "elsewhere", "namespace": "other", "port": 80 },
+                { "name": "bucket", "kind": "Bucket", "group": "storage.example", "port": 80 },
+            ]),
+        )));
+        assert_eq!(
+            touched.services,
+            ["web-canary".to_string(), "web-stable".to_string()].into()
+        );
+        index.apply_http_route(&watcher::Event::InitDone);
+        assert!(index.synced());
+        assert_eq!(index.http_routes_routing_to("web-stable"), ["web"]);
+        assert!(index.http_routes_routing_to("elsewhere").is_empty());
+
+        // Where the cluster does not serve them, HTTPRoutes neither block sync nor index.
+        let index = RoutingIndex::new("shop", false);
+        index.apply_virtual_service(&watcher::Event::InitDone);
+        index.apply_destination_rule(&watcher::Event::InitDone);
+        assert!(index.synced() && !index.gateway_api());
+        assert!(index.apply_http_route(&watcher::Event::InitDone).is_empty());
+    }
+
     #[test]
     fn indexes_local_hosts_in_every_form_and_ignores_other_namespaces() {
-        let index = RoutingIndex::new("shop");
+        let index = RoutingIndex::new("shop", false);
         index.apply_virtual_service(&watcher::Event::Apply(vs(
             "edge",
             &[
@@ -252,7 +331,7 @@ mod tests {
 
     #[test]
     fn an_edit_moves_the_object_between_services_and_a_delete_removes_it() {
-        let index = RoutingIndex::new("shop");
+        let index = RoutingIndex::new("shop", false);
         index.apply_virtual_service(&watcher::Event::Apply(vs("a", &["checkout"])));
         index.apply_virtual_service(&watcher::Event::Apply(vs("b", &["checkout"])));
         assert_eq!(index.virtual_services_routing_to("checkout"), ["a", "b"]);
@@ -265,7 +344,7 @@ mod tests {
 
     #[test]
     fn a_relist_drops_what_it_no_longer_has_and_marks_the_index_synced() {
-        let index = RoutingIndex::new("shop");
+        let index = RoutingIndex::new("shop", false);
         assert!(!index.synced());
         index.apply_destination_rule(&watcher::Event::Apply(dr("old", "checkout")));
         index.apply_destination_rule(&watcher::Event::Init);
@@ -284,7 +363,7 @@ mod tests {
 
     #[test]
     fn an_edit_that_drops_a_route_touches_the_service_it_routed_to() {
-        let index = RoutingIndex::new("shop");
+        let index = RoutingIndex::new("shop", false);
         let apply = |v| index.apply_virtual_service(&watcher::Event::Apply(v));
         assert_eq!(
             services(&apply(vs("front", &["checkout", "payments"]))),
@@ -306,7 +385,7 @@ mod tests {
 
     #[test]
     fn a_deletion_touches_whom_the_object_named_even_when_seen_only_in_a_relist() {
-        let index = RoutingIndex::new("shop");
+        let index = RoutingIndex::new("shop", false);
         let apply = |event| index.apply_virtual_service(&event);
         apply(watcher::Event::Apply(vs("front", &["checkout"])));
         apply(watcher::Event::Apply(vs("back", &["payments"])));

@@ -13,7 +13,7 @@ use weir_analysis::{MetricTemplate, MetricsConfigError, Reporter};
 
 use super::observe;
 use super::routing::RoutingIndex;
-use crate::mesh::{self, DestinationRule, MeshError, Target, VirtualService};
+use crate::mesh::{self, DestinationRule, HttpRoute, MeshError, Routing, Target, VirtualService};
 use crate::plan::{Controls, Version};
 use crate::spec::{self, Defaults, RolloutSpec, SpecErrors, keys};
 
@@ -90,6 +90,9 @@ pub struct Reads {
     pub service: Service,
     pub virtual_services: Vec<VirtualService>,
     pub destination_rules: Vec<DestinationRule>,
+    /// The HTTPRoutes that may hold a host-level split's route; empty for a split
+    /// between subsets, or where the Gateway API is not installed.
+    pub http_routes: Vec<HttpRoute>,
     /// The stable and canary Services of a host-level split, those of the two that
     /// exist; empty for a split between subsets.
     pub split_services: Vec<Service>,
@@ -147,14 +150,22 @@ pub async fn read(
         .cloned()
         .collect();
     let routed = split.first().map_or(name, String::as_str);
-    let (virtual_services, destination_rules, split_services) = tokio::try_join!(
-        related::<VirtualService>(
-            client,
-            namespace,
-            vs_named.as_deref(),
-            index.map(|index| index.virtual_services_routing_to(routed)),
-            "virtualservices",
-        ),
+    let hr_named = named(keys::HTTP_ROUTE);
+    let (virtual_services, destination_rules, http_routes, split_services) = tokio::try_join!(
+        async {
+            // An HTTPRoute named by its annotation is the only routing object read.
+            if hr_named.is_some() && !split.is_empty() {
+                return Ok(Vec::new());
+            }
+            related::<VirtualService>(
+                client,
+                namespace,
+                vs_named.as_deref(),
+                index.map(|index| index.virtual_services_routing_to(routed)),
+                "virtualservices",
+            )
+            .await
+        },
         async {
             if !split.is_empty() {
                 return Ok(Vec::new());
@@ -167,6 +178,27 @@ pub async fn read(
                 "destinationrules",
             )
             .await
+        },
+        async {
+            // Only a host-level split may be routed by an HTTPRoute; the agent reads them
+            // only where the Gateway API is served (its index says), the CLI always, an
+            // absent API being none.
+            let served = index.is_none_or(RoutingIndex::gateway_api);
+            if split.is_empty() || vs_named.is_some() || !served {
+                return Ok(Vec::new());
+            }
+            related::<HttpRoute>(
+                client,
+                namespace,
+                hr_named.as_deref(),
+                index.map(|index| index.http_routes_routing_to(routed)),
+                "httproutes",
+            )
+            .await
+            .or_else(|e| match e.source {
+                kube::Error::Api(status) if status.code == 404 => Ok(Vec::new()),
+                source => Err(ReadError { source, ..e }),
+            })
         },
         async {
             let found =
@@ -189,6 +221,7 @@ pub async fn read(
         service,
         virtual_services,
         destination_rules,
+        http_routes,
         split_services,
         metrics,
     })
@@ -252,6 +285,8 @@ pub struct Inputs<'a> {
     pub service: &'a Service,
     pub virtual_services: &'a [VirtualService],
     pub destination_rules: &'a [DestinationRule],
+    /// The HTTPRoutes of a host-level split ([`Reads::http_routes`]).
+    pub http_routes: &'a [HttpRoute],
     /// The split Services of a host-level split ([`Reads::split_services`]).
     pub split_services: &'a [Service],
     /// The ConfigMap `weir.dev/metrics` names, if it exists.
@@ -317,13 +352,13 @@ pub fn validate(inputs: &Inputs<'_>) -> Result<Valid, Misconfiguration> {
             )
         })
         .transpose()?;
-    let target = mesh::resolve(
-        &spec,
-        inputs.namespace,
-        inputs.virtual_services,
-        inputs.destination_rules,
-        inputs.split_services,
-    )?;
+    let routing = Routing {
+        virtual_services: inputs.virtual_services,
+        destination_rules: inputs.destination_rules,
+        http_routes: inputs.http_routes,
+        services: inputs.split_services,
+    };
+    let target = mesh::resolve(&spec, inputs.namespace, routing)?;
     if let (Some(versions), Some(reporter)) = (&versions, inputs.reporter) {
         reported_apart(versions, target.subsets.stable.as_deref(), reporter)?;
     }
@@ -446,6 +481,7 @@ mod tests {
             virtual_services,
             destination_rules: &[destination_rule()],
             split_services: &[],
+            http_routes: &[],
             metrics,
             deployments,
             reporter: Some(Reporter::Destination),
@@ -462,7 +498,7 @@ mod tests {
             Some(&deployments),
         )
         .unwrap();
-        assert_eq!(valid.target.virtual_service.name, "checkout");
+        assert_eq!(valid.target.route_object.name, "checkout");
         let versions = valid.versions.expect("observed");
         assert_eq!(versions.len(), 1);
         assert_eq!(versions[0].name, "v1");

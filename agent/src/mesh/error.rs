@@ -288,6 +288,116 @@ pub enum MeshError {
     )]
     SameSubset { subset: String },
 
+    #[error(
+        "no VirtualService or HTTPRoute in namespace {namespace:?} routes to Service \
+         {service:?}; create one, or set {vs_key} or {hr_key} to the one that routes to it",
+        vs_key = keys::VIRTUAL_SERVICE,
+        hr_key = keys::HTTP_ROUTE
+    )]
+    NoRouteToService { namespace: String, service: String },
+
+    #[error(
+        "several objects route to Service {service:?} ({}); set {vs_key} or {hr_key} to the \
+         one weir should edit",
+        names.join(", "),
+        vs_key = keys::VIRTUAL_SERVICE,
+        hr_key = keys::HTTP_ROUTE
+    )]
+    SeveralRoutingObjects { service: String, names: Vec<String> },
+
+    #[error(
+        "HTTPRoute {name:?} named by {key} does not exist in namespace {namespace:?} \
+         (HTTPRoutes: {}); create it or fix {key}",
+        quoted(available),
+        key = keys::HTTP_ROUTE
+    )]
+    HttpRouteNotFound {
+        name: String,
+        namespace: String,
+        available: Vec<String>,
+    },
+
+    #[error(
+        "HTTPRoute {http_route:?} has no rule named {rule:?} (named rules: {}); set {key} to \
+         one of them",
+        quoted(available),
+        key = keys::ROUTE
+    )]
+    RuleNotFound {
+        http_route: String,
+        rule: String,
+        available: Vec<String>,
+    },
+
+    #[error(
+        "HTTPRoute {http_route:?} has no rule with a backendRef on Service {service:?}; add \
+         one, or set {key} to the HTTPRoute that routes to it",
+        key = keys::HTTP_ROUTE
+    )]
+    NoRule { http_route: String, service: String },
+
+    #[error(
+        "rule {rule} of HTTPRoute {http_route:?} has no backendRef on Service {service:?}; \
+         set {key} to the rule that sends traffic to it",
+        key = keys::ROUTE
+    )]
+    RuleNotOnService {
+        http_route: String,
+        rule: String,
+        service: String,
+    },
+
+    #[error(
+        "HTTPRoute {http_route:?} has several rules with a backendRef on Service \
+         {service:?} ({}); name the one weir should manage and set {key} to its name",
+        rules.join(", "),
+        key = keys::ROUTE
+    )]
+    SeveralRules {
+        http_route: String,
+        service: String,
+        rules: Vec<String>,
+    },
+
+    #[error(
+        "rule {rule} of HTTPRoute {http_route:?} also sends traffic to {backend}, which is \
+         neither the stable Service {stable:?} nor the canary Service {canary:?}; weir only \
+         manages a rule whose backendRefs are those two, so move that backendRef to another \
+         rule, or fix {stable_key} and {canary_key}",
+        stable = split.stable,
+        canary = split.canary,
+        stable_key = keys::STABLE_SERVICE,
+        canary_key = keys::CANARY_SERVICE
+    )]
+    ForeignBackend {
+        http_route: String,
+        rule: String,
+        backend: String,
+        split: Box<SplitServices>,
+    },
+
+    #[error(
+        "rule {rule} of HTTPRoute {http_route:?} has more than one backendRef on Service \
+         {service:?}; keep one"
+    )]
+    DuplicateBackend {
+        http_route: String,
+        rule: String,
+        service: String,
+    },
+
+    #[error(
+        "rule {rule} of HTTPRoute {http_route:?} has weights stable {stable} and canary \
+         {canary} (a missing weight is 1); weir reads and writes them as percentages: make \
+         them sum to 100 (for example stable 100, canary 0)"
+    )]
+    BackendWeightsNotHundred {
+        http_route: String,
+        rule: String,
+        stable: i64,
+        canary: i64,
+    },
+
     /// A bug in the caller, not a user error: weir never writes such weights.
     #[error(
         "refusing to write weights stable {} and canary {}: they must be 0 to 100 and sum \

@@ -182,3 +182,49 @@ pub const HOST_SPLIT: [(&str, &str); 2] = [
     (keys::STABLE_SERVICE, "shop-stable"),
     (keys::CANARY_SERVICE, "shop-canary"),
 ];
+
+/// An HTTPRoute for `shop` as the apiserver returns it (defaults filled in): a header
+/// rule to `shop-debug`, the managed rule `primary` (index 1) with matches, filters,
+/// timeouts and per-backend filters between `shop-stable` and `shop-canary`, and a rule
+/// to `admin`.
+pub fn http_route() -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": { "name": "shop", "namespace": NAMESPACE, "resourceVersion": "5150", "generation": 3 },
+        "spec": {
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "shop", "port": 8080 }],
+            "rules": [
+                {
+                    "name": "debug",
+                    "matches": [{ "headers": [{ "type": "Exact", "name": "x-debug", "value": "1" }], "path": { "type": "PathPrefix", "value": "/" } }],
+                    "backendRefs": [{ "group": "", "kind": "Service", "name": "shop-debug", "port": 8080, "weight": 1 }]
+                },
+                {
+                    "name": "primary",
+                    "matches": [{ "path": { "type": "PathPrefix", "value": "/" } }],
+                    "filters": [
+                        { "type": "RequestHeaderModifier", "requestHeaderModifier": { "set": [{ "name": "x-served-by", "value": "shop" }] } },
+                        { "type": "ResponseHeaderModifier", "responseHeaderModifier": { "remove": ["x-internal"] } }
+                    ],
+                    "timeouts": { "request": "10s" },
+                    "backendRefs": [
+                        {
+                            "group": "", "kind": "Service", "name": "shop-stable", "port": 8080, "weight": 90,
+                            "filters": [{ "type": "RequestHeaderModifier", "requestHeaderModifier": { "add": [{ "name": "x-pool", "value": "stable" }] } }]
+                        },
+                        { "group": "", "kind": "Service", "name": "shop-canary", "port": 8080, "weight": 10 }
+                    ]
+                },
+                {
+                    "matches": [{ "path": { "type": "PathPrefix", "value": "/admin" } }],
+                    "backendRefs": [{ "group": "", "kind": "Service", "name": "admin", "port": 8080, "weight": 1 }]
+                }
+            ]
+        }
+    })
+}
+
+pub fn typed_http_route(value: &Value) -> super::HttpRoute {
+    serde_json::from_value(value.clone()).expect("a valid HTTPRoute")
+}

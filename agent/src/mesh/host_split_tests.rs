@@ -8,7 +8,7 @@ use super::fixtures::{
     split_service, typed_destination_rule, typed_service, typed_virtual_service,
 };
 use super::{
-    ManagedService, MeshError, ObjectVersion, SelectorObject, Selectors, Target, resolve,
+    ManagedService, MeshError, ObjectVersion, Routing, SelectorObject, Selectors, Target, resolve,
     selector_patch, weight_patch,
 };
 use crate::plan::{Subset, Subsets, Traffic};
@@ -27,13 +27,13 @@ fn services() -> Vec<Value> {
 fn run(annotations: &[(&str, &str)], vs: &Value, services: &[Value]) -> Result<Target, MeshError> {
     let services: Vec<_> = services.iter().map(typed_service).collect();
     // A DestinationRule for the Service is there, and must not matter.
-    resolve(
-        &spec(annotations),
-        NAMESPACE,
-        &[typed_virtual_service(vs)],
-        &[typed_destination_rule(&destination_rule())],
-        &services,
-    )
+    let routing = Routing {
+        virtual_services: &[typed_virtual_service(vs)],
+        destination_rules: &[typed_destination_rule(&destination_rule())],
+        http_routes: &[],
+        services: &services,
+    };
+    resolve(&spec(annotations), NAMESPACE, routing)
 }
 
 fn applied(patch: &json_patch::Patch, doc: &Value) -> Result<Value, json_patch::PatchError> {
@@ -260,7 +260,7 @@ fn every_misconfiguration_of_a_host_split_is_named() {
                 json!("shop-canary"),
             ),
             services(),
-            MeshError::NoVirtualService {
+            MeshError::NoRouteToService {
                 namespace: s(NAMESPACE),
                 service: s("shop-stable"),
             },

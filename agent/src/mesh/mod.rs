@@ -9,6 +9,8 @@
 //! apiserver rejects it and the controller re-reads and re-plans.
 
 mod error;
+pub mod gateway;
+mod gateway_target;
 pub mod istio;
 mod patch;
 mod target;
@@ -17,11 +19,15 @@ mod target;
 pub(crate) mod fixtures;
 #[cfg(test)]
 mod host_split_tests;
+#[cfg(test)]
+mod http_route_tests;
 
 pub use error::MeshError;
+pub use gateway::HttpRoute;
+pub use gateway_target::services_of as http_route_services;
 pub use istio::{DestinationRule, VirtualService};
 pub use patch::{SelectorObject, selector_patch, weight_patch};
 pub use target::{
-    ManagedDestination, ManagedRoute, ManagedService, ManagedSubset, ObjectVersion, Selectors,
-    Target, host_matches, resolve, routes_to,
+    ManagedDestination, ManagedRoute, ManagedService, ManagedSubset, ObjectVersion, RouteKind,
+    Routing, Selectors, Target, host_matches, resolve, routes_to,
 };

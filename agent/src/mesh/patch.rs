@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use std::collections::BTreeMap;
 
-use super::{ManagedDestination, MeshError, Selectors, Target};
+use super::{ManagedDestination, MeshError, RouteKind, Selectors, Target};
 use crate::plan::{Subset, Traffic};
 use crate::spec::Weight;
 
@@ -34,10 +34,17 @@ pub fn weight_patch(target: &Target, traffic: Traffic) -> Result<Patch, MeshErro
         return Err(MeshError::InvalidTraffic(traffic));
     }
 
-    let route = pointer(["spec", "http"]).with_trailing_token(target.route.index);
+    // Where the route's destinations are, and what names each: a VirtualService's
+    // `spec.http[i].route[j].destination.host`, an HTTPRoute's
+    // `spec.rules[i].backendRefs[j].name`.
+    let (routes, destinations, name_of) = match target.route_kind {
+        RouteKind::VirtualService => ("http", "route", pointer(["destination", "host"])),
+        RouteKind::HttpRoute => ("rules", "backendRefs", pointer(["name"])),
+    };
+    let route = pointer(["spec", routes]).with_trailing_token(target.route.index);
     let destination = |d: &ManagedDestination| {
         route
-            .concat(&pointer(["route"]))
+            .concat(&pointer([destinations]))
             .with_trailing_token(d.index)
     };
     let mut ops = Ops::default();
@@ -47,7 +54,7 @@ pub fn weight_patch(target: &Target, traffic: Traffic) -> Result<Patch, MeshErro
     let managed = std::iter::once(&target.stable_destination).chain(&target.canary_destination);
     for d in managed {
         let at = destination(d);
-        ops.test(at.concat(&pointer(["destination", "host"])), json!(d.host));
+        ops.test(at.concat(&name_of), json!(d.host));
         if let Some(subset) = &d.subset {
             ops.test(
                 at.concat(&pointer(["destination", "subset"])),
@@ -59,7 +66,7 @@ pub fn weight_patch(target: &Target, traffic: Traffic) -> Result<Patch, MeshErro
         }
     }
     if target.canary_destination.is_none() {
-        ops.test_resource_version(target.virtual_service.resource_version.as_deref());
+        ops.test_resource_version(target.route_object.resource_version.as_deref());
     }
 
     let stable = &target.stable_destination;
@@ -68,17 +75,26 @@ pub fn weight_patch(target: &Target, traffic: Traffic) -> Result<Patch, MeshErro
         Some(canary) => set_weight(&mut ops, destination(canary), canary, traffic.canary),
         None => {
             let (host, subset) = target.new_canary_destination();
-            let mut added = json!({ "host": host });
-            if let Some(subset) = subset {
-                added["subset"] = json!(subset);
-            }
-            if let Some(port) = stable.port {
-                added["port"] = json!({ "number": port });
-            }
-            ops.add(
-                route.concat(&pointer(["route", "-"])),
-                json!({ "destination": added, "weight": traffic.canary }),
-            );
+            let added = match target.route_kind {
+                RouteKind::VirtualService => {
+                    let mut added = json!({ "host": host });
+                    if let Some(subset) = subset {
+                        added["subset"] = json!(subset);
+                    }
+                    if let Some(port) = stable.port {
+                        added["port"] = json!({ "number": port });
+                    }
+                    json!({ "destination": added, "weight": traffic.canary })
+                }
+                RouteKind::HttpRoute => {
+                    let mut added = json!({ "name": host, "weight": traffic.canary });
+                    if let Some(port) = stable.port {
+                        added["port"] = json!(port);
+                    }
+                    added
+                }
+            };
+            ops.add(route.concat(&pointer([destinations, "-"])), added);
         }
     }
     Ok(ops.into_patch())
@@ -232,7 +248,7 @@ mod tests {
         NAMESPACE, destination_rule, remove, set, spec, typed_destination_rule,
         typed_virtual_service, virtual_service,
     };
-    use crate::mesh::{MeshError, Target, resolve};
+    use crate::mesh::{MeshError, Routing, Target, resolve};
     use crate::spec::keys;
 
     const STABLE: &str = "/spec/http/2/route/0";
@@ -243,14 +259,12 @@ mod tests {
     }
 
     fn target_with(annotations: &[(&str, &str)], vs: &Value, dr: &Value) -> Target {
-        resolve(
-            &spec(annotations),
-            NAMESPACE,
-            &[typed_virtual_service(vs)],
-            &[typed_destination_rule(dr)],
-            &[],
-        )
-        .expect("fixtures resolve")
+        let routing = Routing {
+            virtual_services: &[typed_virtual_service(vs)],
+            destination_rules: &[typed_destination_rule(dr)],
+            ..Routing::default()
+        };
+        resolve(&spec(annotations), NAMESPACE, routing).expect("fixtures resolve")
     }
 
     /// The patch of a subset split's selector, which always goes to its DestinationRule.

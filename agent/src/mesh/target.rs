@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 
 use super::MeshError;
+use super::gateway::HttpRoute;
 use super::istio::virtual_service::{VirtualServiceHttp, VirtualServiceHttpRoute};
 use super::istio::{DestinationRule, VirtualService};
 use crate::plan::{Subset, Subsets, Traffic};
@@ -106,10 +107,32 @@ impl Selectors {
     }
 }
 
+/// The kind of object that holds the managed route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteKind {
+    /// An HTTP route (`spec.http[i]`) of an Istio VirtualService.
+    VirtualService,
+    /// A rule (`spec.rules[i]`) of a Gateway API HTTPRoute; its destinations are
+    /// backendRefs, their `host` the backendRef's Service name.
+    HttpRoute,
+}
+
+impl RouteKind {
+    /// The kind, as Kubernetes names it.
+    pub fn kind(self) -> &'static str {
+        match self {
+            RouteKind::VirtualService => "VirtualService",
+            RouteKind::HttpRoute => "HTTPRoute",
+        }
+    }
+}
+
 /// Everything needed to read and patch one Service's traffic, found by [`resolve`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
-    pub virtual_service: ObjectVersion,
+    pub route_kind: RouteKind,
+    /// The VirtualService or HTTPRoute.
+    pub route_object: ObjectVersion,
     pub route: ManagedRoute,
     pub stable_destination: ManagedDestination,
     /// `None` until the route has a canary destination: [`super::weight_patch`] adds it
@@ -139,19 +162,26 @@ impl Target {
     }
 }
 
-/// Finds the VirtualService, HTTP route, destinations, and the DestinationRule subsets
-/// or split Services that manage `spec.service`'s traffic among the objects of
+/// The routing objects of a namespace that [`resolve`] chooses from.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Routing<'a> {
+    pub virtual_services: &'a [VirtualService],
+    /// Not read in a host-level split.
+    pub destination_rules: &'a [DestinationRule],
+    /// Read only in a host-level split.
+    pub http_routes: &'a [HttpRoute],
+    /// Need hold only the two split Services of a host-level split; not read otherwise.
+    pub services: &'a [Service],
+}
+
+/// Finds the VirtualService or HTTPRoute, route, destinations, and the DestinationRule
+/// subsets or split Services that manage `spec.service`'s traffic among the objects of
 /// `namespace`, following the annotations in `spec` and the defaults of the user
 /// contract, and reads their live weights and versions.
-///
-/// `services` needs to hold only the two split Services of a host-level split (it is
-/// not read otherwise), and `destination_rules` is not read in a host-level split.
 pub fn resolve(
     spec: &RolloutSpec,
     namespace: &str,
-    virtual_services: &[VirtualService],
-    destination_rules: &[DestinationRule],
-    services: &[Service],
+    routing: Routing<'_>,
 ) -> Result<Target, MeshError> {
     let split = match &spec.split_services {
         Some(split) => Split::Hosts {
@@ -181,23 +211,19 @@ pub fn resolve(
     // The host the route is found by: the Service's, or the stable Service's.
     let routed = split.routed();
 
-    let virtual_service = find_virtual_service(spec, routed, virtual_services)?;
-    let vs_name = virtual_service.name_any();
-    let http = virtual_service.spec.http.as_deref().unwrap_or_default();
-    let (route_index, route) = find_route(spec, routed, &vs_name, http)?;
-    let route_label = route_label(route_index, route);
-    let (stable_destination, canary_destination) =
-        find_destinations(spec, &split, &vs_name, &route_label, route)?;
-    let traffic = live_traffic(
-        &vs_name,
-        &route_label,
-        &stable_destination,
-        canary_destination.as_ref(),
-    )?;
+    let found = match choose_route_object(spec, &split, routing)? {
+        RouteObject::VirtualService(vs) => virtual_service_route(spec, &split, vs)?,
+        RouteObject::HttpRoute(hr) => {
+            let Split::Hosts { stable, canary } = &split else {
+                unreachable!("an HTTPRoute is chosen only in a host-level split");
+            };
+            super::gateway_target::http_route_rule(spec, stable, canary, hr)?
+        }
+    };
 
     let selectors = match &spec.split_services {
         None => {
-            let destination_rule = find_destination_rule(spec, routed, destination_rules)?;
+            let destination_rule = find_destination_rule(spec, routed, routing.destination_rules)?;
             let dr_name = destination_rule.name_any();
             let subsets = destination_rule.spec.subsets.as_deref().unwrap_or_default();
             let find = |name: &str, key| find_subset(&dr_name, subsets, name, key);
@@ -211,8 +237,18 @@ pub fn resolve(
             }
         }
         Some(split) => Selectors::Services {
-            stable: find_split_service(services, &split.stable, keys::STABLE_SERVICE, namespace)?,
-            canary: find_split_service(services, &split.canary, keys::CANARY_SERVICE, namespace)?,
+            stable: find_split_service(
+                routing.services,
+                &split.stable,
+                keys::STABLE_SERVICE,
+                namespace,
+            )?,
+            canary: find_split_service(
+                routing.services,
+                &split.canary,
+                keys::CANARY_SERVICE,
+                namespace,
+            )?,
         },
     };
     let version = |subset| {
@@ -223,7 +259,124 @@ pub fn resolve(
     };
 
     Ok(Target {
-        virtual_service: ObjectVersion {
+        route_kind: found.kind,
+        route_object: found.object,
+        route: found.route,
+        subsets: Subsets {
+            stable: version(Subset::Stable),
+            canary: version(Subset::Canary),
+        },
+        stable_destination: found.stable,
+        canary_destination: found.canary,
+        selectors,
+        traffic: found.traffic,
+    })
+}
+
+/// The managed route as found in its object, before the selectors are.
+pub(super) struct FoundRoute {
+    pub kind: RouteKind,
+    pub object: ObjectVersion,
+    pub route: ManagedRoute,
+    pub stable: ManagedDestination,
+    pub canary: Option<ManagedDestination>,
+    pub traffic: Traffic,
+}
+
+enum RouteObject<'a> {
+    VirtualService(&'a VirtualService),
+    HttpRoute(&'a HttpRoute),
+}
+
+/// The VirtualService, or in a host-level split possibly the HTTPRoute, that holds the
+/// managed route: the one an annotation names, else the only one routing to the host.
+fn choose_route_object<'a>(
+    spec: &RolloutSpec,
+    split: &Split,
+    routing: Routing<'a>,
+) -> Result<RouteObject<'a>, MeshError> {
+    let routed = split.routed();
+    let Split::Hosts { .. } = split else {
+        return find_virtual_service(spec, routed, routing.virtual_services)
+            .map(RouteObject::VirtualService);
+    };
+    if let Some(name) = &spec.http_route {
+        return routing
+            .http_routes
+            .iter()
+            .find(|hr| hr.name_any() == *name)
+            .map(RouteObject::HttpRoute)
+            .ok_or_else(|| MeshError::HttpRouteNotFound {
+                name: name.clone(),
+                namespace: routed.namespace.to_owned(),
+                available: sorted_names(routing.http_routes),
+            });
+    }
+    if spec.virtual_service.is_some() {
+        return find_virtual_service(spec, routed, routing.virtual_services)
+            .map(RouteObject::VirtualService);
+    }
+    let virtual_services: Vec<&VirtualService> = routing
+        .virtual_services
+        .iter()
+        .filter(|vs| {
+            vs.spec
+                .http
+                .iter()
+                .flatten()
+                .any(|route| routed.routes_to(route))
+        })
+        .collect();
+    let http_routes: Vec<&HttpRoute> = routing
+        .http_routes
+        .iter()
+        .filter(|hr| super::gateway_target::routes_to(hr, routed))
+        .collect();
+    match (virtual_services.as_slice(), http_routes.as_slice()) {
+        ([one], []) => Ok(RouteObject::VirtualService(one)),
+        ([], [one]) => Ok(RouteObject::HttpRoute(one)),
+        ([], []) => Err(MeshError::NoRouteToService {
+            namespace: routed.namespace.to_owned(),
+            service: routed.service.to_owned(),
+        }),
+        (several, []) => Err(MeshError::SeveralVirtualServices {
+            service: routed.service.to_owned(),
+            names: sorted_names(several.iter().copied()),
+        }),
+        (virtual_services, http_routes) => {
+            let mut names: Vec<String> = virtual_services
+                .iter()
+                .map(|vs| format!("VirtualService {:?}", vs.name_any()))
+                .chain(
+                    http_routes
+                        .iter()
+                        .map(|hr| format!("HTTPRoute {:?}", hr.name_any())),
+                )
+                .collect();
+            names.sort();
+            Err(MeshError::SeveralRoutingObjects {
+                service: routed.service.to_owned(),
+                names,
+            })
+        }
+    }
+}
+
+/// The managed HTTP route of a VirtualService.
+fn virtual_service_route(
+    spec: &RolloutSpec,
+    split: &Split,
+    virtual_service: &VirtualService,
+) -> Result<FoundRoute, MeshError> {
+    let vs_name = virtual_service.name_any();
+    let http = virtual_service.spec.http.as_deref().unwrap_or_default();
+    let (route_index, route) = find_route(spec, split.routed(), &vs_name, http)?;
+    let route_label = route_label(route_index, route);
+    let (stable, canary) = find_destinations(spec, split, &vs_name, &route_label, route)?;
+    let traffic = live_traffic(&vs_name, &route_label, &stable, canary.as_ref())?;
+    Ok(FoundRoute {
+        kind: RouteKind::VirtualService,
+        object: ObjectVersion {
             name: vs_name,
             resource_version: virtual_service.resource_version(),
         },
@@ -231,19 +384,14 @@ pub fn resolve(
             index: route_index,
             name: route.name.clone(),
         },
-        subsets: Subsets {
-            stable: version(Subset::Stable),
-            canary: version(Subset::Canary),
-        },
-        stable_destination,
-        canary_destination,
-        selectors,
+        stable,
+        canary,
         traffic,
     })
 }
 
 /// How the managed route's destinations are told apart.
-enum Split<'a> {
+pub(super) enum Split<'a> {
     /// One host, the Service's; stable and canary are subsets.
     Subsets { service: ServiceHost<'a> },
     /// Two hosts, the stable and the canary Service; no subsets.
@@ -263,15 +411,15 @@ impl<'a> Split<'a> {
 }
 
 /// A Service, for matching the host names that refer to it.
-struct ServiceHost<'a> {
-    service: &'a str,
-    namespace: &'a str,
+pub(super) struct ServiceHost<'a> {
+    pub service: &'a str,
+    pub namespace: &'a str,
 }
 
 impl ServiceHost<'_> {
     /// `svc`, `svc.ns`, `svc.ns.svc` or `svc.ns.svc.<cluster domain>`. Short forms are
     /// relative to the namespace of the object that holds them, which is always ours.
-    fn matches(&self, host: &str) -> bool {
+    pub fn matches(&self, host: &str) -> bool {
         let mut labels = host.split('.');
         let same =
             |label: Option<&str>, want: &str| label.is_some_and(|l| l.eq_ignore_ascii_case(want));
@@ -305,13 +453,20 @@ fn destinations(route: &VirtualServiceHttp) -> &[VirtualServiceHttpRoute] {
 
 /// How messages name a route: its name, or its position when it has none.
 fn route_label(index: usize, route: &VirtualServiceHttp) -> String {
-    match &route.name {
+    label(index, route.name.as_deref())
+}
+
+/// How messages name a route or rule: its name, or its position when it has none.
+pub(super) fn label(index: usize, name: Option<&str>) -> String {
+    match name {
         Some(name) => format!("{name:?}"),
         None => format!("#{index} (unnamed)"),
     }
 }
 
-fn sorted_names<'a, K: ResourceExt + 'a>(objects: impl IntoIterator<Item = &'a K>) -> Vec<String> {
+pub(super) fn sorted_names<'a, K: ResourceExt + 'a>(
+    objects: impl IntoIterator<Item = &'a K>,
+) -> Vec<String> {
     let mut names: Vec<String> = objects.into_iter().map(ResourceExt::name_any).collect();
     names.sort();
     names
@@ -697,7 +852,12 @@ mod tests {
             .iter()
             .map(typed_destination_rule)
             .collect();
-        resolve(spec, NAMESPACE, &virtual_services, &destination_rules, &[])
+        let routing = Routing {
+            virtual_services: &virtual_services,
+            destination_rules: &destination_rules,
+            ..Routing::default()
+        };
+        resolve(spec, NAMESPACE, routing)
     }
 
     fn resolve_fixtures(
@@ -714,7 +874,8 @@ mod tests {
         assert_eq!(
             target,
             Target {
-                virtual_service: ObjectVersion {
+                route_kind: RouteKind::VirtualService,
+                route_object: ObjectVersion {
                     name: "shop".into(),
                     resource_version: Some("4711".into())
                 },
@@ -803,7 +964,7 @@ mod tests {
             &[other_dr, destination_rule()],
         )
         .unwrap();
-        assert_eq!(target.virtual_service.name, "shop");
+        assert_eq!(target.route_object.name, "shop");
         assert_eq!(
             target.route,
             ManagedRoute {

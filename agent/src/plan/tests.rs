@@ -18,6 +18,7 @@ fn spec() -> RolloutSpec {
     RolloutSpec {
         service: "checkout".into(),
         virtual_service: None,
+        http_route: None,
         route: None,
         destination_rule: None,
         stable_subset: d.stable_subset,

@@ -2,6 +2,7 @@
 
 pub const ENABLED: &str = "weir.dev/enabled";
 pub const VIRTUAL_SERVICE: &str = "weir.dev/virtual-service";
+pub const HTTP_ROUTE: &str = "weir.dev/http-route";
 pub const ROUTE: &str = "weir.dev/route";
 pub const DESTINATION_RULE: &str = "weir.dev/destination-rule";
 pub const STABLE_SUBSET: &str = "weir.dev/stable-subset";
@@ -43,6 +44,7 @@ pub const STATUS: &str = "weir.dev/status";
 pub const ALL: &[(&str, &str)] = &[
     (ENABLED, r#"weir.dev/enabled: "true""#),
     (VIRTUAL_SERVICE, r#"weir.dev/virtual-service: "checkout""#),
+    (HTTP_ROUTE, r#"weir.dev/http-route: "checkout""#),
     (ROUTE, r#"weir.dev/route: "primary""#),
     (DESTINATION_RULE, r#"weir.dev/destination-rule: "checkout""#),
     (STABLE_SUBSET, r#"weir.dev/stable-subset: "stable""#),

@@ -51,7 +51,12 @@ pub struct RolloutSpec {
     pub service: String,
     /// VirtualService to edit; `None`: the only one in the namespace routing to this host.
     pub virtual_service: Option<String>,
-    /// HTTP route inside it; `None`: the only route with a destination on this host.
+    /// Gateway API HTTPRoute to edit instead of a VirtualService (host-level split
+    /// only); `None`: the VirtualService or HTTPRoute that is the only one routing to
+    /// the stable Service.
+    pub http_route: Option<String>,
+    /// HTTP route (or HTTPRoute rule) inside it; `None`: the only one with a
+    /// destination on this host.
     pub route: Option<String>,
     /// DestinationRule holding the subsets; `None`: the one whose host is this Service.
     pub destination_rule: Option<String>,
@@ -169,6 +174,7 @@ pub fn parse(
     let mut reader = Reader::new(annotations);
     reader.read(keys::ENABLED, parse_bool);
     let virtual_service = reader.read(keys::VIRTUAL_SERVICE, parse_object_name);
+    let http_route = reader.read(keys::HTTP_ROUTE, parse_object_name);
     let route = reader.read(keys::ROUTE, parse_route_name);
     let destination_rule = reader.read(keys::DESTINATION_RULE, parse_object_name);
     let stable_subset = reader
@@ -178,6 +184,9 @@ pub fn parse(
         .read(keys::CANARY_SUBSET, parse_subset_name)
         .unwrap_or_else(|| defaults.canary_subset.clone());
     let split_services = reader.split_services(service);
+    if http_route.is_some() {
+        reader.http_route_needs_split(split_services.is_some());
+    }
     let version_label = reader
         .read(keys::VERSION_LABEL, parse_label_key)
         .unwrap_or_else(|| defaults.version_label.clone());
@@ -262,6 +271,7 @@ pub fn parse(
     Ok(RolloutSpec {
         service: service.to_owned(),
         virtual_service,
+        http_route,
         route,
         destination_rule,
         stable_subset,
@@ -467,6 +477,45 @@ impl<'a> Reader<'a> {
             return None;
         }
         Some(SplitServices { stable, canary })
+    }
+
+    /// An HTTPRoute splits between Services (its backendRefs), never between subsets, and
+    /// is edited instead of a VirtualService, never with one.
+    fn http_route_needs_split(&mut self, split: bool) {
+        let value = self
+            .annotations
+            .get(keys::HTTP_ROUTE)
+            .cloned()
+            .unwrap_or_default();
+        if let Some(vs) = self.annotations.get(keys::VIRTUAL_SERVICE) {
+            let problem = format!(
+                "weir edits one routing object: remove {} ({vs:?}) to edit the HTTPRoute, \
+                 or remove {} to edit the VirtualService",
+                keys::VIRTUAL_SERVICE,
+                keys::HTTP_ROUTE
+            );
+            self.errors.push(SpecError::new(
+                keys::HTTP_ROUTE,
+                &value,
+                problem,
+                keys::example(keys::HTTP_ROUTE),
+            ));
+        }
+        let invalid = |key| self.errors.iter().any(|e: &SpecError| e.annotation == key);
+        if !split && !invalid(keys::STABLE_SERVICE) && !invalid(keys::CANARY_SERVICE) {
+            let problem = format!(
+                "an HTTPRoute splits traffic between Services: set {} and {} to the \
+                 Services its backendRefs name",
+                keys::STABLE_SERVICE,
+                keys::CANARY_SERVICE
+            );
+            self.errors.push(SpecError::new(
+                keys::HTTP_ROUTE,
+                &value,
+                problem,
+                keys::example(keys::STABLE_SERVICE),
+            ));
+        }
     }
 
     /// `key` is set but means nothing without `partner`, which is absent.

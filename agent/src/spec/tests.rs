@@ -31,6 +31,7 @@ fn absent_annotations_take_the_defaults() {
         RolloutSpec {
             service: "checkout".into(),
             virtual_service: None,
+            http_route: None,
             route: None,
             destination_rule: None,
             stable_subset: "stable".into(),
@@ -207,6 +208,7 @@ fn every_annotation_set_is_read() {
         RolloutSpec {
             service: "checkout".into(),
             virtual_service: Some("checkout-vs".into()),
+            http_route: None,
             route: Some("primary".into()),
             destination_rule: Some("checkout.dr".into()),
             stable_subset: "blue".into(),
@@ -647,6 +649,21 @@ const BAD: &[BadCase] = &[
         &[(keys::SLOW_THRESHOLD, "250ms")],
         keys::SLOW_THRESHOLD,
         "it needs weir.dev/max-slow-share as well",
+    ),
+    (
+        &[(keys::HTTP_ROUTE, "checkout")],
+        keys::HTTP_ROUTE,
+        "an HTTPRoute splits traffic between Services",
+    ),
+    (
+        &[
+            (keys::HTTP_ROUTE, "checkout"),
+            (keys::VIRTUAL_SERVICE, "checkout"),
+            (keys::STABLE_SERVICE, "checkout-stable"),
+            (keys::CANARY_SERVICE, "checkout-canary"),
+        ],
+        keys::HTTP_ROUTE,
+        "weir edits one routing object",
     ),
     (
         &[(keys::STABLE_SERVICE, "checkout-stable")],
@@ -1190,16 +1207,21 @@ fn every_example_is_itself_valid() {
             .strip_prefix(&format!("{key}: \""))
             .and_then(|rest| rest.strip_suffix('"'))
             .unwrap_or_else(|| panic!("{line} should quote its value"));
-        // The slow-share gate's halves, and a host-level split's two Services, are
-        // valid only together.
-        let partner = match *key {
-            keys::MAX_SLOW_SHARE => (keys::SLOW_THRESHOLD, "250ms"),
-            keys::SLOW_THRESHOLD => (keys::MAX_SLOW_SHARE, "5%"),
-            keys::STABLE_SERVICE => (keys::CANARY_SERVICE, "checkout-canary"),
-            keys::CANARY_SERVICE => (keys::STABLE_SERVICE, "checkout-stable"),
-            _ => (keys::ENABLED, "true"),
+        // The slow-share gate's halves, and a host-level split's two Services (which an
+        // HTTPRoute needs), are valid only together.
+        let stable = (keys::STABLE_SERVICE, "checkout-stable");
+        let canary = (keys::CANARY_SERVICE, "checkout-canary");
+        let partners = match *key {
+            keys::MAX_SLOW_SHARE => vec![(keys::SLOW_THRESHOLD, "250ms")],
+            keys::SLOW_THRESHOLD => vec![(keys::MAX_SLOW_SHARE, "5%")],
+            keys::STABLE_SERVICE => vec![canary],
+            keys::CANARY_SERVICE => vec![stable],
+            keys::HTTP_ROUTE => vec![stable, canary],
+            _ => vec![],
         };
-        let pairs = [(keys::ENABLED, "true"), partner, (*key, value)];
+        let mut pairs = vec![(keys::ENABLED, "true")];
+        pairs.extend(partners);
+        pairs.push((*key, value));
         parse_pairs(&pairs).unwrap_or_else(|errors| panic!("{line}:\n{errors}"));
         controls(&annotations(&pairs)).unwrap_or_else(|errors| panic!("{line}:\n{errors}"));
     }
