@@ -12,6 +12,7 @@ mod demo;
 mod faults;
 mod gitops;
 mod host_split;
+mod http_route;
 mod install;
 mod leader;
 mod mesh_versions;

@@ -480,10 +480,20 @@ impl Bed {
         vs: &str,
         weights: impl Fn(&Value) -> Weights + Send + 'static,
     ) -> WeightLog {
+        self.record_object_weights_by(self.virtual_services(), vs, weights)
+    }
+
+    /// Records every distinct weight pair of the object `name` of `api`'s kind, read
+    /// from each revision by `weights`.
+    fn record_object_weights_by(
+        &self,
+        api: Api<DynamicObject>,
+        name: &str,
+        weights: impl Fn(&Value) -> Weights + Send + 'static,
+    ) -> WeightLog {
         use futures::StreamExt as _;
         use kube::runtime::{WatchStreamExt as _, watcher};
-        let api = self.virtual_services();
-        let config = watcher::Config::default().fields(&format!("metadata.name={vs}"));
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let log = Arc::new(Mutex::new(Vec::<Weights>::new()));
         let sink = log.clone();
         let task = tokio::spawn(async move {
@@ -934,13 +944,10 @@ pub fn host_weights_of(vs: &Value, route: &str, stable: &str, canary: &str) -> W
 impl Bed {
     /// Creates a host-level split of `app`: the opted-in Service `<app>` selecting every
     /// version, the Services `<app>-stable` and `<app>-canary` both selecting v1,
-    /// Deployment v1 and `virtual_service` (for example [`host_split_virtual_service`]).
-    /// No DestinationRule.
-    pub async fn deploy_host_split_app(
-        &self,
-        app: &App,
-        virtual_service: &Value,
-    ) -> anyhow::Result<()> {
+    /// Deployment v1 and `route`, a VirtualService (for example
+    /// [`host_split_virtual_service`]) or an HTTPRoute (for example
+    /// [`host_split_http_route`]). No DestinationRule.
+    pub async fn deploy_host_split_app(&self, app: &App, route: &Value) -> anyhow::Result<()> {
         let name = &app.name;
         let service: Service = serde_json::from_value(json!({
             "metadata": {"name": name, "annotations": app.annotations},
@@ -954,7 +961,7 @@ impl Bed {
                 .await?;
         }
         self.deploy_version(name, "v1", 0.0).await?;
-        self.create_dynamic(virtual_service).await
+        self.create_dynamic(route).await
     }
 
     /// Creates a Service `name` (port 80, `http`) that weir does not manage, selecting
@@ -1036,4 +1043,163 @@ impl Bed {
         );
         Ok(())
     }
+}
+
+/// A host-level split through a Gateway API HTTPRoute (GAMMA: attached to the opted-in
+/// Service) instead of a VirtualService: the managed rule's backendRefs are the Services
+/// `<app>-stable` and `<app>-canary`.
+impl Bed {
+    pub fn http_routes(&self) -> Api<DynamicObject> {
+        let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
+        Api::namespaced_with(
+            self.client.clone(),
+            &self.namespace,
+            &ApiResource::from_gvk(&gvk),
+        )
+    }
+
+    /// The HTTPRoute `name` as the apiserver stores it (defaults filled in).
+    pub async fn http_route_value(&self, name: &str) -> anyhow::Result<Value> {
+        Ok(serde_json::to_value(self.http_routes().get(name).await?)?)
+    }
+
+    /// The (stable, canary) weights of the rule `primary` of the host-level split of
+    /// `app` in HTTPRoute `name` (see [`http_route_weights_of`]), and the whole HTTPRoute.
+    pub async fn http_route(&self, name: &str, app: &str) -> anyhow::Result<(Weights, Value)> {
+        let value = self.http_route_value(name).await?;
+        let weights = http_route_weights_of(
+            &value,
+            "primary",
+            &stable_service(app),
+            &canary_service(app),
+        );
+        Ok((weights, value))
+    }
+
+    /// Records the weights of the host-level split of `app` in the rule `primary` of
+    /// HTTPRoute `name`, as [`Bed::record_host_weights`] does for a VirtualService.
+    pub fn record_http_route_weights(&self, name: &str, app: &str) -> WeightLog {
+        let (stable, canary) = (stable_service(app), canary_service(app));
+        self.record_object_weights_by(self.http_routes(), name, move |value| {
+            http_route_weights_of(value, "primary", &stable, &canary)
+        })
+    }
+
+    /// A finished promotion of a host-level split through HTTPRoute `app` as the cluster
+    /// shows it: the rule `primary` keeps both backendRefs, stable at 100 and canary at
+    /// 0, and the stable Service selects `version`.
+    pub async fn assert_http_route_split_promoted(
+        &self,
+        app: &str,
+        version: &str,
+    ) -> anyhow::Result<()> {
+        let (live, route) = self.http_route(app, app).await?;
+        anyhow::ensure!(
+            live == Weights {
+                stable: 100,
+                canary: 0
+            },
+            "the rule of {app} is {live:?}, not 100/0"
+        );
+        let backends = http_route_rule(&route, "primary")
+            .map(|r| r["backendRefs"].clone())
+            .unwrap_or_default();
+        anyhow::ensure!(
+            backends.as_array().map(Vec::len) == Some(2),
+            "the rule of {app} does not keep its two backendRefs: {backends}"
+        );
+        let stable = self.selector_version(&stable_service(app)).await?;
+        anyhow::ensure!(
+            stable.as_deref() == Some(version),
+            "the stable Service of {app} selects {stable:?}, not {version}"
+        );
+        Ok(())
+    }
+}
+
+/// An HTTPRoute `<app>` attached to the Service `<app>` (GAMMA: `parentRefs` to a core
+/// Service, port 80) whose rule `primary` sends everything to the Service `<app>-stable`
+/// (port 80) and has no canary backendRef yet: weir adds it. The backendRef's weight is
+/// left out, so the apiserver stores its default, 1 (all of the traffic).
+pub fn host_split_http_route(app: &str) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": app},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": app, "port": 80}],
+            "rules": [{
+                "name": "primary",
+                "backendRefs": [{"name": stable_service(app), "port": 80}]
+            }]
+        }
+    })
+}
+
+/// The rule named `rule` of an HTTPRoute.
+pub fn http_route_rule<'a>(route: &'a Value, rule: &str) -> Option<&'a Value> {
+    route["spec"]["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["name"] == rule)
+}
+
+/// (stable, canary) weights of a host-level split's HTTPRoute rule `rule` (-1, -1
+/// without it), its backendRefs told apart by name (`stable` and `canary` are Service
+/// names; a backendRef of another kind, or of a namespace other than the HTTPRoute's,
+/// does not count). A missing weight
+/// is 1 (Gateway API's default); a missing canary backendRef is 0. A sole backendRef
+/// with a weight above 0 has all the traffic and counts as 100, whatever its weight;
+/// with several, the weights are read as written (weir writes percentages).
+pub fn http_route_weights_of(route: &Value, rule: &str, stable: &str, canary: &str) -> Weights {
+    let Some(r) = http_route_rule(route, rule) else {
+        return Weights {
+            stable: -1,
+            canary: -1,
+        };
+    };
+    let backends = r["backendRefs"].as_array().cloned().unwrap_or_default();
+    let sole = backends.len() == 1;
+    let mut w = Weights {
+        stable: 0,
+        canary: 0,
+    };
+    for b in backends {
+        let service = b["group"].as_str().unwrap_or("").is_empty()
+            && b["kind"].as_str().unwrap_or("Service") == "Service"
+            && b.get("namespace")
+                .is_none_or(|ns| *ns == route["metadata"]["namespace"]);
+        if !service {
+            continue;
+        }
+        let weight = b["weight"].as_i64().unwrap_or(1);
+        let weight = if sole && weight > 0 { 100 } else { weight };
+        match b["name"].as_str() {
+            Some(name) if name == stable => w.stable = weight,
+            Some(name) if name == canary => w.canary = weight,
+            _ => {}
+        }
+    }
+    w
+}
+
+/// An HTTPRoute's `spec` without any backendRef's weight: what weir must never change.
+pub fn http_route_spec_without_weights(spec: &Value) -> Value {
+    let mut spec = spec.clone();
+    for rule in spec["rules"].as_array_mut().into_iter().flatten() {
+        *rule = http_route_rule_without_weights(rule);
+    }
+    spec
+}
+
+/// An HTTPRoute rule without its backendRefs' weights.
+pub fn http_route_rule_without_weights(rule: &Value) -> Value {
+    let mut rule = rule.clone();
+    for backend in rule["backendRefs"].as_array_mut().into_iter().flatten() {
+        if let Some(backend) = backend.as_object_mut() {
+            backend.remove("weight");
+        }
+    }
+    rule
 }

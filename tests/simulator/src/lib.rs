@@ -5,9 +5,10 @@
 //! namespace from the API server and emits the metrics the mesh would emit if real
 //! clients sent traffic through it:
 //!
-//! - [`objects`]: VirtualServices, DestinationRules, Services and Deployments → a
-//!   [`mesh::Mesh`] snapshot (pure);
-//! - [`mesh`]: which versions each HTTP route's requests reach, and at what rate (pure);
+//! - [`objects`]: VirtualServices, Gateway API HTTPRoutes, DestinationRules, Services
+//!   and Deployments → a [`mesh::Mesh`] snapshot (pure);
+//! - [`mesh`]: which versions each HTTP route (or HTTPRoute rule) sends requests to, and
+//!   at what rate (pure);
 //! - [`annotations`]: the `sim.weir.dev/*` annotations that configure a version's
 //!   error rate and latency and a Service's request rate (pure);
 //! - [`traffic`]: deterministic apportioning of requests, errors and latencies (pure);

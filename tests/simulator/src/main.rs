@@ -13,8 +13,8 @@ use weir_simulator::{Reporter, Simulator, SimulatorConfig};
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// The namespace whose VirtualServices, DestinationRules, Services and Deployments
-    /// are simulated.
+    /// The namespace whose VirtualServices, HTTPRoutes, DestinationRules, Services and
+    /// Deployments are simulated.
     #[arg(long)]
     namespace: String,
     /// The `reporter` label: `destination` (sidecars) or `waypoint` (ambient).

@@ -1,6 +1,7 @@
 //! The routing configuration of one namespace as plain data, and the traffic plan it
-//! implies: for every HTTP route, its request rate and, for every destination, its
-//! weight and the versions (Deployments) its requests reach.
+//! implies: for every HTTP route (a VirtualService's `http` entry or a Gateway API
+//! HTTPRoute's rule), its request rate and, for every destination, its weight and the
+//! versions (Deployments) its requests reach.
 
 use std::collections::BTreeMap;
 
@@ -14,7 +15,7 @@ pub type Labels = BTreeMap<String, String>;
 pub struct Mesh {
     /// The namespace short host names are relative to.
     pub namespace: String,
-    /// The HTTP routes of every VirtualService.
+    /// The HTTP routes of every VirtualService, then the rules of every HTTPRoute.
     pub routes: Vec<HttpRoute>,
     /// DestinationRules, which name subsets.
     pub destination_rules: Vec<DestinationRule>,
@@ -24,28 +25,46 @@ pub struct Mesh {
     pub workloads: Vec<Workload>,
 }
 
-/// One entry of a VirtualService's `http` list.
+/// One entry of a VirtualService's `http` list, or one rule of a Gateway API HTTPRoute.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HttpRoute {
-    /// Where the route sits.
+    /// Where the route sits, and so how its weights are read.
     pub key: RouteKey,
-    /// Its `route` list: where requests go, with their weights.
+    /// Its `route` list (a VirtualService's) or `backendRefs` (an HTTPRoute rule's):
+    /// where requests go, with their weights.
     pub destinations: Vec<RouteDestination>,
 }
 
-/// Identifies an HTTP route: its VirtualService and its position in `http`.
+/// The kind of object an HTTP route belongs to, which decides its weights' semantics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RouteKind {
+    /// `networking.istio.io` VirtualService: a lone destination takes all traffic
+    /// whatever its weight; among several, a missing weight is 0.
+    VirtualService,
+    /// `gateway.networking.k8s.io` HTTPRoute: traffic is proportional to each
+    /// backendRef's weight over the rule's sum; a missing weight is 1, and a weight of
+    /// 0 takes none (even a lone backendRef's).
+    HttpRoute,
+}
+
+/// Identifies an HTTP route: its object and its position in that object's list.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RouteKey {
-    /// The VirtualService's name.
-    pub virtual_service: String,
-    /// The route's index in the VirtualService's `http` list.
+    /// VirtualService or HTTPRoute.
+    pub kind: RouteKind,
+    /// The object's name.
+    pub name: String,
+    /// The route's index in the VirtualService's `http` list, or the rule's in the
+    /// HTTPRoute's `rules`.
     pub index: usize,
 }
 
-/// One `route[]` entry of an HTTP route.
+/// One `route[]` entry of a VirtualService's HTTP route, or one `backendRefs[]` entry of
+/// an HTTPRoute rule.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RouteDestination {
-    /// `destination.host` as written.
+    /// `destination.host` as written; for a backendRef, the Service's name (`name.ns`
+    /// with a namespace), or a host that names no Service for a backend of another kind.
     pub host: String,
     /// `destination.subset`, if any.
     pub subset: Option<String>,
@@ -241,7 +260,7 @@ pub fn plan_traffic(mesh: &Mesh, default_rps: f64) -> Vec<RoutePlan> {
             let plan = RoutePlan {
                 route: route.key.clone(),
                 rps,
-                destinations: effective_weights(&route.destinations)
+                destinations: effective_weights(route)
                     .zip(&route.destinations)
                     .map(|(weight, destination)| PlannedDestination {
                         host: destination.host.clone(),
@@ -256,13 +275,19 @@ pub fn plan_traffic(mesh: &Mesh, default_rps: f64) -> Vec<RoutePlan> {
         .collect()
 }
 
-/// A lone destination takes all traffic whatever its weight; among several, a missing
-/// weight is 0 (Istio's semantics).
-fn effective_weights(destinations: &[RouteDestination]) -> impl Iterator<Item = u32> + '_ {
-    let lone = destinations.len() == 1;
-    destinations
-        .iter()
-        .map(move |d| if lone { 100 } else { d.weight.unwrap_or(0) })
+/// The weights requests are apportioned by (each destination's share is its weight over
+/// the route's sum). A VirtualService's lone destination takes all traffic whatever its
+/// weight, and among several a missing weight is 0 (Istio's semantics). An HTTPRoute
+/// rule's backendRefs keep their weights, a missing one being 1 (Gateway API's
+/// semantics): a lone backendRef takes everything unless its weight is 0.
+fn effective_weights(route: &HttpRoute) -> impl Iterator<Item = u32> + '_ {
+    let kind = route.key.kind;
+    let lone = route.destinations.len() == 1;
+    route.destinations.iter().map(move |d| match kind {
+        RouteKind::VirtualService if lone => 100,
+        RouteKind::VirtualService => d.weight.unwrap_or(0),
+        RouteKind::HttpRoute => d.weight.unwrap_or(1),
+    })
 }
 
 impl Mesh {
@@ -344,7 +369,20 @@ mod tests {
     fn route(vs: &str, index: usize, destinations: Vec<RouteDestination>) -> HttpRoute {
         HttpRoute {
             key: RouteKey {
-                virtual_service: vs.to_owned(),
+                kind: RouteKind::VirtualService,
+                name: vs.to_owned(),
+                index,
+            },
+            destinations,
+        }
+    }
+
+    /// Rule `index` of the HTTPRoute `name`.
+    fn rule(name: &str, index: usize, destinations: Vec<RouteDestination>) -> HttpRoute {
+        HttpRoute {
+            key: RouteKey {
+                kind: RouteKind::HttpRoute,
+                name: name.to_owned(),
                 index,
             },
             destinations,
@@ -600,6 +638,179 @@ mod tests {
         );
     }
 
+    /// `checkout` split between `checkout-stable` (v1) and `checkout-canary` (v2), with
+    /// no DestinationRule and no routes.
+    fn checkout_host_split() -> Mesh {
+        let mut mesh = checkout();
+        mesh.destination_rules.clear();
+        for (name, version) in [("checkout-stable", "v1"), ("checkout-canary", "v2")] {
+            mesh.services.push(Service {
+                name: name.to_owned(),
+                selector: labels(&[("app", "checkout"), ("version", version)]),
+                rps: None,
+            });
+        }
+        mesh
+    }
+
+    /// An HTTPRoute rule's backendRefs keep Gateway API's weights: proportional to their
+    /// sum, a missing weight being 1, a lone backendRef taking everything unless its
+    /// weight is 0.
+    #[test]
+    fn http_route_backends_are_weighted_in_proportion() {
+        let cases: Vec<(&str, Vec<RouteDestination>, Vec<Planned>)> = vec![
+            (
+                "percentages",
+                vec![
+                    destination("checkout-stable", None, Some(90)),
+                    destination("checkout-canary", None, Some(10)),
+                ],
+                vec![(90, vec!["checkout-v1"]), (10, vec!["checkout-v2"])],
+            ),
+            (
+                "missing weights are 1 each",
+                vec![
+                    destination("checkout-stable", None, None),
+                    destination("checkout-canary", None, None),
+                ],
+                vec![(1, vec!["checkout-v1"]), (1, vec!["checkout-v2"])],
+            ),
+            (
+                "a missing weight beside a written one is 1",
+                vec![
+                    destination("checkout-stable", None, Some(3)),
+                    destination("checkout-canary.shop.svc.cluster.local", None, None),
+                ],
+                vec![(3, vec!["checkout-v1"]), (1, vec!["checkout-v2"])],
+            ),
+            (
+                "a lone backend with the defaulted weight 1",
+                vec![destination("checkout-stable", None, Some(1))],
+                vec![(1, vec!["checkout-v1"])],
+            ),
+            (
+                "a lone backend at weight 0 takes none",
+                vec![destination("checkout-canary", None, Some(0))],
+                vec![(0, vec!["checkout-v2"])],
+            ),
+            (
+                "100/0",
+                vec![
+                    destination("checkout-stable", None, Some(100)),
+                    destination("checkout-canary", None, Some(0)),
+                ],
+                vec![(100, vec!["checkout-v1"]), (0, vec!["checkout-v2"])],
+            ),
+            (
+                "another namespace and a host that names no Service resolve to nothing",
+                vec![
+                    destination("checkout-stable.other", None, Some(5)),
+                    destination("example.com/Backend/shop/checkout", None, Some(5)),
+                ],
+                vec![(5, vec![]), (5, vec![])],
+            ),
+        ];
+        for (name, destinations, expected) in cases {
+            let mut mesh = checkout_host_split();
+            mesh.routes = vec![rule("checkout", 0, destinations)];
+            let plans = plan_traffic(&mesh, 50.0);
+            assert_eq!(summary(&plans), vec![expected], "{name}");
+        }
+    }
+
+    /// The same destinations in a VirtualService and in an HTTPRoute: Istio's weights
+    /// for the one, Gateway API's for the other, and the two routes are told apart.
+    #[test]
+    fn virtual_service_and_http_route_weights_keep_their_own_semantics() {
+        let mut mesh = checkout_host_split();
+        let lone = || vec![destination("checkout-stable", None, Some(0))];
+        let unweighted = || {
+            vec![
+                destination("checkout-stable", None, Some(100)),
+                destination("checkout-canary", None, None),
+            ]
+        };
+        mesh.routes = vec![
+            route("checkout", 0, lone()),
+            route("checkout", 1, unweighted()),
+            rule("checkout", 0, lone()),
+            rule("checkout", 1, unweighted()),
+        ];
+        let plans = plan_traffic(&mesh, 50.0);
+        assert_eq!(
+            summary(&plans),
+            vec![
+                vec![(100, vec!["checkout-v1"])],
+                vec![(100, vec!["checkout-v1"]), (0, vec!["checkout-v2"])],
+                vec![(0, vec!["checkout-v1"])],
+                vec![(100, vec!["checkout-v1"]), (1, vec!["checkout-v2"])],
+            ]
+        );
+        let keys: Vec<(RouteKind, usize)> = plans
+            .iter()
+            .map(|p| (p.route.kind, p.route.index))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (RouteKind::VirtualService, 0),
+                (RouteKind::VirtualService, 1),
+                (RouteKind::HttpRoute, 0),
+                (RouteKind::HttpRoute, 1),
+            ]
+        );
+    }
+
+    /// Requests through an HTTPRoute rule at weights 3:1 (not percentages) reach the
+    /// two Services' versions three to one, under each Service's name; at 1:0, only
+    /// stable; a lone backendRef at 0 sends nothing and drops nothing.
+    #[test]
+    fn http_route_traffic_follows_weights_that_are_not_percentages() {
+        use crate::traffic::TrafficGenerator;
+        let served = |mesh: &Mesh| {
+            let plans = plan_traffic(mesh, 400.0);
+            let tick = TrafficGenerator::exact().tick(&plans, std::time::Duration::from_secs(1));
+            let mut counts = BTreeMap::<(String, String), u32>::new();
+            for request in &tick.served {
+                let key = (
+                    request.backend.service.name.clone(),
+                    request.backend.version.clone(),
+                );
+                *counts.entry(key).or_default() += 1;
+            }
+            (counts.into_iter().collect::<Vec<_>>(), tick.dropped)
+        };
+        let pair =
+            |service: &str, version: &str, n: u32| ((service.to_owned(), version.to_owned()), n);
+        let mut mesh = checkout_host_split();
+        mesh.routes = vec![rule(
+            "checkout",
+            0,
+            vec![
+                destination("checkout-stable", None, Some(3)),
+                destination("checkout-canary", None, None),
+            ],
+        )];
+        assert_eq!(
+            served(&mesh),
+            (
+                vec![
+                    pair("checkout-canary", "v2", 100),
+                    pair("checkout-stable", "v1", 300)
+                ],
+                0
+            )
+        );
+        mesh.routes[0].destinations[1].weight = Some(0);
+        assert_eq!(served(&mesh), (vec![pair("checkout-stable", "v1", 400)], 0));
+        mesh.routes = vec![rule(
+            "checkout",
+            0,
+            vec![destination("checkout-canary", None, Some(0))],
+        )];
+        assert_eq!(served(&mesh), (vec![], 0));
+    }
+
     #[test]
     fn service_selector_and_subset_labels_both_apply() {
         let mut mesh = checkout();
@@ -653,7 +864,7 @@ mod tests {
         let plans = plan_traffic(&mesh, 50.0);
         let planned: Vec<(&str, usize, f64)> = plans
             .iter()
-            .map(|p| (p.route.virtual_service.as_str(), p.route.index, p.rps))
+            .map(|p| (p.route.name.as_str(), p.route.index, p.rps))
             .collect();
         assert_eq!(
             planned,

@@ -1,6 +1,6 @@
 //! Kubernetes objects → the plain [`Mesh`] the simulator plans from.
 //!
-//! Only the fields the simulator needs are read. Istio objects arrive as
+//! Only the fields the simulator needs are read. Istio and Gateway API objects arrive as
 //! [`DynamicObject`]s and are read through small serde structs, so the simulator does
 //! not depend on weir's own mesh types.
 
@@ -18,8 +18,8 @@ use serde::de::DeserializeOwned;
 use crate::Reporter;
 use crate::annotations::{self, AnnotationError};
 use crate::mesh::{
-    Behaviour, DestinationRule, HttpRoute, Labels, Mesh, RouteDestination, RouteKey, Service,
-    Subset, Workload,
+    Behaviour, DestinationRule, HttpRoute, Labels, Mesh, RouteDestination, RouteKey, RouteKind,
+    Service, Subset, Workload,
 };
 
 /// The version reported for a Deployment without the version label (as Istio does).
@@ -43,11 +43,20 @@ pub fn destination_rule_resource() -> ApiResource {
     ))
 }
 
-/// An Istio object whose spec the simulator cannot read.
+/// `gateway.networking.k8s.io/v1` HTTPRoute.
+pub fn http_route_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "gateway.networking.k8s.io",
+        "v1",
+        "HTTPRoute",
+    ))
+}
+
+/// An Istio or Gateway API object whose spec the simulator cannot read.
 #[derive(Debug, thiserror::Error)]
-#[error("{kind} {name}: spec does not have the shape Istio's schema requires: {source}")]
+#[error("{kind} {name}: spec does not have the shape its schema requires: {source}")]
 pub struct SpecError {
-    /// `VirtualService` or `DestinationRule`.
+    /// `VirtualService`, `DestinationRule` or `HTTPRoute`.
     pub kind: &'static str,
     /// The object's name.
     pub name: String,
@@ -78,6 +87,28 @@ struct RouteDestinationSpec {
 struct DestinationSpec {
     host: String,
     subset: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+struct GatewayHttpRouteSpec {
+    #[serde(default)]
+    rules: Vec<HttpRouteRuleSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HttpRouteRuleSpec {
+    #[serde(default)]
+    backend_refs: Vec<BackendRefSpec>,
+}
+
+#[derive(Deserialize)]
+struct BackendRefSpec {
+    name: String,
+    group: Option<String>,
+    kind: Option<String>,
+    namespace: Option<String>,
+    weight: Option<i64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -120,7 +151,8 @@ pub fn http_routes(virtual_service: &DynamicObject) -> Result<Vec<HttpRoute>, Sp
         .enumerate()
         .map(|(index, route)| HttpRoute {
             key: RouteKey {
-                virtual_service: name.clone(),
+                kind: RouteKind::VirtualService,
+                name: name.clone(),
                 index,
             },
             destinations: route
@@ -130,6 +162,57 @@ pub fn http_routes(virtual_service: &DynamicObject) -> Result<Vec<HttpRoute>, Sp
                     host: d.destination.host,
                     subset: d.destination.subset,
                     weight: d.weight.map(|w| u32::try_from(w).unwrap_or(0)),
+                })
+                .collect(),
+        })
+        .collect())
+}
+
+/// The rules of a Gateway API HTTPRoute, each an HTTP route whose destinations are its
+/// `backendRefs` (weights as written; a missing one is read as Gateway API reads it).
+/// A backendRef to a Service (no group or the core group `""`, no kind or `Service`)
+/// names it as a host, `name` or, with a namespace, `name.namespace` (which reaches
+/// nothing unless it is this namespace: the simulator has no ReferenceGrants). A
+/// backendRef to any other kind keeps its share of requests but reaches nothing: those
+/// requests are dropped (where a mesh answers an invalid backendRef's share with 500s).
+/// Rules without backendRefs (redirects) carry no destinations. `parentRefs` are not
+/// read: every rule carries mesh traffic, as every VirtualService route does.
+pub fn http_route_rules(http_route: &DynamicObject) -> Result<Vec<HttpRoute>, SpecError> {
+    let spec: GatewayHttpRouteSpec = spec(http_route, "HTTPRoute")?;
+    let name = http_route.name_any();
+    Ok(spec
+        .rules
+        .into_iter()
+        .enumerate()
+        .map(|(index, rule)| HttpRoute {
+            key: RouteKey {
+                kind: RouteKind::HttpRoute,
+                name: name.clone(),
+                index,
+            },
+            destinations: rule
+                .backend_refs
+                .into_iter()
+                .map(|b| {
+                    let service = b.group.as_deref().unwrap_or("").is_empty()
+                        && b.kind.as_deref().unwrap_or("Service") == "Service";
+                    let host = match (service, b.namespace) {
+                        (true, None) => b.name,
+                        (true, Some(namespace)) => format!("{}.{namespace}", b.name),
+                        // A '/' is in no DNS label: this host names no Service.
+                        (false, namespace) => format!(
+                            "{}/{}/{}/{}",
+                            b.group.unwrap_or_default(),
+                            b.kind.unwrap_or_default(),
+                            namespace.unwrap_or_default(),
+                            b.name
+                        ),
+                    };
+                    RouteDestination {
+                        host,
+                        subset: None,
+                        weight: b.weight.map(|w| u32::try_from(w).unwrap_or(0)),
+                    }
                 })
                 .collect(),
         })
@@ -231,11 +314,13 @@ pub fn annotation_problems(meta: &ObjectMeta) -> Vec<AnnotationError> {
     .collect()
 }
 
-/// The objects of one namespace as a [`Mesh`], each list ordered by name. Istio objects
-/// whose spec cannot be read are left out.
+/// The objects of one namespace as a [`Mesh`], each list ordered by name (the routes of
+/// VirtualServices before the rules of HTTPRoutes). Istio and Gateway API objects whose
+/// spec cannot be read are left out.
 pub fn mesh(
     namespace: &str,
     virtual_services: &[Arc<DynamicObject>],
+    http_routes: &[Arc<DynamicObject>],
     destination_rules: &[Arc<DynamicObject>],
     services: &[Arc<KubeService>],
     deployments: &[Arc<Deployment>],
@@ -243,12 +328,20 @@ pub fn mesh(
 ) -> Mesh {
     let mut virtual_services: Vec<&DynamicObject> = virtual_services.iter().map(|o| &**o).collect();
     virtual_services.sort_by_key(|o| o.name_any());
+    let mut http_route_objects: Vec<&DynamicObject> = http_routes.iter().map(|o| &**o).collect();
+    http_route_objects.sort_by_key(|o| o.name_any());
     let mut mesh = Mesh {
         namespace: namespace.to_owned(),
         routes: virtual_services
             .into_iter()
-            .filter_map(|vs| http_routes(vs).ok())
+            .filter_map(|vs| self::http_routes(vs).ok())
             .flatten()
+            .chain(
+                http_route_objects
+                    .into_iter()
+                    .filter_map(|route| http_route_rules(route).ok())
+                    .flatten(),
+            )
             .collect(),
         destination_rules: destination_rules
             .iter()
@@ -296,7 +389,8 @@ mod tests {
         assert_eq!(
             routes[0].key,
             RouteKey {
-                virtual_service: "checkout".to_owned(),
+                kind: RouteKind::VirtualService,
+                name: "checkout".to_owned(),
                 index: 0
             }
         );
@@ -336,6 +430,147 @@ mod tests {
         );
         let err = http_routes(&vs).unwrap_err();
         assert_eq!((err.kind, err.name.as_str()), ("VirtualService", "broken"));
+    }
+
+    /// An HTTPRoute as the apiserver returns it (defaults filled: `group: ""`,
+    /// `kind: Service`, `weight: 1`) and with fields left out.
+    #[test]
+    fn http_route_rules_keep_their_order_backends_and_weights() {
+        let route = istio(
+            &http_route_resource(),
+            "checkout",
+            json!({
+                "parentRefs": [{ "group": "", "kind": "Service", "name": "checkout", "port": 80 }],
+                "rules": [
+                    {
+                        "matches": [{ "headers": [{ "type": "Exact", "name": "x-debug", "value": "1" }] }],
+                        "backendRefs": [{ "group": "", "kind": "Service", "name": "checkout-debug", "port": 80, "weight": 1 }]
+                    },
+                    {
+                        "name": "primary",
+                        "filters": [{ "type": "RequestHeaderModifier", "requestHeaderModifier": { "set": [{ "name": "x-a", "value": "b" }] } }],
+                        "backendRefs": [
+                            { "group": "", "kind": "Service", "name": "checkout-stable", "port": 80, "weight": 75,
+                              "filters": [{ "type": "ResponseHeaderModifier", "responseHeaderModifier": { "remove": ["x-internal"] } }] },
+                            { "name": "checkout-canary", "namespace": "shop", "port": 80 }
+                        ]
+                    },
+                    {
+                        "filters": [{ "type": "RequestRedirect", "requestRedirect": { "hostname": "example.com" } }]
+                    },
+                    {
+                        "backendRefs": [
+                            { "name": "checkout", "namespace": "other", "port": 80, "weight": 2 },
+                            { "group": "multicluster.x-k8s.io", "kind": "ServiceImport", "name": "checkout", "port": 80, "weight": 3 },
+                            { "group": "", "kind": "Pod", "name": "checkout", "weight": 4 }
+                        ]
+                    }
+                ]
+            }),
+        );
+        let rules = http_route_rules(&route).unwrap();
+        assert_eq!(rules.len(), 4);
+        assert_eq!(
+            rules.iter().map(|r| r.key.clone()).collect::<Vec<_>>(),
+            (0..4)
+                .map(|index| RouteKey {
+                    kind: RouteKind::HttpRoute,
+                    name: "checkout".to_owned(),
+                    index
+                })
+                .collect::<Vec<_>>()
+        );
+        let destination = |host: &str, weight: Option<u32>| RouteDestination {
+            host: host.to_owned(),
+            subset: None,
+            weight,
+        };
+        assert_eq!(
+            rules[0].destinations,
+            vec![destination("checkout-debug", Some(1))]
+        );
+        assert_eq!(
+            rules[1].destinations,
+            vec![
+                destination("checkout-stable", Some(75)),
+                destination("checkout-canary.shop", None),
+            ]
+        );
+        assert!(rules[2].destinations.is_empty());
+        assert_eq!(
+            rules[3].destinations,
+            vec![
+                destination("checkout.other", Some(2)),
+                destination("multicluster.x-k8s.io/ServiceImport//checkout", Some(3)),
+                destination("/Pod//checkout", Some(4)),
+            ]
+        );
+        // Backends of other kinds name no Service, whichever the namespace.
+        for d in &rules[3].destinations[1..] {
+            assert_eq!(
+                crate::mesh::ServiceRef::from_host(&d.host, "shop"),
+                None,
+                "{d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_http_route_spec_is_an_error_naming_the_object() {
+        let route = istio(
+            &http_route_resource(),
+            "broken",
+            json!({ "rules": [{ "backendRefs": [{ "port": 80 }] }] }),
+        );
+        let err = http_route_rules(&route).unwrap_err();
+        assert_eq!((err.kind, err.name.as_str()), ("HTTPRoute", "broken"));
+        assert!(err.to_string().starts_with("HTTPRoute broken: "), "{err}");
+    }
+
+    /// A VirtualService and an HTTPRoute of the same name both route: their routes
+    /// come in order (VirtualServices first, each kind by name) under distinct keys,
+    /// and an HTTPRoute whose spec cannot be read is left out.
+    #[test]
+    fn mesh_holds_the_routes_of_virtual_services_and_http_routes() {
+        let vs = Arc::new(istio(
+            &virtual_service_resource(),
+            "checkout",
+            json!({ "http": [{ "route": [{ "destination": { "host": "checkout-stable" }, "weight": 100 }] }] }),
+        ));
+        let backend =
+            |name: &str| json!({ "rules": [{ "backendRefs": [{ "name": name, "port": 80 }] }] });
+        let routes = [
+            Arc::new(istio(
+                &http_route_resource(),
+                "payments",
+                backend("payments"),
+            )),
+            Arc::new(istio(
+                &http_route_resource(),
+                "checkout",
+                backend("checkout-stable"),
+            )),
+            Arc::new(istio(
+                &http_route_resource(),
+                "broken",
+                json!({ "rules": "not a list" }),
+            )),
+        ];
+        let mesh = mesh("shop", &[vs], &routes, &[], &[], &[], Reporter::Destination);
+        let keys: Vec<(RouteKind, &str, usize)> = mesh
+            .routes
+            .iter()
+            .map(|r| (r.key.kind, r.key.name.as_str(), r.key.index))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (RouteKind::VirtualService, "checkout", 0),
+                (RouteKind::HttpRoute, "checkout", 0),
+                (RouteKind::HttpRoute, "payments", 0),
+            ]
+        );
+        assert_eq!(mesh.routes[1].destinations[0].host, "checkout-stable");
     }
 
     #[test]

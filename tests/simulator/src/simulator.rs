@@ -69,11 +69,23 @@ impl Simulator {
         let namespace = config.namespace.as_str();
         let vs = objects::virtual_service_resource();
         let dr = objects::destination_rule_resource();
+        let hr = objects::http_route_resource();
         let (virtual_services, vs_watch) = reflect(
             Api::namespaced_with(client.clone(), namespace, &vs),
             vs,
             |o| {
                 objects::http_routes(o)
+                    .err()
+                    .map(|e| e.to_string())
+                    .into_iter()
+                    .collect()
+            },
+        );
+        let (http_routes, hr_watch) = reflect(
+            Api::namespaced_with(client.clone(), namespace, &hr),
+            hr,
+            |o| {
+                objects::http_route_rules(o)
                     .err()
                     .map(|e| e.to_string())
                     .into_iter()
@@ -102,6 +114,7 @@ impl Simulator {
             });
         let stores = Stores {
             virtual_services,
+            http_routes,
             destination_rules,
             services,
             deployments,
@@ -110,6 +123,7 @@ impl Simulator {
         let tasks = vec![
             tokio::spawn(serve_metrics(listener, metrics.clone())),
             vs_watch,
+            hr_watch,
             dr_watch,
             svc_watch,
             deploy_watch,
@@ -182,6 +196,7 @@ where
 
 struct Stores {
     virtual_services: Store<DynamicObject>,
+    http_routes: Store<DynamicObject>,
     destination_rules: Store<DynamicObject>,
     services: Store<Service>,
     deployments: Store<Deployment>,
@@ -202,6 +217,7 @@ async fn generate_traffic(stores: Stores, metrics: Arc<Metrics>, config: Simulat
         let mesh = objects::mesh(
             &config.namespace,
             &stores.virtual_services.state(),
+            &stores.http_routes.state(),
             &stores.destination_rules.state(),
             &stores.services.state(),
             &stores.deployments.state(),

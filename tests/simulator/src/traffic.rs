@@ -276,7 +276,7 @@ fn log_normal_latency(rng: &mut StdRng, behaviour: &crate::mesh::Behaviour) -> f
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::{Behaviour, PlannedDestination, ServiceRef};
+    use crate::mesh::{Behaviour, PlannedDestination, RouteKind, ServiceRef};
 
     fn picks(weights: &[u32], n: usize) -> Vec<usize> {
         let mut splitter = Splitter::default();
@@ -386,7 +386,8 @@ mod tests {
     fn plan(index: usize, rps: f64, destinations: Vec<(u32, Vec<Backend>)>) -> RoutePlan {
         RoutePlan {
             route: RouteKey {
-                virtual_service: "checkout".to_owned(),
+                kind: RouteKind::VirtualService,
+                name: "checkout".to_owned(),
                 index,
             },
             rps,
@@ -522,7 +523,7 @@ mod tests {
 #[cfg(test)]
 mod noisy_tests {
     use super::*;
-    use crate::mesh::{Behaviour, PlannedDestination, ServiceRef};
+    use crate::mesh::{Behaviour, PlannedDestination, RouteKind, ServiceRef};
 
     fn backend(workload: &str, error_rate: f64, median: f64, p99: f64) -> Backend {
         Backend {
@@ -546,7 +547,8 @@ mod noisy_tests {
     fn noisy_traffic_has_the_configured_rates_and_is_reproducible() {
         let plans = [RoutePlan {
             route: RouteKey {
-                virtual_service: "checkout".to_owned(),
+                kind: RouteKind::VirtualService,
+                name: "checkout".to_owned(),
                 index: 0,
             },
             rps: 500.0,

@@ -12,7 +12,9 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use serde_json::{Value, json};
-use weir_simulator::objects::{destination_rule_resource, virtual_service_resource};
+use weir_simulator::objects::{
+    destination_rule_resource, http_route_resource, virtual_service_resource,
+};
 use weir_simulator::{Reporter, Simulator, SimulatorConfig};
 use weir_testbed::{ControlPlane, Prometheus, wait_until};
 
@@ -417,5 +419,83 @@ async fn the_binary_serves_metrics_until_sigterm() -> anyhow::Result<()> {
         status.success(),
         "weir-simulator exited with {status} on SIGTERM"
     );
+    Ok(())
+}
+
+/// A Gateway API HTTPRoute rule between two Services, each selecting one version, at
+/// weights that are not percentages: the apiserver defaults the stable backendRef's
+/// missing weight to 1 and the canary's is 3, so v2 serves three requests in four,
+/// reported under the canary Service's name. The VirtualService's route to `checkout`
+/// goes on beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_route_splits_in_proportion_to_its_backend_weights() -> anyhow::Result<()> {
+    let bed = Bed::start(Scenario::default()).await?;
+    let services = Api::<Service>::namespaced(bed.client.clone(), NAMESPACE);
+    for (name, version) in [("checkout-stable", "v1"), ("checkout-canary", "v2")] {
+        let service: Service = serde_json::from_value(json!({
+            "metadata": { "name": name },
+            "spec": {
+                "selector": { "app": "checkout", "version": version },
+                "ports": [{ "name": "http", "port": 80 }]
+            }
+        }))?;
+        services
+            .create(&PostParams::default(), &service)
+            .await
+            .with_context(|| format!("creating Service {name}"))?;
+    }
+    let hr = http_route_resource();
+    let route = DynamicObject::new("checkout", &hr).data(json!({
+        "spec": {
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "checkout", "port": 80 }],
+            "rules": [{
+                "backendRefs": [
+                    { "name": "checkout-stable", "port": 80 },
+                    { "name": "checkout-canary", "port": 80, "weight": 3 }
+                ]
+            }]
+        }
+    }));
+    let created = Api::<DynamicObject>::namespaced_with(bed.client.clone(), NAMESPACE, &hr)
+        .create(&PostParams::default(), &route)
+        .await
+        .context("creating HTTPRoute checkout")?;
+    assert_eq!(
+        created.data["spec"]["rules"][0]["backendRefs"][0]["weight"],
+        json!(1),
+        "the apiserver's default weight"
+    );
+
+    let split = r#"sum by (destination_service_name, destination_version) (istio_requests_total{destination_service_name=~"checkout-(stable|canary)"})"#;
+    let by = ["destination_service_name", "destination_version"];
+    let start = wait_until("requests through the HTTPRoute", DEADLINE, || async {
+        let now = bed.sample(split, &by).await?;
+        ensure!(
+            count(&now, "checkout-stable/v1") > 0.0 && count(&now, "checkout-canary/v2") > 0.0,
+            "{now:?}"
+        );
+        Ok(now)
+    })
+    .await?;
+    let end = wait_until("1000 requests through the HTTPRoute", DEADLINE, || async {
+        let now = bed.sample(split, &by).await?;
+        ensure!(total(&now) - total(&start) >= 1000.0, "{start:?} → {now:?}");
+        Ok(now)
+    })
+    .await?;
+    assert_eq!(
+        end.keys().collect::<Vec<_>>(),
+        ["checkout-canary/v2", "checkout-stable/v1"],
+        "each Service reports the one version it selects"
+    );
+    let canary = count(&end, "checkout-canary/v2") - count(&start, "checkout-canary/v2");
+    let share = canary / (total(&end) - total(&start));
+    eprintln!("canary share at HTTPRoute weights 1:3: {share:.4} ({start:?} → {end:?})");
+    assert!(
+        (share - 0.75).abs() <= 0.05,
+        "canary share {share:.3} is not 75% ± 5 points ({start:?} → {end:?})"
+    );
+    // The VirtualService's route to `checkout` is simulated beside the HTTPRoute.
+    bed.wait_for_requests("v1", 1.0, false).await?;
     Ok(())
 }
