@@ -151,23 +151,45 @@ pub async fn read(
         .collect();
     let routed = split.first().map_or(name, String::as_str);
     let hr_named = named(keys::HTTP_ROUTE);
+    let host_split = !split.is_empty();
+    // Only a host-level split may be routed by an HTTPRoute. The agent reads them only
+    // where the Gateway API is served (its index says); the CLI always, an absent API
+    // being none.
+    let served = index.is_none_or(RoutingIndex::gateway_api);
+    let vs_indexed = index.map(|index| index.virtual_services_routing_to(routed));
+    let hr_indexed = index
+        .filter(|index| index.gateway_api())
+        .map(|index| index.http_routes_routing_to(routed));
+    // In a host-level split either kind may hold the route. An annotation naming one
+    // rules the other out; so does the index knowing objects of only one kind that route
+    // to the stable Service, so that the other kind is not listed on every reconcile for
+    // want of any.
+    let only = |this: &Option<Vec<String>>, other: &Option<Vec<String>>| {
+        this.as_ref().is_some_and(Vec::is_empty) && other.as_ref().is_some_and(|o| !o.is_empty())
+    };
+    let read_vs = !host_split
+        || vs_named.is_some()
+        || (hr_named.is_none() && !only(&vs_indexed, &hr_indexed));
+    let read_hr = host_split
+        && served
+        && vs_named.is_none()
+        && (hr_named.is_some() || !only(&hr_indexed, &vs_indexed));
     let (virtual_services, destination_rules, http_routes, split_services) = tokio::try_join!(
         async {
-            // An HTTPRoute named by its annotation is the only routing object read.
-            if hr_named.is_some() && !split.is_empty() {
+            if !read_vs {
                 return Ok(Vec::new());
             }
             related::<VirtualService>(
                 client,
                 namespace,
                 vs_named.as_deref(),
-                index.map(|index| index.virtual_services_routing_to(routed)),
+                vs_indexed.clone(),
                 "virtualservices",
             )
             .await
         },
         async {
-            if !split.is_empty() {
+            if host_split {
                 return Ok(Vec::new());
             }
             related::<DestinationRule>(
@@ -180,18 +202,14 @@ pub async fn read(
             .await
         },
         async {
-            // Only a host-level split may be routed by an HTTPRoute; the agent reads them
-            // only where the Gateway API is served (its index says), the CLI always, an
-            // absent API being none.
-            let served = index.is_none_or(RoutingIndex::gateway_api);
-            if split.is_empty() || vs_named.is_some() || !served {
+            if !read_hr {
                 return Ok(Vec::new());
             }
             related::<HttpRoute>(
                 client,
                 namespace,
                 hr_named.as_deref(),
-                index.map(|index| index.http_routes_routing_to(routed)),
+                hr_indexed.clone(),
                 "httproutes",
             )
             .await
