@@ -30,6 +30,15 @@ async fn a_good_canary_is_promoted(reporter: Reporter, mode: &str) -> anyhow::Re
     let _agent = bed.agent(&["--mode", mode])?;
     bed.wait_phase(APP, Phase::Idle).await?;
     let weights = bed.record_host_weights(APP, APP);
+    // `weir explain` names the split as it is: two Services, no DestinationRule.
+    let explained = bed.cli(&["explain", APP]).await?;
+    assert!(
+        explained.stdout.contains(
+            "Routing: VirtualService shop, route primary; Services shop-stable (v1) and shop-canary (v1)."
+        ),
+        "{mode}: {}",
+        explained.stdout
+    );
 
     bed.release_to_first_step(APP, "v2").await?;
     // At 10%, the canary host already serves v2 (else v1 would be judged as the

@@ -22,7 +22,7 @@ use super::status;
 use super::view::{self, ServiceView};
 use crate::controller::validate::{self, Inputs, Misconfiguration, Valid};
 use crate::mesh::Selectors;
-use crate::plan::{self, Phase, Settings, Status, Subset};
+use crate::plan::{self, Phase, Settings, Status};
 use crate::spec::{Defaults, SpecErrors, keys};
 
 /// Flags of `weir explain`.
@@ -212,15 +212,31 @@ pub fn explain(
     match validation {
         Validation::Valid(valid) => {
             let target = &valid.target;
+            let version = |v: &Option<String>| v.clone().unwrap_or_else(|| "no version".into());
+            let (stable, canary) = (
+                version(&target.subsets.stable),
+                version(&target.subsets.canary),
+            );
             let split = match &target.selectors {
                 Selectors::Subsets {
-                    destination_rule, ..
-                } => format!("DestinationRule {}, ", destination_rule.name),
-                Selectors::Services { .. } => String::new(),
+                    destination_rule,
+                    stable: s,
+                    canary: c,
+                } => format!(
+                    "DestinationRule {}, subsets {} ({stable}) and {} ({canary})",
+                    destination_rule.name, s.name, c.name
+                ),
+                Selectors::Services {
+                    stable: s,
+                    canary: c,
+                } => format!(
+                    "Services {} ({stable}) and {} ({canary})",
+                    s.object.name, c.object.name
+                ),
             };
             let _ = writeln!(
                 out,
-                "\nRouting: {} {}, route {}; {split}{} ({}) and {} ({}).",
+                "\nRouting: {} {}, route {}; {split}.",
                 target.route_kind.kind(),
                 target.route_object.name,
                 target
@@ -228,10 +244,6 @@ pub fn explain(
                     .name
                     .clone()
                     .unwrap_or_else(|| format!("#{}", target.route.index)),
-                target.selectors.describe(Subset::Stable),
-                target.subsets.stable.as_deref().unwrap_or("no version"),
-                target.selectors.describe(Subset::Canary),
-                target.subsets.canary.as_deref().unwrap_or("no version"),
             );
             let _ = writeln!(
                 out,
