@@ -148,6 +148,34 @@ async fn a_bad_canary_is_aborted(reporter: Reporter, mode: &str) -> anyhow::Resu
         vec![0, 10, 0],
         "{mode}: never beyond the first step"
     );
+    // `weir check` reads each version under its own Service as the agent does: over
+    // the last minute, v2's errors behind `shop-canary` fail it (exit 1; without the
+    // per-version Services it would find no canary series and exit 2).
+    let prometheus = bed.prometheus.url();
+    let check = bed
+        .cli(&[
+            "check",
+            APP,
+            "--prometheus-url",
+            &prometheus,
+            "--mode",
+            mode,
+            "--scrape-interval",
+            "1s",
+            "--canary",
+            "v2",
+            "--stable",
+            "v1",
+            "--window",
+            "1m",
+        ])
+        .await?;
+    assert_eq!(check.code, Some(1), "{mode}: {check:?}");
+    assert!(
+        check.stdout.contains("\nVerdict: fail ("),
+        "{mode}: {}",
+        check.stdout
+    );
     let (live, _) = bed.host_route(APP, APP).await?;
     assert_eq!(
         live,
