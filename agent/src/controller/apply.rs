@@ -82,11 +82,11 @@ impl<'a> Writer<'a> {
                     let object = &mesh.target.route_object.name;
                     match mesh.target.route_kind {
                         RouteKind::VirtualService => {
-                            let patched = self.patch_route_object(object, patch).await?;
+                            let patched = self.patch_object(object, patch).await?;
                             replace_named(&mut self.virtual_services, patched);
                         }
                         RouteKind::HttpRoute => {
-                            let patched = self.patch_route_object(object, patch).await?;
+                            let patched = self.patch_object(object, patch).await?;
                             replace_named(&mut self.http_routes, patched);
                         }
                     }
@@ -100,11 +100,11 @@ impl<'a> Writer<'a> {
                         mesh::selector_patch(&mesh.target, *subset, &spec.version_label, version);
                     match object {
                         SelectorObject::DestinationRule(dr) => {
-                            let patched = self.patch_destination_rule(dr, patch).await?;
+                            let patched = self.patch_object(dr, patch).await?;
                             replace_named(&mut self.destination_rules, patched);
                         }
                         SelectorObject::Service(service) => {
-                            let patched = self.patch_split_service(service, patch).await?;
+                            let patched = self.patch_object(service, patch).await?;
                             replace_named(&mut self.split_services, patched);
                         }
                     }
@@ -231,8 +231,10 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
-    /// The managed route's VirtualService or HTTPRoute.
-    async fn patch_route_object<K>(&self, name: &str, patch: JsonPatch) -> Result<K, Error>
+    /// Applies a guarded JSON Patch to a managed object: the route's VirtualService or
+    /// HTTPRoute, the DestinationRule, or a split Service. A refused guard is a
+    /// [`conflict`].
+    async fn patch_object<K>(&self, name: &str, patch: JsonPatch) -> Result<K, Error>
     where
         K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
             + Clone
@@ -243,27 +245,6 @@ impl<'a> Writer<'a> {
         api.patch(name, &params(), &Patch::Json::<()>(patch))
             .await
             .map_err(|e| conflict(e, format!("{} {name:?}", K::kind(&()))))
-    }
-
-    async fn patch_destination_rule(
-        &self,
-        name: &str,
-        patch: JsonPatch,
-    ) -> Result<DestinationRule, Error> {
-        let api: Api<DestinationRule> =
-            Api::namespaced(self.ctx.client.clone(), &self.ctx.config.namespace);
-        api.patch(name, &params(), &Patch::Json::<()>(patch))
-            .await
-            .map_err(|e| conflict(e, format!("DestinationRule {name:?}")))
-    }
-
-    /// A split Service's selector, with a guarded JSON Patch like the routing objects'.
-    async fn patch_split_service(&self, name: &str, patch: JsonPatch) -> Result<Service, Error> {
-        let api: Api<Service> =
-            Api::namespaced(self.ctx.client.clone(), &self.ctx.config.namespace);
-        api.patch(name, &params(), &Patch::Json::<()>(patch))
-            .await
-            .map_err(|e| conflict(e, format!("Service {name:?}")))
     }
 
     /// The target again, from the objects as the last writes returned them.
