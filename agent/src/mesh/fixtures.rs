@@ -113,6 +113,13 @@ pub fn typed_destination_rule(value: &Value) -> DestinationRule {
     serde_json::from_value(value.clone()).expect("a valid DestinationRule")
 }
 
+/// `doc` with `patch` applied, as the apiserver would apply it.
+pub fn applied(patch: &json_patch::Patch, doc: &Value) -> Result<Value, json_patch::PatchError> {
+    let mut doc = doc.clone();
+    json_patch::patch(&mut doc, patch)?;
+    Ok(doc)
+}
+
 /// `value` with the member at `pointer` set (or added) to `new`.
 pub fn set(mut value: Value, pointer: &str, new: Value) -> Value {
     let (parent, key) = pointer.rsplit_once('/').expect("a pointer below the root");

@@ -4,8 +4,8 @@
 use serde_json::{Value, json};
 
 use super::fixtures::{
-    HOST_SPLIT, NAMESPACE, destination_rule, host_split_virtual_service, remove, set, spec,
-    split_service, typed_destination_rule, typed_service, typed_virtual_service,
+    HOST_SPLIT, NAMESPACE, applied, destination_rule, host_split_virtual_service, remove, set,
+    spec, split_service, typed_destination_rule, typed_service, typed_virtual_service,
 };
 use super::{
     ManagedService, MeshError, ObjectVersion, Routing, SelectorObject, Selectors, Target, resolve,
@@ -34,12 +34,6 @@ fn run(annotations: &[(&str, &str)], vs: &Value, services: &[Value]) -> Result<T
         services: &services,
     };
     resolve(&spec(annotations), NAMESPACE, routing)
-}
-
-fn applied(patch: &json_patch::Patch, doc: &Value) -> Result<Value, json_patch::PatchError> {
-    let mut doc = doc.clone();
-    json_patch::patch(&mut doc, patch)?;
-    Ok(doc)
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use super::fixtures::{
-    HOST_SPLIT, NAMESPACE, host_split_virtual_service, http_route, remove, set, spec,
+    HOST_SPLIT, NAMESPACE, applied, host_split_virtual_service, http_route, remove, set, spec,
     split_service, typed_http_route, typed_service, typed_virtual_service, virtual_service,
 };
 use super::{MeshError, RouteKind, Routing, Target, resolve, weight_patch};
@@ -36,12 +36,6 @@ fn run(
         ..Routing::default()
     };
     resolve(&spec(&all), NAMESPACE, routing)
-}
-
-fn applied(patch: &json_patch::Patch, doc: &Value) -> Result<Value, json_patch::PatchError> {
-    let mut doc = doc.clone();
-    json_patch::patch(&mut doc, patch)?;
-    Ok(doc)
 }
 
 #[test]

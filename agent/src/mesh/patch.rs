@@ -245,7 +245,7 @@ mod tests {
 
     use super::*;
     use crate::mesh::fixtures::{
-        NAMESPACE, destination_rule, remove, set, spec, typed_destination_rule,
+        NAMESPACE, applied, destination_rule, remove, set, spec, typed_destination_rule,
         typed_virtual_service, virtual_service,
     };
     use crate::mesh::{MeshError, Routing, Target, resolve};
@@ -272,12 +272,6 @@ mod tests {
         let (object, patch) = selector_patch(target, subset, label, version);
         assert_eq!(object, SelectorObject::DestinationRule("shop"));
         patch
-    }
-
-    fn applied(patch: &Patch, doc: &Value) -> Result<Value, json_patch::PatchError> {
-        let mut doc = doc.clone();
-        json_patch::patch(&mut doc, patch)?;
-        Ok(doc)
     }
 
     fn swap(value: Value, array: &str, a: usize, b: usize) -> Value {
