@@ -13,7 +13,7 @@ use super::template::identities;
 use super::validate::Misconfiguration;
 use super::{opted_in, service_ref};
 use crate::plan::Version;
-use crate::spec::keys;
+use crate::spec;
 use weir_analysis::Reporter;
 
 /// The versions of `service`: its Deployments (pod template labels ⊇ the Service's
@@ -125,11 +125,7 @@ pub fn services_splitting(store: &Store<Service>, service: &Service) -> Vec<Obje
         .state()
         .iter()
         .filter(|s| opted_in(s))
-        .filter(|s| {
-            [keys::STABLE_SERVICE, keys::CANARY_SERVICE]
-                .iter()
-                .any(|key| s.annotations().get(*key) == Some(&name))
-        })
+        .filter(|s| spec::split_service_names(s.annotations()).any(|split| split == name))
         .map(|s| service_ref(s))
         .collect()
 }
@@ -150,10 +146,7 @@ pub fn services_touched(
         .filter(|s| {
             let named = |name: &str| touched.services.contains(&name.to_ascii_lowercase());
             named(&s.name_any())
-                || [keys::STABLE_SERVICE, keys::CANARY_SERVICE]
-                    .iter()
-                    .filter_map(|key| s.annotations().get(*key))
-                    .any(|split| named(split))
+                || spec::split_service_names(s.annotations()).any(named)
                 || s.annotations()
                     .get(annotation)
                     .is_some_and(|named| touched.objects.contains(named))

@@ -143,11 +143,8 @@ pub async fn read(
     let dr_named = named(keys::DESTINATION_RULE);
     // A host-level split: the route is found through the stable Service's host, and
     // the two Services are read fresh like the routing objects.
-    let split: Vec<String> = [keys::STABLE_SERVICE, keys::CANARY_SERVICE]
-        .into_iter()
-        .filter_map(|key| service.annotations().get(key))
-        .filter(|name| spec::parse_service_name(name).is_ok())
-        .cloned()
+    let split: Vec<String> = spec::split_service_names(service.annotations())
+        .map(str::to_owned)
         .collect();
     let routed = split.first().map_or(name, String::as_str);
     let hr_named = named(keys::HTTP_ROUTE);

@@ -344,6 +344,17 @@ pub fn opted_in(annotations: &BTreeMap<String, String>) -> bool {
         .is_some_and(|v| !v.trim().eq_ignore_ascii_case("false"))
 }
 
+/// The Services a host-level split names, read before [`parse`] to find, read or wake
+/// them: `weir.dev/stable-service`, then `weir.dev/canary-service`, each when set to a
+/// valid Service name.
+pub fn split_service_names(annotations: &BTreeMap<String, String>) -> impl Iterator<Item = &str> {
+    [keys::STABLE_SERVICE, keys::CANARY_SERVICE]
+        .into_iter()
+        .filter_map(|key| annotations.get(key))
+        .filter(|name| parse_service_name(name).is_ok())
+        .map(String::as_str)
+}
+
 /// Reads the controls a person or the CLI wrote: `weir.dev/pause` (true/false, absent is
 /// false) and `weir.dev/promote`, `weir.dev/abort`, `weir.dev/retry`, each naming the
 /// version it is meant for.
