@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use std::panic::AssertUnwindSafe;
 
+use futures::future::Either;
 use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -232,25 +233,28 @@ pub async fn run(
     };
     // HTTPRoutes only where the cluster serves them: a watch of an absent kind would
     // never list, and the agent would never be ready.
-    let (hr_cache, hr_touched, hr_synced) = {
+    let (hr_cache, hr_touched, hr_synced) = if gateway_api {
         let context = context.clone();
-        follow_routing(
+        let (cache, touched, synced) = follow_routing(
             Api::<HttpRoute>::namespaced(client.clone(), &ns),
             &watch,
             move |event| context.routing.apply_http_route(event),
-        )
-    };
-    let (hr_cache, hr_touched, hr_synced) = if gateway_api {
+        );
         (
-            futures::future::Either::Left(hr_cache),
-            futures::future::Either::Left(hr_touched),
-            futures::future::Either::Left(hr_synced),
+            Either::Left(cache),
+            Either::Left(touched),
+            Either::Left(synced),
         )
     } else {
+        let (cache, touched, synced) = (
+            futures::future::ready(()),
+            futures::stream::empty(),
+            futures::future::ready(Ok(())),
+        );
         (
-            futures::future::Either::Right(futures::future::ready(())),
-            futures::future::Either::Right(futures::stream::empty()),
-            futures::future::Either::Right(futures::future::ready(Ok(()))),
+            Either::Right(cache),
+            Either::Right(touched),
+            Either::Right(synced),
         )
     };
     let caches = tokio::spawn(futures::future::join5(
