@@ -185,18 +185,7 @@ async fn a_bad_canary_is_aborted(reporter: Reporter, mode: &str) -> anyhow::Resu
         },
         "{mode}: the route after the abort"
     );
-    assert_eq!(
-        bed.selector_version(&stable_service(APP)).await?.as_deref(),
-        Some("v1"),
-        "{mode}: the stable Service after the abort"
-    );
-    // Nothing is scaled down after an abort, well past the scale-down delay.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(bed.replicas(&format!("{APP}-v1")).await?, Some(1), "{mode}");
-    assert_eq!(
-        bed.status(APP).await?.map(|s| s.phase),
-        Some(Phase::Aborted)
-    );
+    bed.assert_split_abort_holds(APP, mode).await?;
     Ok(())
 }
 

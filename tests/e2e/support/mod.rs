@@ -1014,6 +1014,31 @@ impl Bed {
         })
     }
 
+    /// After an abort of `app`'s host-level split, whatever the route object: the
+    /// stable Service still selects v1, and well past a 2 s scale-down delay v1 keeps
+    /// its replica and the rollout is still Aborted.
+    pub async fn assert_split_abort_holds(&self, app: &str, mode: &str) -> anyhow::Result<()> {
+        assert_eq!(
+            self.selector_version(&stable_service(app))
+                .await?
+                .as_deref(),
+            Some("v1"),
+            "{mode}: the stable Service after the abort"
+        );
+        // Nothing is scaled down after an abort, well past the scale-down delay.
+        tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+        assert_eq!(
+            self.replicas(&format!("{app}-v1")).await?,
+            Some(1),
+            "{mode}"
+        );
+        assert_eq!(
+            self.status(app).await?.map(|s| s.phase),
+            Some(weir::plan::Phase::Aborted)
+        );
+        Ok(())
+    }
+
     /// A finished promotion of a host-level split as the cluster shows it: `app`'s route
     /// keeps both destinations, stable at 100 and canary at 0, and the stable Service
     /// selects `version`.
